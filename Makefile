@@ -1,0 +1,38 @@
+# One-command set-up: every target creates .venv from the project's own files first.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export HF_HUB_OFFLINE = 1
+export GX_ANALYTICS_ENABLED = false
+export PREFECT_SERVER_ANALYTICS_ENABLED = false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS = 180
+export DO_NOT_TRACK = 1
+
+.PHONY: install demo test bench quality clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade "pip>=24"
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+## The main job on the embedded default: local storage, local Dask cluster, CPU.
+demo: $(STAMP)
+	$(BIN)/aniso demo
+
+## The whole test suite (what CI runs).
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/moments.py
+	$(BIN)/python bench/apply.py
+
+quality: $(STAMP)
+	$(BIN)/python bench/quality.py
+
+clean:
+	rm -rf $(VENV) .aniso-demo

@@ -1,0 +1,51 @@
+"""Thin fsspec helpers: one code path for local directories and object storage.
+
+URLs without a scheme are local paths. ``storage_options`` are passed to the filesystem as they
+are; with none given, s3fs/boto read the standard ``AWS_*`` variables, profiles and
+``AWS_ENDPOINT_URL`` like every other tool.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from typing import IO, Any
+
+import fsspec
+from fsspec.core import url_to_fs
+
+__all__ = ["filesystem", "join_url", "open_url", "exists", "strip_scheme", "is_local"]
+
+
+def filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem for ``url`` and the path within it."""
+    return url_to_fs(url, **(storage_options or {}))
+
+
+def join_url(base: str, *parts: str) -> str:
+    """Join path parts onto a URL with ``/`` (works for local paths and ``scheme://`` URLs)."""
+    if "://" in base:
+        scheme, rest = base.split("://", 1)
+        return f"{scheme}://" + posixpath.join(rest.rstrip("/"), *parts)
+    return posixpath.join(base, *parts)
+
+
+def open_url(url: str, mode: str = "rb", storage_options: dict[str, Any] | None = None) -> IO:
+    """Open ``url`` for reading or writing; parent folders are created when writing locally."""
+    fs, path = filesystem(url, storage_options)
+    if "w" in mode and is_local(fs):
+        fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    return fs.open(path, mode)
+
+
+def exists(url: str, storage_options: dict[str, Any] | None = None) -> bool:
+    fs, path = filesystem(url, storage_options)
+    return bool(fs.exists(path))
+
+
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("file", "local")
+
+
+def strip_scheme(url: str) -> str:
+    return url.split("://", 1)[1] if "://" in url else url

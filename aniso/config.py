@@ -1,0 +1,275 @@
+"""One typed settings tree for the whole pipeline.
+
+Sources, lowest precedence first:
+
+1. the defaults of the models below;
+2. ``conf/default.yaml``, then ``conf/<profile>.yaml`` (``--profile`` / ``ANISO_PROFILE``);
+3. an explicit YAML file (``--config FILE``);
+4. ``ANISO_<SECTION>__<FIELD>`` environment variables (values parsed as YAML scalars);
+5. ``--set section.field=value`` overrides.
+
+The same :class:`Settings` model is the Prefect flow parameter, so deployments pass JSON that is
+validated exactly like a CLI run. :func:`config_hash` hashes only the *semantic* part (fields that
+change the result); execution details (workers, batch sizes, storage credentials) are excluded,
+so a run resumes when only those change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from .errors import ConfigError
+
+__all__ = [
+    "Settings",
+    "StorageSettings",
+    "StoreSettings",
+    "EmbedSettings",
+    "CorpusSettings",
+    "MethodSettings",
+    "FitSettings",
+    "GateSettings",
+    "ClusterSettings",
+    "load_settings",
+    "config_hash",
+    "semantic_config",
+    "CONF_DIR",
+]
+
+#: Where the YAML profiles live (shipped inside the package so an installed CLI finds them).
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+#: Mark a field as an execution detail: it never enters the config hash / run key.
+EXECUTION = {"execution": True}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StorageSettings(_Section):
+    """Where data lives. ``root`` is any fsspec URL; credentials never leave this section."""
+
+    root: str = Field(".aniso-demo", json_schema_extra=EXECUTION)
+    dataset: str = "demo"
+    storage_options: dict[str, Any] = Field(default_factory=dict, json_schema_extra=EXECUTION)
+    aws_secret_access_key: SecretStr | None = Field(None, json_schema_extra=EXECUTION)
+
+    def fs_options(self) -> dict[str, Any]:
+        """``storage_options`` for fsspec, with the secret field merged in (never logged)."""
+        options = dict(self.storage_options)
+        if self.aws_secret_access_key is not None:
+            options.setdefault("secret", self.aws_secret_access_key.get_secret_value())
+        return options
+
+
+class StoreSettings(_Section):
+    """Zarr layout: chunk = read unit, shard = write unit (one task owns whole shards)."""
+
+    chunk_rows: int = Field(4096, gt=0)
+    shard_rows: int = Field(65536, gt=0)
+    compressor: Literal["zstd", "none"] = "zstd"
+    output_dtype: Literal["float32", "float16"] = "float32"
+
+
+class CorpusSettings(_Section):
+    """How raw corpora are read and split into shards."""
+
+    text_field: str = "text"
+    id_field: str | None = "id"
+    items_per_shard: int = Field(4096, gt=0)
+    max_failure_rate: float = Field(0.01, ge=0.0, le=1.0, json_schema_extra=EXECUTION)
+
+
+class EmbedSettings(_Section):
+    """open_clip encoder. ``pretrained`` is a tag (needs network once) or a local checkpoint path."""
+
+    model: str = "aniso-demo-tiny"
+    pretrained: str | None = "demo"
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", json_schema_extra=EXECUTION)
+    require_gpu: bool = Field(False, json_schema_extra=EXECUTION)
+    batch_size: int = Field(256, gt=0, json_schema_extra=EXECUTION)
+    decode_workers: int = Field(2, ge=0, json_schema_extra=EXECUTION)
+
+
+class MethodSettings(_Section):
+    """Which aligner runs and its hyper-parameters (passed to its constructor)."""
+
+    name: str = "realign"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class FitSettings(_Section):
+    """Fitting pass: sampling for methods that train on rows."""
+
+    seed: int = 0
+    sample_size: int | None = None  # None: the method's own default
+
+
+class GateSettings(_Section):
+    """Quality-gate bounds (a failed gate blocks publication)."""
+
+    centroid_residual_max: float = 1e-3
+    norm_tolerance: float = 1e-3
+    knn_overlap_min: float = 0.3
+    spearman_min: float = 0.5
+    sample_rows: int = Field(2048, gt=10)
+    seed: int = 0
+
+
+class ClusterSettings(_Section):
+    """Dask: a local cluster by default, an existing scheduler when ``address`` is set."""
+
+    address: str | None = None
+    cluster_class: str | None = None  # e.g. "dask_cuda.LocalCUDACluster"
+    n_workers: int = Field(2, gt=0)
+    threads_per_worker: int = Field(1, gt=0)
+    processes: bool = False
+    cluster_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class Settings(BaseSettings):
+    """The whole configuration tree."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ANISO_", env_nested_delimiter="__", extra="forbid", validate_assignment=True
+    )
+
+    storage: StorageSettings = Field(default_factory=StorageSettings, json_schema_extra=EXECUTION)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    corpus: CorpusSettings = Field(default_factory=CorpusSettings)
+    embed: EmbedSettings = Field(default_factory=EmbedSettings)
+    method: MethodSettings = Field(default_factory=MethodSettings)
+    fit: FitSettings = Field(default_factory=FitSettings)
+    gates: GateSettings = Field(default_factory=GateSettings, json_schema_extra=EXECUTION)
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings, json_schema_extra=EXECUTION)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Layering (YAML, env, --set) is done explicitly by load_settings so that its order is
+        # documented in one place; the model itself only validates what it is given.
+        return (init_settings,)
+
+
+# -- layering -------------------------------------------------------------------------------
+def _deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _set_path(target: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = [p for p in dotted.replace("__", ".").split(".") if p]
+    if not parts:
+        raise ConfigError(f"empty setting name in {dotted!r}")
+    node = target
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"setting {dotted!r}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, raw in environ.items():
+        if not key.startswith("ANISO_") or key == "ANISO_PROFILE" or "__" not in key:
+            continue
+        _set_path(out, key[len("ANISO_") :].lower(), yaml.safe_load(raw) if raw != "" else None)
+    return out
+
+
+def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
+    """``["embed.batch_size=64", ...]`` → nested dict (values parsed as YAML scalars)."""
+    out: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        _set_path(out, key.strip(), value)
+    return out
+
+
+def load_settings(
+    profile: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: Iterable[str] = (),
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Resolve the settings from profiles, a file, the environment and ``--set`` overrides."""
+    environ = os.environ if environ is None else environ
+    data = _read_yaml(CONF_DIR / "default.yaml") if (CONF_DIR / "default.yaml").exists() else {}
+    profile = profile or environ.get("ANISO_PROFILE")
+    if profile and profile != "default":
+        data = _deep_merge(data, _read_yaml(CONF_DIR / f"{profile}.yaml"))
+    if config_file:
+        data = _deep_merge(data, _read_yaml(Path(config_file)))
+    data = _deep_merge(data, _env_overrides(environ))
+    data = _deep_merge(data, parse_overrides(overrides))
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from None
+
+
+# -- hashing --------------------------------------------------------------------------------
+def _semantic(model: BaseModel) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, field in type(model).model_fields.items():
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        if extra.get("execution"):
+            continue
+        value = getattr(model, name)
+        out[name] = _semantic(value) if isinstance(value, BaseModel) else value
+    return out
+
+
+def semantic_config(settings: Settings) -> dict[str, Any]:
+    """The part of the settings that determines the result (no execution details, no secrets)."""
+    return _semantic(settings)
+
+
+def config_hash(settings: Settings, length: int = 16) -> str:
+    """Stable hash of :func:`semantic_config` (canonical JSON, sorted keys)."""
+    canonical = json.dumps(semantic_config(settings), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:length]

@@ -1,0 +1,85 @@
+"""The aniso error hierarchy.
+
+Every error raised on purpose by aniso derives from :class:`AnisoError` and, where one fits, from
+the matching builtin too, so callers can catch either (zarr-python's convention)::
+
+    try:
+        produce(...)
+    except InputError as exc:      # or: except ValueError
+        ...
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AnisoError",
+    "ConfigError",
+    "InputError",
+    "ShardAlignmentError",
+    "StoreCorrupt",
+    "StoreNotFound",
+    "NotFittedError",
+    "GateFailed",
+    "FailureRateExceeded",
+    "DeviceUnavailable",
+    "PublishConflict",
+]
+
+
+class AnisoError(Exception):
+    """Base class of every error aniso raises on purpose."""
+
+
+class ConfigError(AnisoError, ValueError):
+    """A setting is missing, malformed or inconsistent."""
+
+
+class InputError(AnisoError, ValueError):
+    """Input data is unusable (wrong shape, NaN rows, empty, mismatched ids, ...).
+
+    The message always names the offending file, row or value.
+    """
+
+
+class ShardAlignmentError(AnisoError, ValueError):
+    """A write does not cover whole Zarr shards (concurrent partial-shard writes lose data)."""
+
+
+class StoreCorrupt(AnisoError, OSError):
+    """An existing store is truncated, corrupted or inconsistent with its metadata."""
+
+
+class StoreNotFound(AnisoError, FileNotFoundError):
+    """A store, manifest or pointer that should exist does not."""
+
+
+class NotFittedError(AnisoError, RuntimeError):
+    """An aligner was used before ``fit`` (or ``load``)."""
+
+
+class GateFailed(AnisoError, RuntimeError):
+    """One or more quality gates failed; nothing was published.
+
+    Parameters
+    ----------
+    message
+        Human-readable summary.
+    failures
+        One entry per failed expectation: ``{"name", "observed", "bound"}``.
+    """
+
+    def __init__(self, message: str, failures: list[dict] | None = None) -> None:
+        super().__init__(message)
+        self.failures = list(failures or [])
+
+
+class FailureRateExceeded(AnisoError, RuntimeError):
+    """Too many items of a corpus failed to read/decode/encode."""
+
+
+class DeviceUnavailable(AnisoError, RuntimeError):
+    """A GPU was required (``require_gpu``) but none is usable."""
+
+
+class PublishConflict(AnisoError, RuntimeError):
+    """Another run published concurrently; this run's publication was not applied."""

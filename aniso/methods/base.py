@@ -1,0 +1,279 @@
+"""The aligner interface every method implements (scikit-learn style).
+
+An aligner maps L2-normalised text embeddings to substitute image embeddings::
+
+    aligner = get_aligner("realign").fit(text, image)   # arrays or re-iterable chunk sources
+    subs = aligner.transform(text_chunk)                # (n, d) float32, unit norm
+    aligner.save("s3://bucket/models/x", storage_options=...)
+    same = Aligner.load("s3://bucket/models/x", storage_options=...)
+
+Fitting is split in three steps so that an orchestrator can distribute the passes over data:
+
+1. statistics: :class:`~aniso.moments.Moments` of each modality (mergeable, per shard);
+2. :meth:`Aligner.fit_statistics`: the model proper, from the moments plus, for methods with
+   ``sample_size > 0``, row samples drawn with :func:`aniso.sampling.sample_indices`;
+3. calibration: :meth:`Aligner.premap_sum` per chunk, summed, then
+   :meth:`Aligner.set_calibration` (the centroid calibration of method-spec §3.6).
+
+:meth:`Aligner.fit` runs the three steps in one process.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Self
+
+import numpy as np
+
+from .._fs import join_url, open_url
+from .._version import __version__
+from ..arrays import ArrayLike2D, iter_chunks, l2_normalize
+from ..errors import AnisoError, InputError, NotFittedError, StoreCorrupt, StoreNotFound
+from ..moments import Moments, moments_of
+from ..sampling import collect_rows, sample_indices
+
+__all__ = ["Aligner", "get_aligner", "available_aligners", "ALIGNERS"]
+
+logger = logging.getLogger(__name__)
+
+#: name -> class, filled by ``Aligner.__init_subclass__``.
+ALIGNERS: dict[str, type[Aligner]] = {}
+
+_MODEL_JSON = "aligner.json"
+_STATE_NPZ = "state.npz"
+
+
+class Aligner(ABC):
+    """Base class of every alignment method.
+
+    Subclasses set ``name`` (the CLI name), implement :meth:`_fit` and :meth:`_premap`, and
+    list their hyper-parameters in :meth:`get_params` (JSON-able) and their fitted arrays in
+    :meth:`_get_state` / :meth:`_set_state`.
+
+    Parameters
+    ----------
+    calibrate
+        Apply the final centroid calibration ``x* = normalize(x̂ − μ̂ + μ_image)``.
+    """
+
+    name: ClassVar[str] = ""
+    #: Rows of each modality the fit wants beyond the moments (0: moments suffice).
+    sample_size: ClassVar[int] = 0
+    #: Default for ``calibrate`` (faithful to each baseline's definition).
+    default_calibrate: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            ALIGNERS[cls.name] = cls
+
+    def __init__(self, calibrate: bool | None = None) -> None:
+        self.calibrate = self.default_calibrate if calibrate is None else bool(calibrate)
+        self.mu_text: np.ndarray | None = None
+        self.mu_image: np.ndarray | None = None
+        self.mu_hat: np.ndarray | None = None
+        self.dim: int | None = None
+
+    # -- hyper-parameters ------------------------------------------------------------------
+    def get_params(self) -> dict[str, Any]:
+        """JSON-able constructor arguments (enough to rebuild an unfitted copy)."""
+        return {"calibrate": self.calibrate}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    # -- fitting ---------------------------------------------------------------------------
+    @property
+    def fitted(self) -> bool:
+        return self.mu_image is not None and (not self.calibrate or self.mu_hat is not None)
+
+    def fit(self, text: ArrayLike2D, image: ArrayLike2D, *, seed: int = 0) -> Self:
+        """Fit on text and image embeddings (arrays or re-iterable chunk sources).
+
+        Makes one statistics pass over each input, draws row samples if the method needs them,
+        and, when ``calibrate`` is on, one calibration pass over the text.
+        """
+        text_stats = moments_of(text, what="text")
+        image_stats = moments_of(image, what="image")
+        text_sample = image_sample = None
+        if self.sample_size > 0:
+            text_sample = collect_rows(text, sample_indices(text_stats.n, self.sample_size, seed))
+            image_sample = collect_rows(image, sample_indices(image_stats.n, self.sample_size, seed + 1))
+        self.fit_statistics(text_stats, image_stats, text_sample=text_sample, image_sample=image_sample)
+        if self.calibrate:
+            total = np.zeros(self.dim or 0)
+            count = 0
+            for chunk in iter_chunks(text, what="text"):
+                part_sum, part_n = self.premap_sum(chunk)
+                total += part_sum
+                count += part_n
+            self.set_calibration(total / count)
+        return self
+
+    def fit_statistics(
+        self,
+        text_stats: Moments,
+        image_stats: Moments,
+        *,
+        text_sample: np.ndarray | None = None,
+        image_sample: np.ndarray | None = None,
+    ) -> Self:
+        """Fit everything except the calibration from moments (and samples, if needed)."""
+        if text_stats.n == 0 or image_stats.n == 0:
+            raise InputError(
+                f"cannot fit on empty input: {text_stats.n} text row(s), {image_stats.n} image row(s)"
+            )
+        if text_stats.dim != image_stats.dim:
+            raise InputError(
+                f"text and image embeddings differ in dimension: text d={text_stats.dim}, "
+                f"image d={image_stats.dim}"
+            )
+        if self.sample_size > 0 and (text_sample is None or image_sample is None):
+            raise InputError(f"{self.name}: fitting needs row samples of both modalities")
+        self.dim = text_stats.dim
+        self.mu_text = np.array(text_stats.mean, dtype=np.float64)
+        self.mu_image = np.array(image_stats.mean, dtype=np.float64)
+        self.mu_hat = None
+        self._fit(
+            text_stats,
+            image_stats,
+            None if text_sample is None else l2_normalize(text_sample),
+            None if image_sample is None else l2_normalize(image_sample),
+        )
+        logger.info("fitted %s on %d text and %d image rows (d=%d)", self.name, text_stats.n, image_stats.n, self.dim)
+        return self
+
+    @abstractmethod
+    def _fit(
+        self,
+        text_stats: Moments,
+        image_stats: Moments,
+        text_sample: np.ndarray | None,
+        image_sample: np.ndarray | None,
+    ) -> None:
+        """Method-specific fit; ``mu_text``, ``mu_image`` and ``dim`` are already set."""
+
+    # -- applying --------------------------------------------------------------------------
+    @abstractmethod
+    def _premap(self, x: np.ndarray) -> np.ndarray:
+        """Map L2-normalised float64 rows to x̂ (before calibration), float64 unit norm."""
+
+    def _check_input(self, x: np.ndarray) -> np.ndarray:
+        if self.mu_image is None:
+            raise NotFittedError(f"{type(self).__name__} is not fitted: call fit() or load() first")
+        x = np.asarray(x)
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise InputError(f"expected text embeddings of shape (n, {self.dim}), got {x.shape}")
+        return l2_normalize(x)
+
+    def premap(self, x: np.ndarray) -> np.ndarray:
+        """x̂ for a chunk: the map before the centroid calibration (float64)."""
+        return self._premap(self._check_input(x))
+
+    def premap_sum(self, x: np.ndarray) -> tuple[np.ndarray, int]:
+        """Sum of x̂ over a chunk and its row count: the calibration pass's partial result."""
+        xh = self.premap(x)
+        return xh.sum(axis=0), int(xh.shape[0])
+
+    def set_calibration(self, mu_hat: np.ndarray) -> Self:
+        """Store μ̂, the mean of x̂ over the whole source set."""
+        mu_hat = np.asarray(mu_hat, dtype=np.float64)
+        if mu_hat.shape != (self.dim,) or not np.isfinite(mu_hat).all():
+            raise InputError(f"calibration mean must be a finite vector of shape ({self.dim},)")
+        self.mu_hat = mu_hat
+        return self
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        """Substitute image embeddings for a chunk of text: ``(n, d)`` float32, unit norm."""
+        xh = self.premap(x)
+        if self.calibrate:
+            if self.mu_hat is None:
+                raise NotFittedError(f"{type(self).__name__}: calibration mean missing; finish fit()")
+            xh = l2_normalize(xh - self.mu_hat + self.mu_image)
+        return xh.astype(np.float32)
+
+    # -- persistence -----------------------------------------------------------------------
+    def _get_state(self) -> dict[str, np.ndarray]:
+        """Method-specific fitted arrays (numpy only)."""
+        return {}
+
+    def _set_state(self, state: dict[str, np.ndarray]) -> None:
+        """Inverse of :meth:`_get_state`."""
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        if self.mu_image is None:
+            raise NotFittedError(f"{type(self).__name__} is not fitted; nothing to save")
+        state = {"mu_text": self.mu_text, "mu_image": self.mu_image}
+        if self.mu_hat is not None:
+            state["mu_hat"] = self.mu_hat
+        state.update(self._get_state())
+        return state
+
+    def save(self, url: str, storage_options: dict[str, Any] | None = None) -> str:
+        """Write the model to ``url`` (a folder on any fsspec filesystem); bit-exact on reload."""
+        state = self.get_state()
+        buffer = io.BytesIO()
+        np.savez(buffer, **state)
+        meta = {
+            "name": self.name,
+            "params": self.get_params(),
+            "arrays": sorted(state),
+            "aniso_version": __version__,
+        }
+        with open_url(join_url(url, _STATE_NPZ), "wb", storage_options) as f:
+            f.write(buffer.getvalue())
+        # The JSON is written last: its presence marks a complete model.
+        with open_url(join_url(url, _MODEL_JSON), "w", storage_options) as f:
+            json.dump(meta, f, indent=2, sort_keys=True)
+        return url
+
+    @classmethod
+    def load(cls, url: str, storage_options: dict[str, Any] | None = None) -> Aligner:
+        """Read a model written by :meth:`save`; the class is chosen by the stored name."""
+        try:
+            with open_url(join_url(url, _MODEL_JSON), "r", storage_options) as f:
+                meta = json.load(f)
+            with open_url(join_url(url, _STATE_NPZ), "rb", storage_options) as f:
+                raw = f.read()
+        except FileNotFoundError as exc:
+            raise StoreNotFound(f"no saved aligner at {url}: {exc}") from exc
+        try:
+            with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
+                state = {k: npz[k] for k in npz.files}
+        except Exception as exc:  # a truncated/corrupted npz raises several types
+            raise StoreCorrupt(f"aligner state at {url} is unreadable: {exc}") from exc
+        aligner_cls = ALIGNERS.get(meta.get("name", ""))
+        if aligner_cls is None:
+            raise StoreCorrupt(f"aligner at {url} names unknown method {meta.get('name')!r}")
+        if cls is not Aligner and not issubclass(aligner_cls, cls):
+            raise StoreCorrupt(f"aligner at {url} is a {aligner_cls.__name__}, not a {cls.__name__}")
+        missing = set(meta.get("arrays", [])) - set(state)
+        if missing:
+            raise StoreCorrupt(f"aligner state at {url} lacks arrays {sorted(missing)}")
+        obj = aligner_cls(**meta["params"])
+        obj.mu_text = state["mu_text"]
+        obj.mu_image = state["mu_image"]
+        obj.mu_hat = state.get("mu_hat")
+        obj.dim = int(obj.mu_image.shape[0])
+        obj._set_state(state)
+        return obj
+
+
+def available_aligners() -> list[str]:
+    """Names accepted by :func:`get_aligner` (and the CLI's ``--method``)."""
+    return sorted(ALIGNERS)
+
+
+def get_aligner(name: str, **params: Any) -> Aligner:
+    """Construct the aligner registered under ``name`` with ``params``."""
+    try:
+        aligner_cls = ALIGNERS[name]
+    except KeyError:
+        raise AnisoError(
+            f"unknown method {name!r}; available: {', '.join(available_aligners())}"
+        ) from None
+    return aligner_cls(**params)

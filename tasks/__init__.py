@@ -1,0 +1,1 @@
+"""Thin Prefect tasks, one module per stage; each calls into :mod:`aniso`."""
