@@ -2,7 +2,7 @@
 
 1. Environment: offline, quiet, hermetic (set before anything imports Prefect).
 2. Data: the real paired sets in ``../shared/data`` (skipped when absent) and synthetic corpora
-   with a planted gap (``tests/data_generation.py``).
+   with a planted gap (:mod:`aniso.synthetic`).
 3. Storage: a real S3-protocol server on loopback (moto ``ThreadedMotoServer``, port 0) and the
    ``root`` fixture parametrised over a local directory and an S3 bucket.
 4. Execution: a Dask ``LocalCluster`` and the Prefect test harness (session scoped).
@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -34,8 +33,7 @@ for _var in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "ANISO_PROFILE"):
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).parent))
-from data_generation import PlantedGap, planted_gap  # noqa: E402
+from aniso.synthetic import PlantedGap, planted_gap  # noqa: E402
 
 # --- 2. data -------------------------------------------------------------------------------
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

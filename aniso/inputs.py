@@ -1,0 +1,201 @@
+"""Precomputed embeddings as pipeline input: ``.npy`` files, clip-retrieval folders, Zarr stores.
+
+Every input opens as an :class:`EmbeddingSource` with a row count, a dimension, random access
+to row ranges (so one task can import one shard without reading the rest) and a fingerprint
+that enters the run key. Accepted forms:
+
+* a single ``.npy`` file (any float dtype; read by byte ranges, so it works on object storage);
+* a folder of ``.npy`` files in clip-retrieval's layout (``text_emb/text_emb_0.npy``, ...), with
+  ids from the sibling ``metadata/metadata_<i>.parquet`` when present, row numbers otherwise;
+* an aniso Zarr embedding store (see :mod:`aniso.store`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ._fs import filesystem, join_url
+from .errors import InputError, StoreNotFound
+from .store import EmbeddingStore
+
+__all__ = ["EmbeddingSource", "NpyPart", "open_embedding_source"]
+
+_ID_COLUMNS = ("id", "key", "image_path", "url")
+
+
+@dataclass(frozen=True)
+class NpyPart:
+    """One ``.npy`` file: where its rows start in the file and in the whole input."""
+
+    url: str
+    rows: int
+    dim: int
+    dtype: np.dtype
+    data_offset: int
+    first_row: int
+    ids_url: str | None = None
+
+
+@dataclass
+class EmbeddingSource:
+    """A random-access view over an embedding input (see the module docstring)."""
+
+    url: str
+    kind: str
+    n_rows: int
+    dim: int
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    parts: list[NpyPart] = field(default_factory=list)
+    store: EmbeddingStore | None = None
+    fingerprint: str = ""
+
+    # -- reading ---------------------------------------------------------------------------
+    def read_rows(self, start: int, stop: int) -> tuple[np.ndarray, list[str]]:
+        """Rows ``[start, stop)`` as ``(embedding, ids)``; raises InputError naming bad rows."""
+        if self.store is not None:
+            emb, ids, valid = self.store.read_rows(start, stop)
+            return emb[valid], list(ids[valid])
+        blocks, ids = [], []
+        for part in self.parts:
+            lo, hi = max(start, part.first_row), min(stop, part.first_row + part.rows)
+            if lo >= hi:
+                continue
+            block = _read_npy_rows(part, lo - part.first_row, hi - part.first_row, self.storage_options)
+            bad = np.flatnonzero(~np.isfinite(block).all(axis=1))
+            if bad.size:
+                raise InputError(
+                    f"{part.url}: row {int(bad[0]) + lo - part.first_row} contains NaN or Inf "
+                    f"({bad.size} bad row(s) in rows [{lo - part.first_row}, {hi - part.first_row}))"
+                )
+            blocks.append(block)
+            ids.extend(_part_ids(part, lo - part.first_row, hi - part.first_row, self.storage_options))
+        if not blocks:
+            return np.empty((0, self.dim), np.float32), []
+        return np.concatenate(blocks).astype(np.float32, copy=False), ids
+
+    def __iter__(self):
+        step = 65536
+        for start in range(0, self.n_rows, step):
+            yield self.read_rows(start, min(start + step, self.n_rows))[0]
+
+
+def open_embedding_source(url: str, storage_options: dict[str, Any] | None = None, *, what: str = "input") -> EmbeddingSource:
+    """Open ``url`` as an embedding input; errors name the file and the problem."""
+    options = storage_options or {}
+    fs, path = filesystem(url, options)
+    if not fs.exists(path):
+        raise InputError(f"{what}: {url} does not exist")
+    if fs.isdir(path) and fs.exists(join_url(path, "zarr.json")):
+        try:
+            store = EmbeddingStore.open(url, storage_options=options)
+        except StoreNotFound as exc:
+            raise InputError(f"{what}: {exc}") from exc
+        markers = store.markers() if store.completed_shards() else []
+        digest = hashlib.sha256(json.dumps([m.get("sha256") for m in markers] + [list(store.shape)]).encode())
+        if not store.is_complete():
+            raise InputError(f"{what}: embedding store {url} is incomplete ({len(store.completed_shards())}/{store.n_shards} shards)")
+        return EmbeddingSource(url, "zarr", store.n_rows, store.dim, options, store=store, fingerprint=digest.hexdigest())
+    if fs.isdir(path):
+        files = sorted((f for f in fs.ls(path, detail=False) if f.endswith(".npy")), key=_natural_key)
+        if not files:
+            raise InputError(f"{what}: folder {url} holds no .npy files")
+        urls = [_with_scheme(url, f) for f in files]
+    elif path.endswith(".npy"):
+        urls = [url]
+    else:
+        raise InputError(f"{what}: {url} is neither a .npy file, a folder of .npy files nor a Zarr store")
+    parts: list[NpyPart] = []
+    digest = hashlib.sha256()
+    first = 0
+    for part_url in urls:
+        part = _npy_header(part_url, options, first_row=first)
+        part = NpyPart(**{**part.__dict__, "ids_url": _metadata_for(part_url, options)})
+        if parts and part.dim != parts[0].dim:
+            raise InputError(f"{what}: {part_url} has dimension {part.dim}, but {parts[0].url} has {parts[0].dim}")
+        info = filesystem(part_url, options)[0].info(filesystem(part_url, options)[1])
+        digest.update(f"{posixpath.basename(part_url)}|{info.get('size')}|{info.get('ETag', info.get('mtime', ''))}".encode())
+        parts.append(part)
+        first += part.rows
+    if first == 0:
+        raise InputError(f"{what}: {url} holds no rows (empty input)")
+    return EmbeddingSource(url, "npy", first, parts[0].dim, options, parts=parts, fingerprint=digest.hexdigest())
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def _natural_key(name: str) -> list[Any]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def _with_scheme(base_url: str, path: str) -> str:
+    return f"{base_url.split('://', 1)[0]}://{path}" if "://" in base_url else path
+
+
+def _npy_header(url: str, options: dict[str, Any], *, first_row: int) -> NpyPart:
+    fs, path = filesystem(url, options)
+    with fs.open(path, "rb") as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = reader(f)
+        except ValueError as exc:
+            raise InputError(f"{url} is not a valid .npy file: {exc}") from exc
+        offset = f.tell()
+    if len(shape) != 2:
+        raise InputError(f"{url}: expected a 2-D (rows, dim) array, got shape {shape}")
+    if fortran:
+        raise InputError(f"{url}: Fortran-ordered arrays are not supported; save with C order")
+    if dtype.kind != "f":
+        raise InputError(f"{url}: expected floating-point embeddings, got dtype {dtype}")
+    size = fs.info(path).get("size")
+    expected = offset + shape[0] * shape[1] * dtype.itemsize
+    if size is not None and size < expected:
+        raise InputError(f"{url} is truncated: {size} bytes, the header promises {expected}")
+    return NpyPart(url, int(shape[0]), int(shape[1]), dtype, offset, first_row)
+
+
+def _read_npy_rows(part: NpyPart, start: int, stop: int, options: dict[str, Any]) -> np.ndarray:
+    fs, path = filesystem(part.url, options)
+    row_bytes = part.dim * part.dtype.itemsize
+    with fs.open(path, "rb") as f:
+        f.seek(part.data_offset + start * row_bytes)
+        raw = f.read((stop - start) * row_bytes)
+    if len(raw) != (stop - start) * row_bytes:
+        raise InputError(f"{part.url}: rows [{start}, {stop}) could not be read in full (file truncated)")
+    return np.frombuffer(raw, dtype=part.dtype).reshape(stop - start, part.dim)
+
+
+def _metadata_for(npy_url: str, options: dict[str, Any]) -> str | None:
+    """clip-retrieval: ``x/text_emb/text_emb_3.npy`` ↔ ``x/metadata/metadata_3.parquet``."""
+    folder, name = posixpath.split(npy_url)
+    match = re.search(r"_(\d+)\.npy$", name)
+    if not match:
+        return None
+    candidate = posixpath.join(posixpath.dirname(folder), "metadata", f"metadata_{match.group(1)}.parquet")
+    if "://" in npy_url:
+        candidate = npy_url.split("://", 1)[0] + "://" + candidate.split("://", 1)[1]
+    fs, path = filesystem(candidate, options)
+    return candidate if fs.exists(path) else None
+
+
+def _part_ids(part: NpyPart, start: int, stop: int, options: dict[str, Any]) -> list[str]:
+    if part.ids_url is None:
+        return [str(part.first_row + i) for i in range(start, stop)]
+    fs, path = filesystem(part.ids_url, options)
+    with fs.open(path, "rb") as f:
+        meta = pd.read_parquet(f)
+    if len(meta) != part.rows:
+        raise InputError(
+            f"ids do not match embeddings: {part.ids_url} has {len(meta)} rows, {part.url} has {part.rows}"
+        )
+    column = next((c for c in _ID_COLUMNS if c in meta.columns), None)
+    if column is None:
+        return [str(part.first_row + i) for i in range(start, stop)]
+    return [str(v) for v in meta[column].iloc[start:stop]]

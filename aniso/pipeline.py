@@ -1,0 +1,301 @@
+"""The pipeline's stages as plain functions, one shard per call (pangeo-forge style).
+
+Prefect tasks in ``tasks/`` are thin wrappers around these; the functions take and return small
+values (URLs, shard numbers, stats dicts), never whole arrays, and each one is idempotent: its
+output is complete only when its marker exists, and calling it again for a completed unit is a
+cheap no-op. Nothing here imports Prefect.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from ._fs import exists, join_url, open_url
+from .arrays import l2_normalize
+from .errors import InputError
+from .inputs import open_embedding_source
+from .methods import Aligner, get_aligner
+from .moments import Moments, merge_all
+from .sampling import rows_in_range, sample_indices
+from .store import EmbeddingStore
+
+__all__ = [
+    "prepare_input",
+    "import_shard",
+    "check_unique_ids",
+    "shard_moments",
+    "reduce_moments",
+    "shard_sample",
+    "fit_model",
+    "calibration_shard",
+    "finish_calibration",
+    "prepare_substitutes",
+    "apply_shard",
+]
+
+logger = logging.getLogger(__name__)
+
+
+# -- ingest of precomputed embeddings ----------------------------------------------------------
+def prepare_input(
+    url: str, store_url_for: Any, *, modality: str, chunk_rows: int, shard_rows: int,
+    storage_options: dict[str, Any], attrs: dict[str, Any] | None = None,
+) -> tuple[str, str, list[int]]:
+    """Open an input and create (or reopen) its embedding store.
+
+    ``store_url_for(fingerprint)`` maps the input's fingerprint to the store URL. An input that
+    already is a complete aniso store is used in place. Returns ``(store_url, fingerprint,
+    shards still to import)``.
+    """
+    source = open_embedding_source(url, storage_options, what=f"{modality} input {url}")
+    if source.store is not None:
+        return source.url, source.fingerprint, []
+    store_url = store_url_for(source.fingerprint)
+    store = EmbeddingStore.create(
+        store_url, n_rows=source.n_rows, dim=source.dim, chunk_rows=chunk_rows, shard_rows=shard_rows,
+        attrs={"source": _redact(url), "modality": modality, "fingerprint": source.fingerprint, **(attrs or {})},
+        storage_options=storage_options,
+    )
+    pending = sorted(set(range(store.n_shards)) - store.completed_shards())
+    return store_url, source.fingerprint, pending
+
+
+def import_shard(url: str, store_url: str, shard: int, storage_options: dict[str, Any]) -> dict[str, Any]:
+    """Copy one shard of rows from an input into its store (validated: finite, right width)."""
+    store = EmbeddingStore.open(store_url, storage_options=storage_options, mode="r+")
+    if shard in store.completed_shards():
+        return store.marker(shard)
+    source = open_embedding_source(url, storage_options)
+    start, stop = store.shard_range(shard)
+    emb, ids = source.read_rows(start, stop)
+    norms = np.linalg.norm(emb.astype(np.float64), axis=1)
+    zero = np.flatnonzero(norms == 0)
+    if zero.size:
+        raise InputError(f"{url}: row {start + int(zero[0])} is an all-zero embedding")
+    return store.write_shard(shard, emb, ids, stats={"ids_sha256": _ids_digest(ids)})
+
+
+def check_unique_ids(store_url: str, storage_options: dict[str, Any], *, what: str) -> None:
+    """Raise InputError naming a duplicated id (ids must identify rows end to end)."""
+    store = EmbeddingStore.open(store_url, storage_options=storage_options)
+    seen: dict[str, int] = {}
+    for shard, _, ids in store.iter_shards():
+        start = store.shard_range(shard)[0]
+        for offset, value in enumerate(ids):
+            if value in seen:
+                raise InputError(f"{what}: id {value!r} appears at rows {seen[value]} and {start + offset}")
+            seen[value] = start + offset
+
+
+# -- statistics -------------------------------------------------------------------------------
+def _stats_url(store_url: str, name: str) -> str:
+    return join_url(store_url, "_stats", f"{name}.npz")
+
+
+def _save_moments(url: str, moments: Moments, options: dict[str, Any]) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, **moments.to_arrays(""))
+    with open_url(url, "wb", options) as f:
+        f.write(buffer.getvalue())
+
+
+def load_moments(url: str, options: dict[str, Any]) -> Moments:
+    with open_url(url, "rb", options) as f:
+        with np.load(io.BytesIO(f.read())) as npz:
+            return Moments.from_arrays(dict(npz), "")
+
+
+def shard_moments(store_url: str, shard: int, storage_options: dict[str, Any]) -> str:
+    """Moments of one shard's valid rows, stored beside the data; returns their URL."""
+    url = _stats_url(store_url, f"moments-{shard:06d}")
+    if exists(url, storage_options):
+        return url
+    store = EmbeddingStore.open(store_url, storage_options=storage_options)
+    emb, _, valid = store.read_shard(shard)
+    _save_moments(url, Moments.from_chunk(emb[valid]), storage_options)
+    return url
+
+
+def reduce_moments(part_urls: list[str], out_url: str, storage_options: dict[str, Any]) -> str:
+    """Merge partial moments (a node of the tree reduction); returns the merged URL."""
+    if not exists(out_url, storage_options):
+        _save_moments(out_url, merge_all(load_moments(u, storage_options) for u in part_urls), storage_options)
+    return out_url
+
+
+def shard_sample(store_url: str, shard: int, indices: np.ndarray, storage_options: dict[str, Any]) -> np.ndarray:
+    """The rows of a shard whose *valid-row* indices are sampled (global valid-row numbering)."""
+    store = EmbeddingStore.open(store_url, storage_options=storage_options)
+    offsets = np.cumsum([0] + [m["valid_rows"] for m in store.markers()])
+    emb, _, valid = store.read_shard(shard)
+    emb = emb[valid]
+    local = rows_in_range(indices, int(offsets[shard]), int(offsets[shard + 1]))
+    return emb[local]
+
+
+# -- fit and calibration ----------------------------------------------------------------------
+def fit_model(
+    model_url: str, method: str, params: dict[str, Any], text_stats_url: str, image_stats_url: str,
+    text_store_url: str, image_store_url: str, *, seed: int, sample_size: int | None,
+    storage_options: dict[str, Any],
+) -> str:
+    """Fit the aligner (everything but the calibration) and save it; skipped when saved already."""
+    if exists(join_url(model_url, "aligner.json"), storage_options):
+        return model_url
+    aligner = get_aligner(method, **params)
+    text_stats = load_moments(text_stats_url, storage_options)
+    image_stats = load_moments(image_stats_url, storage_options)
+    samples: dict[str, np.ndarray | None] = {"text": None, "image": None}
+    want = sample_size or aligner.sample_size
+    if aligner.sample_size > 0:
+        for name, stats, store_url, sub_seed in (
+            ("text", text_stats, text_store_url, seed), ("image", image_stats, image_store_url, seed + 1)
+        ):
+            indices = sample_indices(stats.n, want, sub_seed)
+            store = EmbeddingStore.open(store_url, storage_options=storage_options)
+            parts = [shard_sample(store_url, s, indices, storage_options) for s in range(store.n_shards)]
+            samples[name] = np.concatenate(parts)
+    aligner.fit_statistics(text_stats, image_stats, text_sample=samples["text"], image_sample=samples["image"])
+    aligner.save(model_url, storage_options)
+    return model_url
+
+
+def calibration_shard(model_url: str, text_store_url: str, shard: int, storage_options: dict[str, Any]) -> dict[str, Any]:
+    """Partial sum of x̂ over one shard of text (the calibration pass)."""
+    aligner = Aligner.load(model_url, storage_options)
+    emb, _, valid = EmbeddingStore.open(text_store_url, storage_options=storage_options).read_shard(shard)
+    if not valid.any():
+        return {"sum": [0.0] * aligner.dim, "n": 0}
+    total, count = aligner.premap_sum(emb[valid])
+    return {"sum": total.tolist(), "n": count}
+
+
+def finish_calibration(model_url: str, partials: list[dict[str, Any]], storage_options: dict[str, Any]) -> str:
+    """Set μ̂ from the partial sums (in shard order, so the result is reproducible) and re-save."""
+    aligner = Aligner.load(model_url, storage_options)
+    if not aligner.calibrate or aligner.mu_hat is not None:
+        return model_url
+    total = np.sum([np.asarray(p["sum"], dtype=np.float64) for p in partials], axis=0)
+    count = sum(p["n"] for p in partials)
+    if count == 0:
+        raise InputError("calibration saw no valid text rows")
+    aligner.set_calibration(total / count).save(model_url, storage_options)
+    return model_url
+
+
+def model_is_final(model_url: str, storage_options: dict[str, Any]) -> bool:
+    if not exists(join_url(model_url, "aligner.json"), storage_options):
+        return False
+    aligner = Aligner.load(model_url, storage_options)
+    return not aligner.calibrate or aligner.mu_hat is not None
+
+
+# -- apply ------------------------------------------------------------------------------------
+def prepare_substitutes(
+    subs_url: str, text_store_url: str, *, attrs: dict[str, Any], dtype: str, compressor: str,
+    storage_options: dict[str, Any],
+) -> list[int]:
+    """Create the substitutes store with the text store's geometry; returns pending shards."""
+    text = EmbeddingStore.open(text_store_url, storage_options=storage_options)
+    subs = EmbeddingStore.create(
+        subs_url, n_rows=text.n_rows, dim=text.dim, chunk_rows=text.chunk_rows, shard_rows=text.shard_rows,
+        dtype=dtype, compressor=compressor, attrs=attrs, storage_options=storage_options,
+    )
+    return sorted(set(range(subs.n_shards)) - subs.completed_shards())
+
+
+def apply_shard(
+    model_url: str, text_store_url: str, subs_url: str, shard: int, storage_options: dict[str, Any]
+) -> dict[str, Any]:
+    """Transform one shard of text and write it whole, with its per-shard quality stats."""
+    subs = EmbeddingStore.open(subs_url, storage_options=storage_options, mode="r+")
+    if shard in subs.completed_shards():
+        return subs.marker(shard)
+    started = time.perf_counter()
+    aligner = Aligner.load(model_url, storage_options)
+    emb, ids, valid = EmbeddingStore.open(text_store_url, storage_options=storage_options).read_shard(shard)
+    read_s = time.perf_counter() - started
+    out = np.zeros((emb.shape[0], emb.shape[1]), dtype=np.float32)
+    if valid.any():
+        out[valid] = aligner.transform(emb[valid])
+    compute_s = time.perf_counter() - started - read_s
+    stats = shard_quality(out[valid], l2_normalize(emb[valid]) if valid.any() else emb[valid], list(ids[valid]))
+    stats.update(read_seconds=read_s, compute_seconds=compute_s)
+    marker = subs.write_shard(shard, out, list(ids), valid=valid, stats=stats)
+    marker["stats"]["write_seconds"] = time.perf_counter() - started - read_s - compute_s
+    return marker
+
+
+def shard_quality(subs: np.ndarray, text: np.ndarray, ids: list[str]) -> dict[str, Any]:
+    """Per-shard summary the gates validate (cheap; computed while the shard is in memory)."""
+    s64 = subs.astype(np.float64)
+    finite = np.isfinite(s64).all(axis=1)
+    norms = np.linalg.norm(np.where(np.isfinite(s64), s64, 0.0), axis=1)
+    return {
+        "rows": int(subs.shape[0]),
+        "nonfinite_rows": int((~finite).sum()),
+        "norm_min": float(norms.min()) if norms.size else 1.0,
+        "norm_max": float(norms.max()) if norms.size else 1.0,
+        "norm_mean": float(norms.mean()) if norms.size else 1.0,
+        "sum": s64[finite].sum(axis=0).tolist(),
+        "text_sum": text.astype(np.float64).sum(axis=0).tolist(),
+        "ids_unique": len(set(ids)) == len(ids),
+        "ids_sha256": _ids_digest(ids),
+    }
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def _ids_digest(ids: list[str]) -> str:
+    import hashlib
+
+    return hashlib.sha256("\x1f".join(map(str, ids)).encode()).hexdigest()
+
+
+def _redact(url: str) -> str:
+    """Drop any ``user:password@`` part of a URL before it is written anywhere."""
+    if "://" in url and "@" in url.split("://", 1)[1].split("/", 1)[0]:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://{rest.split('@', 1)[1]}"
+    return url
+
+
+def write_json(url: str, payload: dict[str, Any], storage_options: dict[str, Any]) -> None:
+    with open_url(url, "w", storage_options) as f:
+        json.dump(payload, f, indent=2, sort_keys=True, default=str)
+
+
+# -- gates ------------------------------------------------------------------------------------
+def gate_run(
+    model_url: str, text_store_url: str, subs_url: str, quality_url: str, settings: Any,
+    storage_options: dict[str, Any],
+) -> dict[str, Any]:
+    """Evaluate the gates on the run's per-shard stats; write ``quality/`` and return the report."""
+    import pandas as pd
+
+    from .gates import evaluate_gates
+
+    text = EmbeddingStore.open(text_store_url, storage_options=storage_options)
+    subs = EmbeddingStore.open(subs_url, storage_options=storage_options)
+    markers = subs.markers()
+    ids_match = text.shape[0] == subs.shape[0] and all(
+        np.array_equal(text.ids[m["start"] : m["stop"]], subs.ids[m["start"] : m["stop"]]) for m in markers
+    )
+    aligner = Aligner.load(model_url, storage_options)
+    report = evaluate_gates(
+        [m["stats"] for m in markers], expected_rows=text.count_valid(), ids_match=ids_match,
+        mu_image=aligner.mu_image, settings=settings,
+    )
+    table = pd.DataFrame([
+        {"shard": m["shard"], **{k: v for k, v in m["stats"].items() if k not in ("sum", "text_sum")}} for m in markers
+    ])
+    with open_url(join_url(quality_url, "shard_stats.parquet"), "wb", storage_options) as f:
+        table.to_parquet(f, index=False)
+    result = report.to_dict()
+    write_json(join_url(quality_url, "gates.json"), result, storage_options)
+    return result

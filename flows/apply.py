@@ -1,0 +1,29 @@
+"""Apply stage: substitutes for every text shard, one whole Zarr shard per task."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from aniso import pipeline
+from aniso.config import Settings
+from tasks.apply import apply_shard
+
+from ._common import map_shards
+
+
+def apply_model(model_url: str, text_store: str, subs_url: str, settings: Settings, attrs: dict[str, Any]) -> list[int]:
+    """Write the substitutes store (resuming: completed shards are skipped); returns shards written."""
+    options = settings.storage.fs_options()
+    pending = pipeline.prepare_substitutes(subs_url, text_store, attrs=attrs, dtype=settings.store.output_dtype,
+                                           compressor=settings.store.compressor, storage_options=options)
+    map_shards(apply_shard, "apply", pending, model_url=model_url, text_store_url=text_store, subs_url=subs_url,
+               storage_options=options)
+    return pending
+
+
+@flow(name="apply")
+def apply(model_url: str, text_store: str, subs_url: str, settings: Settings) -> list[int]:
+    """Standalone apply flow."""
+    return apply_model(model_url, text_store, subs_url, settings, attrs={})

@@ -1,0 +1,165 @@
+"""The ``aniso`` command line (typer). It lives with the flows because it runs them; the
+library in :mod:`aniso` stays orchestrator-free.
+
+Exit codes: 0 success · 1 other aniso error · 2 bad input or settings · 3 a gate failed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+# Prefect's 20 s ephemeral-server start-up timeout is too short on a loaded 2-core machine.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Quiet by default (``--verbose`` raises the levels again): Prefect and Dask log every task.
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+
+import typer  # noqa: E402
+
+from aniso.config import Settings, load_settings  # noqa: E402
+from aniso.errors import AnisoError, ConfigError, GateFailed, InputError  # noqa: E402
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Substitute image embeddings from text.")
+logger = logging.getLogger("aniso.cli")
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML settings file layered over the profile.")]
+ProfileOpt = Annotated[Optional[str], typer.Option("--profile", help="conf/<profile>.yaml (default, local, s3, ci).")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting: section.field=value (repeatable).")]
+
+
+def _fail(exc: BaseException) -> None:
+    """Print a one-line reason and exit with the code of its error class."""
+    code = 3 if isinstance(exc, GateFailed) else 2 if isinstance(exc, (InputError, ConfigError)) else 1
+    typer.echo(f"aniso: error: {exc}", err=True)
+    raise typer.Exit(code)
+
+
+def _settings(profile: str | None, config: Path | None, overrides: list[str] | None, **fields: str | None) -> Settings:
+    extra = [f"{k}={v}" for k, v in fields.items() if v is not None]
+    return load_settings(profile=profile, config_file=config, overrides=[*(overrides or []), *extra])
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Prefect's and Dask's own INFO chatter would drown the progress bar.
+    for name in ("prefect", "distributed", "httpx"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def run_produce(text: str, image: str, settings: Settings, *, show_progress: bool = True) -> dict:
+    """Run the ``produce`` flow with the settings' Dask cluster and a progress bar."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from aniso.progress import set_callback
+    from flows._common import make_task_runner
+    from flows.produce import produce
+
+    flow = produce.with_options(task_runner=make_task_runner(settings.cluster))
+    if not show_progress:
+        return flow(text=text, image=image, settings=settings)
+    columns = (TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, transient=False) as bar:
+        tasks: dict[str, int] = {}
+
+        def on_progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=max(total, 1))
+            bar.update(tasks[stage], completed=done if total else 1)
+
+        previous = set_callback(on_progress)
+        try:
+            return flow(text=text, image=image, settings=settings)
+        finally:
+            set_callback(previous)
+
+
+@app.command()
+def produce(
+    text: Annotated[str, typer.Option(help="Text embeddings: .npy, clip-retrieval folder or Zarr store URL.")],
+    image: Annotated[str, typer.Option(help="Image embeddings: .npy, clip-retrieval folder or Zarr store URL.")],
+    out: Annotated[Optional[str], typer.Option(help="Storage root URL (local path or s3://...).")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="Dataset name under the root.")] = None,
+    method: Annotated[Optional[str], typer.Option(help="identity, centroid, realign, c3, moment, anisoalign.")] = None,
+    config: ConfigOpt = None,
+    profile: ProfileOpt = None,
+    set_: SetOpt = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Embeddings in → substitutes gated and published (the whole job)."""
+    _configure_logging(verbose)
+    try:
+        settings = _settings(profile, config, set_, **{"storage.root": out, "storage.dataset": dataset, "method.name": method})
+        result = run_produce(text, image, settings)
+    except AnisoError as exc:
+        _fail(exc)
+    _print_result(result, settings)
+
+
+def _print_result(result: dict, settings: Settings) -> None:
+    pointer = result["published"]
+    typer.echo(f"published {settings.storage.dataset} version {pointer['version']} (run {result['run_key']})")
+    typer.echo(f"  root:     {settings.storage.root}")
+    typer.echo(f"  manifest: {settings.storage.root}/{settings.storage.dataset}/{pointer['manifest']}")
+    for gate in result["gates"]["results"]:
+        typer.echo(f"  gate {gate['name']:<20} {'PASS' if gate['passed'] else 'FAIL'}  observed {gate['observed']}  ({gate['bound']})")
+
+
+@app.command()
+def demo(
+    out: Annotated[str, typer.Option(help="Storage root for the demo.")] = ".aniso-demo",
+    rows: Annotated[int, typer.Option(help="Text and image rows to generate.")] = 20000,
+    method: Annotated[Optional[str], typer.Option(help="Alignment method.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """The embedded default: generate a demo dataset with a planted modality gap, then produce it."""
+    import numpy as np
+
+    from aniso._fs import join_url, open_url
+    from aniso.synthetic import planted_gap
+
+    _configure_logging(verbose)
+    try:
+        settings = _settings(None, None, None, **{"storage.root": out, "method.name": method})
+        inputs = join_url(out, "inputs")
+        gap = planted_gap(n=rows, d=512, latent=64, gap_rank=8, seed=0)
+        for name, array in (("text", gap.text), ("image", gap.image)):
+            with open_url(join_url(inputs, f"{name}.npy"), "wb") as f:
+                np.save(f, array)
+        typer.echo(f"demo inputs: {rows} text and {rows} image embeddings (d=512, planted gap) in {inputs}")
+        result = run_produce(join_url(inputs, "text.npy"), join_url(inputs, "image.npy"), settings)
+    except AnisoError as exc:
+        _fail(exc)
+    _print_result(result, settings)
+
+
+@app.command()
+def show(
+    out: Annotated[str, typer.Option(help="Storage root URL.")],
+    dataset: Annotated[str, typer.Option(help="Dataset name.")] = "demo",
+) -> None:
+    """Print the manifest of the published version (what a training team reads)."""
+    from aniso.publish import open_published
+
+    try:
+        published = open_published(out, dataset)
+    except AnisoError as exc:
+        _fail(exc)
+    manifest = {k: v for k, v in published.manifest.items() if k != "shards"}
+    typer.echo(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,32 @@
+"""Fit stage: the aligner from the statistics (and samples), then the calibration pass."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from aniso import pipeline
+from aniso.config import Settings
+from aniso.store import EmbeddingStore
+from tasks.fit import calibration_shard, finish_calibration, fit_model
+
+from ._common import map_shards
+
+
+def fit_and_calibrate(model_url: str, text_store: str, image_store: str, text_stats: str, image_stats: str,
+                      settings: Settings) -> str:
+    """Fit (skipped when the model exists) and calibrate (skipped when μ̂ is stored)."""
+    options = settings.storage.fs_options()
+    if pipeline.model_is_final(model_url, options):
+        return model_url
+    fit_model.submit(model_url, settings.method.name, settings.method.params, text_stats, image_stats,
+                     text_store, image_store, settings.fit.seed, settings.fit.sample_size, options).result()
+    n_shards = EmbeddingStore.open(text_store, storage_options=options).n_shards
+    partials = map_shards(calibration_shard, "calibrate", range(n_shards), model_url=model_url,
+                          text_store_url=text_store, storage_options=options)
+    return finish_calibration.submit(model_url, partials, options).result()
+
+
+@flow(name="fit")
+def fit(model_url: str, text_store: str, image_store: str, text_stats: str, image_stats: str, settings: Settings) -> str:
+    """Standalone fit flow."""
+    return fit_and_calibrate(model_url, text_store, image_store, text_stats, image_stats, settings)

@@ -1,0 +1,27 @@
+"""Retry policy shared by every task: retry only transient I/O, never bad input."""
+
+from __future__ import annotations
+
+from prefect.cache_policies import NO_CACHE
+
+from aniso.errors import AnisoError
+
+RETRIES = 3
+RETRY_DELAYS = [1, 4, 10]
+
+
+def transient_only(task, task_run, state) -> bool:
+    """Prefect ``retry_condition_fn``: retry OSError/ConnectionError that aniso did not raise on purpose."""
+    try:
+        state.result()
+    except AnisoError:
+        return False
+    except (OSError, ConnectionError, TimeoutError):
+        return True
+    except Exception:
+        return False
+    return False
+
+
+TASK_OPTIONS = dict(retries=RETRIES, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=transient_only,
+                    persist_result=False, cache_policy=NO_CACHE)

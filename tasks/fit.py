@@ -1,0 +1,29 @@
+"""Fit tasks: the model, then the calibration pass (per shard) and its finish."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+
+from aniso import pipeline
+
+from ._retry import TASK_OPTIONS
+
+
+@task(name="fit-model", **TASK_OPTIONS)
+def fit_model(model_url: str, method: str, params: dict[str, Any], text_stats_url: str, image_stats_url: str,
+              text_store_url: str, image_store_url: str, seed: int, sample_size: int | None,
+              storage_options: dict[str, Any]) -> str:
+    return pipeline.fit_model(model_url, method, params, text_stats_url, image_stats_url, text_store_url,
+                              image_store_url, seed=seed, sample_size=sample_size, storage_options=storage_options)
+
+
+@task(name="calibration-shard", **TASK_OPTIONS)
+def calibration_shard(model_url: str, text_store_url: str, shard: int, storage_options: dict[str, Any]) -> dict[str, Any]:
+    return pipeline.calibration_shard(model_url, text_store_url, shard, storage_options)
+
+
+@task(name="finish-calibration", **TASK_OPTIONS)
+def finish_calibration(model_url: str, partials: list[dict[str, Any]], storage_options: dict[str, Any]) -> str:
+    return pipeline.finish_calibration(model_url, partials, storage_options)

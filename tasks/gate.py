@@ -1,0 +1,18 @@
+"""Gate task: evaluate the quality gates of a run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+
+from aniso import pipeline
+from aniso.config import GateSettings
+
+from ._retry import TASK_OPTIONS
+
+
+@task(name="gate", **TASK_OPTIONS)
+def gate(model_url: str, text_store_url: str, subs_url: str, quality_url: str, settings: GateSettings,
+         storage_options: dict[str, Any]) -> dict[str, Any]:
+    return pipeline.gate_run(model_url, text_store_url, subs_url, quality_url, settings, storage_options)

@@ -1,0 +1,21 @@
+"""Ingest tasks: import precomputed embeddings into shard-aligned stores."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+
+from aniso import pipeline
+
+from ._retry import TASK_OPTIONS
+
+
+@task(name="import-shard", **TASK_OPTIONS)
+def import_shard(url: str, store_url: str, shard: int, storage_options: dict[str, Any]) -> dict[str, Any]:
+    return pipeline.import_shard(url, store_url, shard, storage_options)
+
+
+@task(name="check-unique-ids", **TASK_OPTIONS)
+def check_unique_ids(store_url: str, storage_options: dict[str, Any], what: str) -> None:
+    pipeline.check_unique_ids(store_url, storage_options, what=what)

@@ -1,0 +1,21 @@
+"""Statistics tasks: per-shard moments and the tree reduction's merge nodes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+
+from aniso import pipeline
+
+from ._retry import TASK_OPTIONS
+
+
+@task(name="shard-moments", **TASK_OPTIONS)
+def shard_moments(store_url: str, shard: int, storage_options: dict[str, Any]) -> str:
+    return pipeline.shard_moments(store_url, shard, storage_options)
+
+
+@task(name="merge-moments", **TASK_OPTIONS)
+def merge_moments(part_urls: list[str], out_url: str, storage_options: dict[str, Any]) -> str:
+    return pipeline.reduce_moments(part_urls, out_url, storage_options)
