@@ -120,8 +120,7 @@ def open_embedding_source(url: str, storage_options: dict[str, Any] | None = Non
         part = NpyPart(**{**part.__dict__, "ids_url": _metadata_for(part_url, options)})
         if parts and part.dim != parts[0].dim:
             raise InputError(f"{what}: {part_url} has dimension {part.dim}, but {parts[0].url} has {parts[0].dim}")
-        info = filesystem(part_url, options)[0].info(filesystem(part_url, options)[1])
-        digest.update(f"{posixpath.basename(part_url)}|{info.get('size')}|{info.get('ETag', info.get('mtime', ''))}".encode())
+        digest.update(f"{posixpath.basename(part_url)}|{_content_tag(part_url, options)}".encode())
         parts.append(part)
         first += part.rows
     if first == 0:
@@ -136,6 +135,24 @@ def _natural_key(name: str) -> list[Any]:
 
 def _with_scheme(base_url: str, path: str) -> str:
     return f"{base_url.split('://', 1)[0]}://{path}" if "://" in base_url else path
+
+
+def _content_tag(url: str, options: dict[str, Any]) -> str:
+    """What identifies a file's content: the object store's ETag, else a sha256 of its bytes.
+
+    Never the modification time: a copied or touched file with the same bytes is the same input,
+    so the run resumes instead of starting over.
+    """
+    fs, path = filesystem(url, options)
+    info = fs.info(path)
+    etag = info.get("ETag") or info.get("etag")
+    if etag:
+        return f"{info.get('size')}:{str(etag).strip(chr(34))}"
+    digest = hashlib.sha256()
+    with fs.open(path, "rb") as f:
+        for block in iter(lambda: f.read(8 << 20), b""):
+            digest.update(block)
+    return f"{info.get('size')}:{digest.hexdigest()}"
 
 
 def _npy_header(url: str, options: dict[str, Any], *, first_row: int) -> NpyPart:

@@ -1,0 +1,87 @@
+"""Zarr embedding stores on local directories and the loopback S3 server."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from aniso._fs import filesystem, join_url
+from aniso.errors import InputError, ShardAlignmentError, StoreCorrupt, StoreNotFound
+from aniso.store import EmbeddingStore
+
+
+def _make(url, options, n=1000, d=8, shard_rows=256):
+    return EmbeddingStore.create(url, n_rows=n, dim=d, chunk_rows=64, shard_rows=shard_rows, storage_options=options)
+
+
+def _rows(store, shard, seed=0):
+    start, stop = store.shard_range(shard)
+    data = np.random.default_rng(seed + shard).normal(size=(stop - start, store.dim)).astype(np.float32)
+    return data, [f"id-{i}" for i in range(start, stop)]
+
+
+def test_round_trip_and_markers(root):
+    url, options = root
+    store = _make(join_url(url, "a.zarr"), options)
+    assert store.n_shards == 4 and store.shard_range(3) == (768, 1000)
+    for shard in (0, 2):
+        store.write_shard(shard, *_rows(store, shard), stats={"k": shard})
+    assert store.completed_shards() == {0, 2}
+    again = EmbeddingStore.open(store.url, storage_options=options)
+    emb, ids, valid = again.read_shard(2)
+    np.testing.assert_array_equal(emb, _rows(store, 2)[0])
+    assert list(ids) == _rows(store, 2)[1] and valid.all()
+    assert again.marker(2)["stats"] == {"k": 2}
+
+
+def test_misaligned_writes_raise(root):
+    url, options = root
+    store = _make(join_url(url, "b.zarr"), options)
+    block = np.zeros((256, 8), np.float32)
+    ids = ["x"] * 256
+    with pytest.raises(ShardAlignmentError, match="not aligned"):
+        store.write_rows(100, block, ids)
+    with pytest.raises(ShardAlignmentError, match="not aligned"):
+        store.write_rows(0, block[:100], ids[:100])
+    with pytest.raises(ShardAlignmentError, match="holds rows"):
+        store.write_shard(1, block[:10], ids[:10])
+    assert store.completed_shards() == set()
+
+
+def test_create_is_idempotent_but_refuses_other_geometry(root):
+    url, options = root
+    store = _make(join_url(url, "c.zarr"), options)
+    store.write_shard(0, *_rows(store, 0))
+    reopened = _make(store.url, options)
+    assert reopened.completed_shards() == {0}  # resume, data kept
+    with pytest.raises(StoreCorrupt, match="already exists"):
+        _make(store.url, options, d=16)
+
+
+def test_iteration_skips_invalid_rows(tmp_path):
+    store = _make(str(tmp_path / "d.zarr"), {}, n=300, shard_rows=256)
+    for shard in range(store.n_shards):
+        data, ids = _rows(store, shard)
+        valid = np.ones(len(ids), bool)
+        valid[::3] = False
+        store.write_shard(shard, data, ids, valid=valid)
+    total = sum(block.shape[0] for block in store)
+    assert total == store.count_valid() == 300 - len(range(0, 256, 3)) - len(range(0, 44, 3))
+
+
+def test_missing_and_corrupt_stores_raise_clear_errors(tmp_path):
+    with pytest.raises(StoreNotFound, match="no embedding store"):
+        EmbeddingStore.open(str(tmp_path / "nothing.zarr"))
+    store = _make(str(tmp_path / "e.zarr"), {})
+    store.write_shard(0, *_rows(store, 0))
+    fs, path = filesystem(store.url)
+    shard_files = [p for p in fs.find(join_url(path, "embedding")) if "/c/" in p]
+    with open(shard_files[0], "r+b") as f:
+        f.truncate(40)
+    with pytest.raises(StoreCorrupt, match="truncated or corrupted"):
+        store.read_shard(0)
+    (tmp_path / "e.zarr" / "zarr.json").write_text("{not json")
+    with pytest.raises(StoreCorrupt, match="unreadable metadata"):
+        EmbeddingStore.open(store.url)
+    with pytest.raises(InputError):
+        EmbeddingStore.create(str(tmp_path / "f.zarr"), n_rows=0, dim=4, chunk_rows=1, shard_rows=1)
