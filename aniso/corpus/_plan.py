@@ -128,6 +128,18 @@ def tar_samples(fileobj) -> list[tuple[str, dict[str, tarfile.TarInfo]]]:
     return samples
 
 
+def parse_json_line(raw: bytes) -> tuple[Any, str | None]:
+    """``(record, error)`` of one jsonl line; a non-UTF-8 line still yields its record (for the id)."""
+    try:
+        text, error = raw.decode("utf-8"), None
+    except UnicodeDecodeError as exc:
+        text, error = raw.decode("utf-8", errors="surrogateescape"), f"not valid UTF-8 ({exc.reason} at byte {exc.start})"
+    try:
+        return json.loads(text), error
+    except ValueError as exc:
+        return None, error or f"invalid JSON: {exc}"
+
+
 def _record_id(record: Any, id_field: str | None, default: str) -> str:
     if id_field and isinstance(record, dict) and record.get(id_field) not in (None, ""):
         return str(record[id_field])
@@ -143,10 +155,7 @@ def _scan_lines(fs, path: str, rel: str, fmt: str, id_field: str | None) -> Unit
                 default = f"{rel}:{lineno}"
                 record_id = default
                 if fmt == "jsonl" and id_field:
-                    try:
-                        record_id = _record_id(json.loads(raw), id_field, default)
-                    except ValueError:
-                        pass  # the reader records the reason
+                    record_id = _record_id(parse_json_line(raw)[0], id_field, default)
                 unit.ids.append(record_id)
                 unit.lines.append(lineno)
                 unit.offsets.append(offset)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from typing import Any
 
 import pyarrow.parquet as pq
 
-from ._plan import FileRange
+from ._plan import FileRange, parse_json_line
 
 __all__ = ["TextItem", "read_text_range", "read_csv_rows", "check_text"]
 
@@ -62,21 +61,17 @@ def _read_lines(fs, rng: FileRange, text_field: str, id_field: str | None) -> li
             text, error = check_text(raw, "text")
             items.append((default_id, source, text, error))
         else:
-            try:
-                record = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError as exc:
-                items.append((default_id, source, None, f"not valid UTF-8 ({exc.reason} at byte {exc.start})"))
-            except ValueError as exc:
-                items.append((default_id, source, None, f"invalid JSON: {exc}"))
+            record, error = parse_json_line(raw)
+            rid = default_id
+            if isinstance(record, dict) and id_field and record.get(id_field) not in (None, ""):
+                rid = str(record[id_field])
+            if error is None and not isinstance(record, dict):
+                error = "JSON line is not an object"
+            if error is not None:
+                items.append((rid, source, None, error))
             else:
-                if not isinstance(record, dict):
-                    items.append((default_id, source, None, "JSON line is not an object"))
-                else:
-                    rid = default_id
-                    if id_field and record.get(id_field) not in (None, ""):
-                        rid = str(record[id_field])
-                    text, error = check_text(record.get(text_field), text_field)
-                    items.append((rid, source, text, error))
+                text, error = check_text(record.get(text_field), text_field)
+                items.append((rid, source, text, error))
         lineno += 1
     return items
 
