@@ -125,6 +125,16 @@ class GateSettings(_Section):
     spearman_min: float = 0.5
     sample_rows: int = Field(2048, gt=10)
     seed: int = 0
+    #: Image rows (and as many substitutes) for the reported, not gated, distribution metrics.
+    distribution_sample_rows: int = Field(1024, gt=10)
+    #: Random pairs for the pairwise-cosine Spearman gate (all pairs when the sample has fewer).
+    spearman_pairs: int = Field(20_000, gt=100)
+    #: At most this many read chunks per store are read to draw a sample (0: no limit).
+    sample_chunks: int = Field(16, ge=0)
+    #: The suites file (default ``conf/gates.yaml``); bounds written ``"{field}"`` come from here.
+    suite_file: str | None = None
+    #: Write ``quality/report.html`` and ``report.json`` beside ``gates.json``.
+    report: bool = True
 
 
 class ClusterSettings(_Section):

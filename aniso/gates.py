@@ -1,38 +1,97 @@
-"""Quality gates on the per-shard summaries written during apply.
+"""Quality gates of a run, validated with great-expectations 1.x.
 
-Gates read the small per-shard stats (row counts, norms, NaN counts, vector sums, id digests),
-never the raw embeddings, so they cost almost nothing next to apply. Every check yields a
+The gates read two small tables, never the raw embeddings:
+
+* ``shard_stats``: one row per substitutes shard, computed while apply had the shard in memory
+  (:func:`aniso.pipeline.shard_quality`): row counts, non-finite rows, norm extremes, id checks;
+* ``run_metrics``: one row for the run: the centroid residual (from the shards' vector sums),
+  and semantic preservation (kNN overlap@10, pairwise-cosine Spearman) on a deterministic sample
+  of text rows versus their substitutes, plus distribution compatibility against a sample of
+  image rows (reported, not gated).
+
+The expectation suites are data (``conf/gates.yaml``); bounds written ``"{field}"`` there come
+from :class:`aniso.config.GateSettings`. Each run builds an *ephemeral* GX context (nothing is
+persisted, so reruns never hit "already exists"), a pandas datasource with one dataframe asset
+per table, one suite per table and a checkpoint over both. Every expectation yields a
 :class:`GateResult` with its observed value and bound; publication happens only when all pass.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
+import yaml
 
-from .config import GateSettings
+from .config import CONF_DIR, GateSettings
+from .errors import ConfigError, InputError
 
-__all__ = ["GateResult", "GateReport", "evaluate_gates"]
+__all__ = [
+    "GateResult",
+    "GateReport",
+    "GateSuites",
+    "load_suites",
+    "shard_table",
+    "centroid_metrics",
+    "sample_metrics",
+    "evaluate_gates",
+    "TABLES",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The tables a suite may validate, in evaluation order.
+TABLES = ("shard_stats", "run_metrics")
+
+#: Columns of the shard table; bool columns are stored as 0/1 so GX aggregates them.
+SHARD_COLUMNS = ("shard", "rows", "nonfinite_rows", "norm_min", "norm_max", "norm_mean", "norm_dev",
+                 "ids_unique", "ids_match")
 
 
 @dataclass(frozen=True)
 class GateResult:
+    """One expectation's outcome.
+
+    Attributes
+    ----------
+    name
+        The expectation's name in the suite (what a failure reports).
+    observed
+        The observed value (a number, or the count of offending rows for per-row checks).
+    bound
+        The bound as text, e.g. ``"<= 0.001"`` or ``"== 3000"``.
+    passed
+        Whether the expectation held.
+    table, expectation
+        The validated table and the GX expectation type.
+    """
+
     name: str
     observed: Any
     bound: str
     passed: bool
+    table: str = ""
+    expectation: str = ""
 
 
 @dataclass
 class GateReport:
+    """All gate results of a run, with the metrics they were computed from."""
+
     results: list[GateResult] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
 
     @property
     def passed(self) -> bool:
-        return all(r.passed for r in self.results)
+        return bool(self.results) and all(r.passed for r in self.results)
 
     @property
     def failures(self) -> list[GateResult]:
@@ -44,45 +103,293 @@ class GateReport:
         return "; ".join(f"{r.name}: observed {r.observed}, required {r.bound}" for r in self.failures)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"passed": self.passed, "results": [asdict(r) for r in self.results], "metrics": self.metrics}
+        return {
+            "passed": self.passed,
+            "results": [{k: _json_safe(v) for k, v in asdict(r).items()} for r in self.results],
+            "metrics": {k: _json_safe(v) for k, v in self.metrics.items()},
+            "seconds": self.seconds,
+        }
 
 
-def evaluate_gates(
-    shard_stats: list[dict[str, Any]],
-    *,
-    expected_rows: int,
-    ids_match: bool,
-    mu_image: np.ndarray,
-    settings: GateSettings,
-) -> GateReport:
-    """Evaluate the gates of a run from its per-shard stats.
+# -- suites as data -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GateSuites:
+    """The expectation suites read from YAML: ``{table: [{name, type, kwargs}, ...]}``."""
+
+    suites: dict[str, list[dict[str, Any]]]
+    reported: tuple[str, ...] = ()
+    source: str = ""
+
+    def resolved(self, values: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
+        """The suites with every ``"{field}"`` kwarg replaced by ``values[field]``."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for table, items in self.suites.items():
+            out[table] = []
+            for item in items:
+                kwargs = {k: _fill(v, values, f"{self.source}: {item['name']}.{k}") for k, v in item["kwargs"].items()}
+                out[table].append({**item, "kwargs": kwargs})
+        return out
+
+
+def _fill(value: Any, values: Mapping[str, Any], where: str) -> Any:
+    if isinstance(value, str) and value.startswith("{") and value.endswith("}"):
+        key = value[1:-1].strip()
+        if key not in values:
+            raise ConfigError(f"{where}: unknown bound {value!r} (known: {', '.join(sorted(values))})")
+        return values[key]
+    return value
+
+
+def load_suites(path: str | Path | None = None) -> GateSuites:
+    """Read and check a suites file (default ``conf/gates.yaml``).
+
+    Raises
+    ------
+    ConfigError
+        When the file is missing or malformed, or names an unknown table or expectation type.
+    """
+    import great_expectations as gx
+
+    path = Path(path) if path else CONF_DIR / "gates.yaml"
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"gate suites file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"gate suites file {path} is not valid YAML: {exc}") from None
+    suites = data.get("suites") if isinstance(data, dict) else None
+    if not isinstance(suites, dict) or not suites:
+        raise ConfigError(f"{path}: expected a non-empty 'suites' mapping of table -> expectations")
+    seen: set[str] = set()
+    for table, items in suites.items():
+        if table not in TABLES:
+            raise ConfigError(f"{path}: unknown table {table!r} (tables: {', '.join(TABLES)})")
+        if not isinstance(items, list):
+            raise ConfigError(f"{path}: suite {table!r} must be a list of expectations")
+        for item in items:
+            if not isinstance(item, dict) or not {"name", "type"} <= set(item):
+                raise ConfigError(f"{path}: every expectation of {table!r} needs 'name' and 'type': {item!r}")
+            item.setdefault("kwargs", {})
+            if item["name"] in seen:
+                raise ConfigError(f"{path}: expectation name {item['name']!r} is used twice")
+            seen.add(item["name"])
+            if _expectation_class(gx, item["type"]) is None:
+                raise ConfigError(f"{path}: {item['name']!r} has unknown expectation type {item['type']!r}")
+    return GateSuites(suites, tuple(data.get("reported") or ()), str(path))
+
+
+def _expectation_class(gx: Any, type_name: str) -> type | None:
+    camel = "".join(part.capitalize() for part in str(type_name).split("_"))
+    return getattr(gx.expectations, camel, None)
+
+
+# -- the tables -----------------------------------------------------------------------------
+def shard_table(shard_stats: list[dict[str, Any]], ids_match: list[bool]) -> pd.DataFrame:
+    """The ``shard_stats`` table: one row per shard marker's stats (see ``pipeline.shard_quality``).
+
+    ``norm_dev`` is the largest ``|‖s‖ − 1|`` in the shard; bools become 0/1.
+    """
+    if len(shard_stats) != len(ids_match):
+        raise InputError(f"{len(shard_stats)} shard stats but {len(ids_match)} id checks")
+    rows = []
+    for shard, (stats, match) in enumerate(zip(shard_stats, ids_match)):
+        rows.append({
+            "shard": shard,
+            "rows": int(stats["rows"]),
+            "nonfinite_rows": int(stats["nonfinite_rows"]),
+            "norm_min": float(stats["norm_min"]),
+            "norm_max": float(stats["norm_max"]),
+            "norm_mean": float(stats["norm_mean"]),
+            "norm_dev": max(abs(float(stats["norm_min"]) - 1.0), abs(float(stats["norm_max"]) - 1.0)),
+            "ids_unique": int(bool(stats["ids_unique"])),
+            "ids_match": int(bool(match)),
+        })
+    return pd.DataFrame(rows, columns=list(SHARD_COLUMNS))
+
+
+def centroid_metrics(shard_stats: list[dict[str, Any]], mu_image: np.ndarray) -> dict[str, Any]:
+    """Centroid residual after (substitutes) and before (text) from the shards' vector sums.
+
+    The non-finite rows are excluded from the substitutes' sum by ``shard_quality``, so the
+    residual stays finite and the ``no_nan_inf`` gate reports them instead.
+    """
+    mu_image = np.asarray(mu_image, dtype=np.float64)
+    rows = sum(int(s["rows"]) for s in shard_stats)
+    finite_rows = rows - sum(int(s["nonfinite_rows"]) for s in shard_stats)
+    total = np.sum([np.asarray(s["sum"], dtype=np.float64) for s in shard_stats], axis=0)
+    text_total = np.sum([np.asarray(s["text_sum"], dtype=np.float64) for s in shard_stats], axis=0)
+    return {
+        "rows": rows,
+        "centroid_residual": float(np.linalg.norm(total / max(finite_rows, 1) - mu_image)),
+        "gap_before": float(np.linalg.norm(text_total / max(rows, 1) - mu_image)),
+    }
+
+
+def sample_metrics(
+    text: np.ndarray, subs: np.ndarray, image: np.ndarray | None, *, settings: GateSettings,
+) -> dict[str, Any]:
+    """Semantic preservation (gated) and distribution compatibility (reported) on samples.
 
     Parameters
     ----------
-    shard_stats
-        The ``stats`` dict of every substitutes shard marker (see ``pipeline.shard_quality``).
+    text, subs
+        Row-aligned samples of text rows and their substitutes.
+    image
+        A sample of image rows, or ``None`` (the distribution metrics are then left out).
+    """
+    from .diagnostics import domain_classifier_accuracy, knn_overlap, knn_precision_recall, mmd2_rbf, pairwise_spearman
+
+    out: dict[str, Any] = {"sample_rows": int(text.shape[0])}
+    if text.shape[0] < 12 or not (np.isfinite(subs).all() and np.isfinite(text).all()):
+        # Too few rows for a k=10 neighbourhood, or a NaN/Inf (reported by no_nan_inf): the
+        # semantic gates cannot be computed, so they fail with observed NaN.
+        out.update(knn_overlap_10=math.nan, spearman=math.nan)
+        return out
+    out["knn_overlap_10"] = knn_overlap(text, subs, 10)
+    out["spearman"] = pairwise_spearman(text, subs, n_pairs=settings.spearman_pairs, seed=settings.seed)
+    if image is not None and image.shape[0] >= 4:
+        m = min(settings.distribution_sample_rows, subs.shape[0], image.shape[0])
+        s, t = subs[:m], image[:m]
+        out["image_sample_rows"] = int(t.shape[0])
+        out["mmd2"] = mmd2_rbf(s, t)
+        pr = knn_precision_recall(s, t)
+        out["knn_precision"], out["knn_recall"] = pr["precision"], pr["recall"]
+        out["domain_acc"] = domain_classifier_accuracy(s, t, seed=settings.seed)
+    return out
+
+
+# -- evaluation -----------------------------------------------------------------------------
+def evaluate_gates(
+    shards: pd.DataFrame,
+    metrics: Mapping[str, Any],
+    *,
+    expected_rows: int,
+    settings: GateSettings,
+    suites: GateSuites | None = None,
+) -> GateReport:
+    """Validate the shard table and the one-row run-metrics table with great-expectations.
+
+    Parameters
+    ----------
+    shards
+        :func:`shard_table` of the run.
+    metrics
+        The run's metrics (:func:`centroid_metrics` and :func:`sample_metrics` merged); the
+        columns a suite names must be present.
     expected_rows
         Valid text rows in the input: the substitutes must have exactly as many.
-    ids_match
-        Whether the substitutes' ids equal the input's, shard by shard.
-    mu_image
-        The image centroid the substitutes must be centred on.
+    settings
+        Bounds (``"{field}"`` in the suites) and the suites file.
+    suites
+        Pre-loaded suites (default: ``settings.suite_file`` or ``conf/gates.yaml``).
+
+    Returns
+    -------
+    GateReport
+        One result per expectation, in suite order. An expectation whose observed value is
+        missing or NaN fails (a metric that could not be computed never passes a gate).
     """
-    rows = sum(s["rows"] for s in shard_stats)
-    nonfinite = sum(s["nonfinite_rows"] for s in shard_stats)
-    total = np.sum([np.asarray(s["sum"]) for s in shard_stats], axis=0)
-    residual = float(np.linalg.norm(total / max(rows, 1) - mu_image))
-    text_total = np.sum([np.asarray(s["text_sum"]) for s in shard_stats], axis=0)
-    gap_before = float(np.linalg.norm(text_total / max(rows, 1) - mu_image))
-    norm_dev = max(max(abs(s["norm_min"] - 1.0), abs(s["norm_max"] - 1.0)) for s in shard_stats)
-    ids_unique = all(s["ids_unique"] for s in shard_stats)
-    tol = settings.norm_tolerance
-    results = [
-        GateResult("row_count", rows, f"== {expected_rows}", rows == expected_rows),
-        GateResult("ids_match_input", ids_match and ids_unique, "== True", ids_match and ids_unique),
-        GateResult("no_nan_inf", nonfinite, "== 0", nonfinite == 0),
-        GateResult("unit_norm", norm_dev, f"<= {tol}", norm_dev <= tol),
-        GateResult("centroid_residual", residual, f"<= {settings.centroid_residual_max}",
-                   residual <= settings.centroid_residual_max),
-    ]
-    return GateReport(results, {"centroid_residual": residual, "gap_before": gap_before, "rows": rows})
+    started = time.perf_counter()
+    suites = suites or load_suites(settings.suite_file)
+    values = {**settings.model_dump(), "expected_rows": int(expected_rows)}
+    resolved = suites.resolved(values)
+    frames = {
+        "shard_stats": shards,
+        "run_metrics": pd.DataFrame([{k: _cell(v) for k, v in metrics.items()}]),
+    }
+    for table, items in resolved.items():
+        missing = sorted({i["kwargs"]["column"] for i in items if "column" in i["kwargs"]} - set(frames[table].columns))
+        if missing:
+            raise ConfigError(f"{suites.source}: table {table!r} has no column(s) {', '.join(missing)}")
+    gx_results = _run_gx(resolved, frames)
+    results = []
+    for table, items in resolved.items():
+        for item, res in zip(items, gx_results[table]):
+            observed = _observed(res.result)
+            passed = bool(res.success) and _is_number_or_bool(observed)
+            results.append(GateResult(item["name"], observed, _bound(item["kwargs"]), passed, table, item["type"]))
+    report = GateReport(results, dict(metrics), time.perf_counter() - started)
+    for r in report.failures:
+        logger.warning("gate %s failed: observed %s, required %s", r.name, r.observed, r.bound)
+    logger.info("gates: %s (%.2f s)", report.summary(), report.seconds)
+    return report
+
+
+def _run_gx(resolved: dict[str, list[dict[str, Any]]], frames: dict[str, pd.DataFrame]) -> dict[str, list[Any]]:
+    """Run every suite on its table through one checkpoint of an ephemeral context."""
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    source = context.data_sources.add_pandas("aniso")
+    definitions = []
+    for table, items in resolved.items():
+        batch = source.add_dataframe_asset(name=table).add_batch_definition_whole_dataframe(table)
+        suite = context.suites.add(gx.ExpectationSuite(name=f"aniso-{table}"))
+        for item in items:
+            cls = _expectation_class(gx, item["type"])
+            suite.add_expectation(cls(**item["kwargs"], meta={"name": item["name"]}))
+        definitions.append((table, batch, suite))
+    out: dict[str, list[Any]] = {}
+    for table, batch, suite in definitions:
+        vd = context.validation_definitions.add(gx.ValidationDefinition(name=f"aniso-{table}", data=batch, suite=suite))
+        result = vd.run(batch_parameters={"dataframe": frames[table]}, result_format="SUMMARY")
+        by_name = {r.expectation_config.meta.get("name"): r for r in result.results}
+        out[table] = [by_name[item["name"]] for item in resolved[table]]
+    return out
+
+
+def _observed(result: Mapping[str, Any]) -> Any:
+    if "observed_value" in result:
+        return _plain(result["observed_value"])
+    if "unexpected_count" in result:  # per-row expectations: how many rows offend
+        return int(result["unexpected_count"])
+    return None
+
+
+def _is_number_or_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return True
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _bound(kwargs: Mapping[str, Any]) -> str:
+    lo, hi = kwargs.get("min_value"), kwargs.get("max_value")
+    if lo is not None and hi is not None:
+        return f"== {_fmt(lo)}" if lo == hi else f"in [{_fmt(lo)}, {_fmt(hi)}]"
+    if lo is not None:
+        return f">= {_fmt(lo)}"
+    if hi is not None:
+        return f"<= {_fmt(hi)}"
+    if "value_set" in kwargs:
+        return f"in {list(kwargs['value_set'])}"
+    if "value" in kwargs:
+        return f"== {_fmt(kwargs['value'])}"
+    return "holds"
+
+
+def _fmt(value: Any) -> str:
+    return str(int(value)) if isinstance(value, float) and value.is_integer() and abs(value) >= 1 else str(value)
+
+
+def _cell(value: Any) -> Any:
+    value = _plain(value)
+    return float("nan") if value is None else value
+
+
+def _json_safe(value: Any) -> Any:
+    """Like :func:`_plain`, with NaN/Inf as the strings ``"nan"``/``"inf"`` (strict JSON)."""
+    value = _plain(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars → Python scalars (JSON-able)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value

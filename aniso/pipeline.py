@@ -271,31 +271,117 @@ def write_json(url: str, payload: dict[str, Any], storage_options: dict[str, Any
 
 
 # -- gates ------------------------------------------------------------------------------------
+def read_sample(
+    stores: list[EmbeddingStore], size: int, seed: int, *, max_chunks: int = 0
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """A deterministic sample of the same valid rows from row-aligned stores, read chunk-wise.
+
+    At most ``max_chunks`` read chunks (0: all) are picked with :func:`sample_indices`, and
+    ``size`` rows among their valid ones (validity from ``stores[0]``). Only those chunks are
+    read (chunk = read unit), so the cost does not grow with the corpus.
+
+    Returns
+    -------
+    list of (embedding, ids)
+        One pair per store, row-aligned.
+    """
+    first = stores[0]
+    for other in stores[1:]:
+        if other.n_rows != first.n_rows:
+            raise InputError(f"{other.url} has {other.n_rows} rows but {first.url} has {first.n_rows}")
+    step = first.chunk_rows
+    n_chunks = -(-first.n_rows // step)
+    chosen = sample_indices(n_chunks, max_chunks, seed) if max_chunks else np.arange(n_chunks)
+    parts: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in stores]
+    for c in chosen.tolist():
+        start, stop = c * step, min((c + 1) * step, first.n_rows)
+        valid = None
+        for k, store in enumerate(stores):
+            emb, ids, v = store.read_rows(start, stop)
+            valid = v if valid is None else valid
+            parts[k].append((emb[valid], ids[valid]))
+    out = []
+    n_valid = sum(p[0].shape[0] for p in parts[0])
+    keep = sample_indices(n_valid, size, seed + 1)
+    for k in range(len(stores)):
+        emb = np.concatenate([p[0] for p in parts[k]]) if parts[k] else np.empty((0, first.dim), np.float32)
+        ids = np.concatenate([p[1] for p in parts[k]]) if parts[k] else np.empty(0, object)
+        out.append((emb[keep], ids[keep]))
+    return out
+
+
 def gate_run(
     model_url: str, text_store_url: str, subs_url: str, quality_url: str, settings: Any,
-    storage_options: dict[str, Any],
+    storage_options: dict[str, Any], image_store_url: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate the gates on the run's per-shard stats; write ``quality/`` and return the report."""
-    import pandas as pd
+    """Evaluate the gates of a run and write ``quality/`` (stats, gates.json, report); return gates.
 
-    from .gates import evaluate_gates
+    Reads the substitutes' shard markers (stats computed during apply), the id columns of text and
+    substitutes, and a deterministic sample of rows (text, its substitutes and, when
+    ``image_store_url`` is given, image rows); never the whole embedding arrays.
 
+    Parameters
+    ----------
+    settings
+        :class:`aniso.config.GateSettings`.
+    image_store_url
+        The image store, for the reported distribution metrics and the report's image spectrum.
+
+    Returns
+    -------
+    dict
+        ``passed``, ``results`` (``name``, ``observed``, ``bound``, ``passed``, ...), ``metrics``,
+        ``seconds``, ``report`` (URLs of report.html / report.json, when written).
+    """
+    from .gates import centroid_metrics, evaluate_gates, sample_metrics, shard_table
+
+    started = time.perf_counter()
     text = EmbeddingStore.open(text_store_url, storage_options=storage_options)
     subs = EmbeddingStore.open(subs_url, storage_options=storage_options)
     markers = subs.markers()
-    ids_match = text.shape[0] == subs.shape[0] and all(
-        np.array_equal(text.ids[m["start"] : m["stop"]], subs.ids[m["start"] : m["stop"]]) for m in markers
-    )
+    same_shape = text.shape[0] == subs.shape[0]
+    ids_match = [
+        same_shape and np.array_equal(text.ids[m["start"] : m["stop"]], subs.ids[m["start"] : m["stop"]])
+        for m in markers
+    ]
     aligner = Aligner.load(model_url, storage_options)
-    report = evaluate_gates(
-        [m["stats"] for m in markers], expected_rows=text.count_valid(), ids_match=ids_match,
-        mu_image=aligner.mu_image, settings=settings,
-    )
-    table = pd.DataFrame([
-        {"shard": m["shard"], **{k: v for k, v in m["stats"].items() if k not in ("sum", "text_sum")}} for m in markers
-    ])
+    stats = [m["stats"] for m in markers]
+    timings = {"read_stats": time.perf_counter() - started}
+    metrics: dict[str, Any] = centroid_metrics(stats, aligner.mu_image)
+    (x, _), (s, _) = read_sample([text, subs], settings.sample_rows, settings.seed, max_chunks=settings.sample_chunks) \
+        if same_shape else ((np.empty((0, text.dim)), None), (np.empty((0, text.dim)), None))
+    t = None
+    if image_store_url:
+        image = EmbeddingStore.open(image_store_url, storage_options=storage_options)
+        [(t, _)] = read_sample([image], settings.distribution_sample_rows, settings.seed + 7,
+                               max_chunks=settings.sample_chunks)
+    timings["read_sample"] = time.perf_counter() - started - sum(timings.values())
+    metrics.update(sample_metrics(x.astype(np.float64), s.astype(np.float64),
+                                  None if t is None else t.astype(np.float64), settings=settings))
+    timings["sample_metrics"] = time.perf_counter() - started - sum(timings.values())
+    table = shard_table(stats, ids_match)
+    report = evaluate_gates(table, metrics, expected_rows=text.count_valid(), settings=settings)
+    timings["great_expectations"] = report.seconds
     with open_url(join_url(quality_url, "shard_stats.parquet"), "wb", storage_options) as f:
-        table.to_parquet(f, index=False)
+        table.assign(**pd_timings(stats)).to_parquet(f, index=False)
+    report.seconds = time.perf_counter() - started
     result = report.to_dict()
+    if settings.report:
+        from .report import write_report
+
+        result["report"] = write_report(
+            quality_url, result, table, text=x, subs=s, image=t, storage_options=storage_options,
+            title=f"aniso run {quality_url.rstrip('/').rsplit('/', 2)[-2]}",
+        )
+        timings["report"] = time.perf_counter() - started - sum(timings.values())
+    result["timings"] = timings
+    result["seconds"] = time.perf_counter() - started
     write_json(join_url(quality_url, "gates.json"), result, storage_options)
+    logger.info("gate stage: %s in %.2f s", report.summary(), time.perf_counter() - started)
     return result
+
+
+def pd_timings(stats: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """The per-shard apply timings recorded in the markers (for the shard table on disk)."""
+    keys = ("read_seconds", "compute_seconds", "write_seconds")
+    return {k: [float(s.get(k, float("nan"))) for s in stats] for k in keys}

@@ -7,16 +7,17 @@ version), so a rerun after a crash anywhere resumes and produces identical outpu
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from aniso._version import code_version
 from aniso.config import Settings, config_hash, semantic_config
 from aniso.errors import GateFailed, InputError
 from aniso.layout import DatasetLayout, run_key
-from aniso.pipeline import write_json
+from aniso.pipeline import _redact, write_json
 from aniso.store import EmbeddingStore
 from tasks.gate import gate
 from tasks.publish import publish
@@ -76,14 +77,12 @@ def produce(text: str, image: str, settings: Settings) -> dict[str, Any]:
     apply_model(model_url, text_store, subs_url, settings,
                 attrs={"run_key": key, "method": settings.method.name, "config_hash": config_hash(settings)})
 
-    gates = gate.submit(model_url, text_store, subs_url, layout.quality(key), settings.gates, options).result()
-    create_table_artifact(
-        table=[{"gate": r["name"], "observed": str(r["observed"]), "bound": r["bound"], "passed": r["passed"]}
-               for r in gates["results"]],
-        key="aniso-gates", description=f"gates of run {key}",
-    )
+    gates = gate.submit(model_url, text_store, subs_url, layout.quality(key), settings.gates, options,
+                        image_store_url=image_store).result()
+    _gate_artifacts(key, gates)
     if not gates["passed"]:
-        failed = [r for r in gates["results"] if not r["passed"]]
+        failed = [{"name": r["name"], "observed": r["observed"], "bound": r["bound"]}
+                  for r in gates["results"] if not r["passed"]]
         raise GateFailed(
             "gate(s) failed, nothing published: "
             + "; ".join(f"{r['name']} observed {r['observed']} (required {r['bound']})" for r in failed),
@@ -95,3 +94,32 @@ def produce(text: str, image: str, settings: Settings) -> dict[str, Any]:
         key="aniso-published",
     )
     return {"run_key": key, "published": pointer, "gates": gates, "substitutes": subs_url, "model": model_url}
+
+
+def _gate_artifacts(key: str, gates: dict[str, Any]) -> None:
+    """Prefect artifacts of the gate stage: the gate table, a markdown summary, a link to the report.
+
+    Everything shown comes from ``gates.json`` (names, numbers, bounds, report URL with any
+    ``user:password@`` dropped), never from settings or storage options.
+    """
+    create_table_artifact(
+        table=[{"gate": r["name"], "observed": str(r["observed"]), "bound": r["bound"],
+                "passed": r["passed"]} for r in gates["results"]],
+        key="aniso-gates", description=f"gates of run {key}",
+    )
+    metrics = gates.get("metrics", {})
+    lines = [f"### Run `{key}`: gates {'passed' if gates['passed'] else '**FAILED**'}", ""]
+    lines += [f"- {'✅' if r['passed'] else '❌'} `{r['name']}`: observed {r['observed']} (required {r['bound']})"
+              for r in gates["results"]]
+    shown = ("gap_before", "centroid_residual", "knn_overlap_10", "spearman", "mmd2", "knn_precision",
+             "knn_recall", "domain_acc")
+    lines += ["", "| metric | value |", "|---|---|"]
+    lines += [f"| {m} | {metrics[m]} |" for m in shown if m in metrics]
+    lines += ["", f"gate stage: {gates.get('seconds', 0.0):.2f} s"]
+    create_markdown_artifact(markdown="\n".join(lines), key="aniso-gate-summary", description=f"gate summary of run {key}")
+    report = (gates.get("report") or {}).get("html")
+    if report:
+        link = _redact(report)
+        if "://" not in link:
+            link = "file://" + os.path.abspath(link)
+        create_link_artifact(link=link, link_text=f"quality report of run {key}", key="aniso-report")

@@ -14,5 +14,6 @@ from ._retry import TASK_OPTIONS
 
 @task(name="gate", **TASK_OPTIONS)
 def gate(model_url: str, text_store_url: str, subs_url: str, quality_url: str, settings: GateSettings,
-         storage_options: dict[str, Any]) -> dict[str, Any]:
-    return pipeline.gate_run(model_url, text_store_url, subs_url, quality_url, settings, storage_options)
+         storage_options: dict[str, Any], image_store_url: str | None = None) -> dict[str, Any]:
+    return pipeline.gate_run(model_url, text_store_url, subs_url, quality_url, settings, storage_options,
+                             image_store_url=image_store_url)
