@@ -1,7 +1,8 @@
 """Alignment methods behind one interface (see :mod:`aniso.methods.base`)."""
 
 from .base import ALIGNERS, Aligner, available_aligners, get_aligner
-from .baselines import CentroidShift, Identity, ReAlign
+from .anisoalign import AnisoAlign
+from .baselines import C3, CentroidShift, Identity, MomentMatch, ReAlign
 
 __all__ = [
     "ALIGNERS",
@@ -11,4 +12,7 @@ __all__ = [
     "Identity",
     "CentroidShift",
     "ReAlign",
+    "C3",
+    "MomentMatch",
+    "AnisoAlign",
 ]

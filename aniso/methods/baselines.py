@@ -1,16 +1,19 @@
-"""Training-free baselines: Identity, CentroidShift and ReAlign (method-spec §4.1, §4.2, §4.4)."""
+"""Training-free baselines: Identity, CentroidShift, C3, ReAlign and MomentMatch (method-spec §4)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import math
+
 import numpy as np
 
 from ..arrays import l2_normalize
+from ..errors import InputError
 from ..moments import Moments
 from .base import Aligner
 
-__all__ = ["Identity", "CentroidShift", "ReAlign"]
+__all__ = ["Identity", "CentroidShift", "C3", "ReAlign", "MomentMatch"]
 
 
 class Identity(Aligner):
@@ -64,3 +67,88 @@ class ReAlign(Aligner):
 
     def _set_state(self, state: dict[str, np.ndarray]) -> None:
         self.scale = float(state["scale"])
+
+
+class C3(Aligner):
+    """C3 (Zhang et al., ICLR 2024), variant (b) of method-spec §4.3, into raw image space.
+
+    ``x* = normalize(normalize(x_t) − μ_t + μ_i + σξ)``, ``ξ ~ N(0, I)``. C3 adds noise only while
+    *training* a downstream model, so ``noise`` is 0 by default (evaluation); set it to
+    ``sqrt(0.016)`` (C3's default) to produce training-time corruptions. With noise on, the
+    noise is drawn from ``seed`` and the row count, so one call is reproducible but not
+    chunk-invariant.
+    """
+
+    name = "c3"
+    default_calibrate = False
+    #: C3's own noise level, ``--noise_level`` default in its ``run.py``.
+    TRAIN_NOISE = math.sqrt(0.016)
+
+    def __init__(self, calibrate: bool | None = None, noise: float = 0.0, seed: int = 0) -> None:
+        super().__init__(calibrate=calibrate)
+        if noise < 0:
+            raise InputError(f"C3 noise must be >= 0, got {noise}")
+        self.noise = float(noise)
+        self.seed = int(seed)
+
+    def get_params(self) -> dict[str, Any]:
+        return {**super().get_params(), "noise": self.noise, "seed": self.seed}
+
+    def _fit(self, text_stats: Moments, image_stats: Moments, text_sample: Any, image_sample: Any) -> None:
+        pass
+
+    def _premap(self, x: np.ndarray) -> np.ndarray:
+        y = x - self.mu_text + self.mu_image
+        if self.noise > 0:
+            y = y + np.random.default_rng([self.seed, x.shape[0]]).standard_normal(y.shape) * self.noise
+        return l2_normalize(y)
+
+
+def _sym_power(cov: np.ndarray, power: float) -> np.ndarray:
+    """``cov^power`` of a symmetric PSD matrix via float64 eigh (eigenvalues floored at 0)."""
+    w, v = np.linalg.eigh(cov)
+    w = np.clip(w, 0.0, None)
+    with np.errstate(divide="ignore"):
+        wp = np.where(w > 0, w**power, 0.0)
+    return (v * wp) @ v.T
+
+
+class MomentMatch(Aligner):
+    """Moment matching (CORAL / whitening–colouring), method-spec §4.6.
+
+    ``x* = normalize(μ_i + Σ_i^{1/2} (Σ_t + λI)^{-1/2} (x_t − μ_t))`` with ``λ = 1e-6·tr(Σ_t+Σ_i)/d``
+    and float64 eigen-square-roots. ``shrinkage`` ∈ [0, 1] optionally shrinks both covariances
+    towards isotropy first (``(1−α)Σ + α tr(Σ)/d·I``); 0 is the plain definition.
+    """
+
+    name = "moment"
+    default_calibrate = False
+
+    def __init__(self, calibrate: bool | None = None, shrinkage: float = 0.0) -> None:
+        super().__init__(calibrate=calibrate)
+        if not 0.0 <= shrinkage <= 1.0:
+            raise InputError(f"MomentMatch shrinkage must be in [0, 1], got {shrinkage}")
+        self.shrinkage = float(shrinkage)
+        self.matrix: np.ndarray | None = None
+
+    def get_params(self) -> dict[str, Any]:
+        return {**super().get_params(), "shrinkage": self.shrinkage}
+
+    def _fit(self, text_stats: Moments, image_stats: Moments, text_sample: Any, image_sample: Any) -> None:
+        d = text_stats.dim
+        st, si = text_stats.covariance(), image_stats.covariance()
+        lam = 1e-6 * (np.trace(st) + np.trace(si)) / d
+        if self.shrinkage > 0:
+            a = self.shrinkage
+            st = (1 - a) * st + a * np.trace(st) / d * np.eye(d)
+            si = (1 - a) * si + a * np.trace(si) / d * np.eye(d)
+        self.matrix = _sym_power(si, 0.5) @ _sym_power(st + lam * np.eye(d), -0.5)
+
+    def _premap(self, x: np.ndarray) -> np.ndarray:
+        return l2_normalize(self.mu_image + (x - self.mu_text) @ self.matrix.T)
+
+    def _get_state(self) -> dict[str, np.ndarray]:
+        return {"matrix": self.matrix}
+
+    def _set_state(self, state: dict[str, np.ndarray]) -> None:
+        self.matrix = state["matrix"]
