@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from botocore.exceptions import ConnectionError as BotoConnectionError
+from botocore.exceptions import HTTPClientError
 from prefect.cache_policies import NO_CACHE
 
 from aniso.errors import AnisoError
@@ -9,14 +11,17 @@ from aniso.errors import AnisoError
 RETRIES = 3
 RETRY_DELAYS = [1, 4, 10]
 
+#: Failures that a later attempt can cure: storage or network outages.
+TRANSIENT = (OSError, ConnectionError, TimeoutError, BotoConnectionError, HTTPClientError)
+
 
 def transient_only(task, task_run, state) -> bool:
-    """Prefect ``retry_condition_fn``: retry OSError/ConnectionError that aniso did not raise on purpose."""
+    """Prefect ``retry_condition_fn``: retry outages, never errors aniso raised on purpose."""
     try:
         state.result()
     except AnisoError:
         return False
-    except (OSError, ConnectionError, TimeoutError):
+    except TRANSIENT:
         return True
     except Exception:
         return False
