@@ -22,8 +22,10 @@ from ._records import (
     failure_rate,
     manifest_url,
     read_manifest,
+    read_records,
     records_frame,
     write_manifest,
+    write_records,
 )
 from ._shard import ShardItems, read_shard
 
@@ -41,7 +43,9 @@ __all__ = [
     "plan_digest",
     "plan_shards",
     "read_manifest",
+    "read_records",
     "read_shard",
     "records_frame",
     "write_manifest",
+    "write_records",
 ]

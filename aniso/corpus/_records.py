@@ -22,6 +22,8 @@ __all__ = [
     "manifest_url",
     "write_manifest",
     "read_manifest",
+    "write_records",
+    "read_records",
     "failure_rate",
     "check_failure_rate",
 ]
@@ -73,12 +75,7 @@ def write_manifest(
     The file is written in one put (buffered, then uploaded), so a reader never sees half of it.
     """
     frame = records_frame(records)
-    table = pa.Table.from_pandas(frame, schema=_SCHEMA, preserve_index=False)
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    url = manifest_url(root, dataset, modality)
-    with open_url(url, "wb", storage_options) as f:
-        f.write(buf.getvalue())
+    url = write_records(frame, manifest_url(root, dataset, modality), storage_options)
     n_failed = int((frame["status"] != "ok").sum())
     logger.info("wrote %s: %d items, %d failed", url, len(frame), n_failed)
     return url
@@ -88,7 +85,24 @@ def read_manifest(
     root: str, dataset: str, modality: str, storage_options: dict[str, Any] | None = None
 ) -> pd.DataFrame:
     """Read a manifest written by :func:`write_manifest`."""
-    with open_url(manifest_url(root, dataset, modality), "rb", storage_options) as f:
+    return read_records(manifest_url(root, dataset, modality), storage_options)
+
+
+def write_records(
+    records: Iterable[ItemRecord] | pd.DataFrame, url: str, storage_options: dict[str, Any] | None = None
+) -> str:
+    """Write item records as one parquet file at ``url`` (buffered, then put in one write)."""
+    table = pa.Table.from_pandas(records_frame(records), schema=_SCHEMA, preserve_index=False)
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    with open_url(url, "wb", storage_options) as f:
+        f.write(buf.getvalue())
+    return url
+
+
+def read_records(url: str, storage_options: dict[str, Any] | None = None) -> pd.DataFrame:
+    """Read records written by :func:`write_records` (or a manifest)."""
+    with open_url(url, "rb", storage_options) as f:
         return pq.read_table(f).to_pandas()
 
 
