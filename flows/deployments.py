@@ -1,0 +1,77 @@
+"""Serve ``produce`` on a cron schedule from this process (no work pool needed).
+
+::
+
+    python -m flows.deployments --text s3://bucket/in/text/ --image s3://bucket/in/image/ \\
+        --profile s3 --cron "0 3 * * *"
+
+The same deployment for a work pool lives in ``infra/prefect.yaml`` (``prefect deploy``).
+Schedules are defined here and there only, never in flow modules. Settings are resolved once,
+like a CLI run (profiles, ``--config``, ``ANISO_*`` variables, ``--set``), and passed to every
+scheduled run as the ``settings`` parameter; storage credentials are *not* part of them: the
+serving process' environment (``AWS_*``) provides those at run time.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import Any
+
+from prefect.schedules import Cron
+
+from aniso.config import load_settings
+
+from .produce import produce
+
+__all__ = ["build_deployment", "main"]
+
+DEFAULT_CRON = "0 3 * * *"
+
+
+def settings_parameter(settings: Any) -> dict[str, Any]:
+    """The settings as a JSON-able flow parameter, without secret fields or storage options.
+
+    Credentials never enter the Prefect database: ``storage_options`` and
+    ``aws_secret_access_key`` are dropped, so a scheduled run takes them from its environment.
+    """
+    data = settings.model_dump(mode="json")
+    data["storage"].pop("aws_secret_access_key", None)
+    data["storage"].pop("storage_options", None)
+    return data
+
+
+def build_deployment(
+    text: str, image: str, settings: Any, *, name: str = "produce-serve", cron: str = DEFAULT_CRON,
+    timezone: str = "UTC",
+) -> Any:
+    """A ``RunnerDeployment`` of :func:`flows.produce.produce` on a cron schedule."""
+    return produce.to_deployment(
+        name=name,
+        parameters={"text": text, "image": image, "settings": settings_parameter(settings)},
+        schedules=[Cron(cron, timezone=timezone)],
+        tags=["aniso"],
+        description=f"produce {settings.storage.dataset} on cron {cron!r} ({timezone})",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Parse arguments and ``serve`` the deployment until interrupted."""
+    from prefect import serve
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--text", required=True)
+    parser.add_argument("--image", required=True)
+    parser.add_argument("--profile")
+    parser.add_argument("--config")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--cron", default=DEFAULT_CRON)
+    parser.add_argument("--timezone", default="UTC")
+    parser.add_argument("--name", default="produce-serve")
+    args = parser.parse_args(argv)
+    settings = load_settings(args.profile, args.config, args.overrides)
+    serve(build_deployment(args.text, args.image, settings, name=args.name, cron=args.cron, timezone=args.timezone))
+
+
+if __name__ == "__main__":
+    main()

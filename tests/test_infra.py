@@ -1,0 +1,155 @@
+"""infra/: the deployment file validates with Prefect's own loader; cluster specs parse, are valid
+settings overlays and name real cluster classes; the serve deployment carries no credentials."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+from pathlib import Path
+
+import pytest
+import yaml
+from rich.console import Console
+
+from aniso.config import CONF_DIR, ClusterSettings, load_settings
+
+REPO = Path(__file__).resolve().parents[1]
+INFRA = REPO / "infra"
+
+#: The cluster classes the specs name, with keyword arguments they accept (from each package's
+#: public signature: dask-cuda LocalCUDACluster, dask-kubernetes operator KubeCluster,
+#: dask-jobqueue 0.9 SLURMCluster/SLURMJob). Checked against the real signature when installed.
+CLUSTER_CLASSES = {
+    "local-gpu.yaml": ("dask_cuda.LocalCUDACluster", {
+        "CUDA_VISIBLE_DEVICES", "n_workers", "threads_per_worker", "device_memory_limit", "protocol",
+        "dashboard_address", "pre_import", "rmm_pool_size", "memory_limit"}),
+    "kubernetes.yaml": ("dask_kubernetes.operator.KubeCluster", {
+        "name", "namespace", "image", "n_workers", "resources", "env", "worker_command", "idle_timeout",
+        "shutdown_on_close", "custom_cluster_spec", "port_forward_cluster_ip", "scheduler_service_type"}),
+    "slurm.yaml": ("dask_jobqueue.SLURMCluster", {
+        "n_workers", "queue", "account", "cores", "processes", "memory", "walltime", "job_extra_directives",
+        "job_script_prologue", "local_directory", "log_directory", "worker_extra_args", "job_cpu", "job_mem"}),
+}
+
+
+# -- prefect.yaml ---------------------------------------------------------------------------
+def _load_with_prefect():
+    from prefect.cli.deploy._config import _load_deploy_configs_and_actions
+
+    console = Console(record=True, width=200)
+    configs, actions = _load_deploy_configs_and_actions(INFRA / "prefect.yaml", console=console)
+    return configs, actions, console.export_text()
+
+
+def test_prefect_yaml_validates_with_prefects_loader():
+    from prefect.cli.deploy._models import PrefectYamlModel
+
+    raw = yaml.safe_load((INFRA / "prefect.yaml").read_text())
+    PrefectYamlModel.model_validate(raw)  # strict: raises on a schema error
+    configs, actions, printed = _load_with_prefect()
+    # the CLI loader swallows validation errors into a warning and an empty list: neither happened
+    assert "validation" not in printed.lower() and "unable" not in printed.lower(), printed
+    assert {c["name"] for c in configs} >= {"produce-nightly"}
+    assert actions["pull"] and "prefect.deployments.steps.set_working_directory" in actions["pull"][0]
+
+
+def test_deployments_schedule_produce_with_valid_parameters():
+    from prefect.cli.deploy._schedules import _schedule_config_to_deployment_schedule
+    from prefect.client.schemas.schedules import CronSchedule
+    from prefect.flows import load_flow_from_entrypoint
+
+    configs, _, _ = _load_with_prefect()
+    for config in configs:
+        assert config["entrypoint"] == "flows/produce.py:produce"
+        flow = load_flow_from_entrypoint(str(REPO / config["entrypoint"]))
+        assert flow.name == "produce"
+        assert set(config["parameters"]) == set(inspect.signature(flow.fn).parameters)
+        schedules = [_schedule_config_to_deployment_schedule(s) for s in config["schedules"]]
+        assert schedules and all(isinstance(s["schedule"], CronSchedule) for s in schedules)
+        # the settings parameter is a valid settings tree (what the flow validates at run time)
+        settings = load_settings(environ={}).model_validate(config["parameters"]["settings"])
+        assert settings.storage.root.startswith("s3://")
+        assert "storage_options" not in config["parameters"]["settings"]["storage"]  # creds from env
+        assert config["work_pool"]["name"]
+
+
+def test_serve_deployment_uses_cron_and_drops_credentials():
+    from prefect.client.schemas.schedules import CronSchedule
+
+    from flows.deployments import build_deployment
+
+    settings = load_settings(environ={"ANISO_STORAGE__AWS_SECRET_ACCESS_KEY": "s3cr3t-do-not-store"},
+                             overrides=["storage.storage_options.secret=also-s3cr3t"])
+    deployment = build_deployment("text.npy", "image.npy", settings, cron="30 2 * * *")
+    assert deployment.entrypoint == "flows/produce.py:produce"
+    [schedule] = deployment.schedules
+    assert isinstance(schedule.schedule, CronSchedule) and schedule.schedule.cron == "30 2 * * *"
+    dumped = str(deployment.parameters)
+    assert "s3cr3t" not in dumped
+    assert deployment.parameters["settings"]["storage"]["dataset"] == settings.storage.dataset
+
+
+# -- cluster specs --------------------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(CLUSTER_CLASSES))
+def test_cluster_specs_are_settings_overlays_naming_real_classes(name):
+    path = INFRA / "cluster" / name
+    data = yaml.safe_load(path.read_text())
+    cluster = ClusterSettings.model_validate(data["cluster"])
+    dotted, accepted = CLUSTER_CLASSES[name]
+    assert cluster.cluster_class == dotted
+    assert set(cluster.cluster_kwargs) <= accepted, set(cluster.cluster_kwargs) - accepted
+    settings = load_settings(config_file=path, environ={})
+    assert settings.cluster.cluster_class == dotted
+
+
+def test_kubernetes_spec_limits_gpus():
+    data = yaml.safe_load((INFRA / "cluster" / "kubernetes.yaml").read_text())
+    assert data["cluster"]["cluster_kwargs"]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    resource = yaml.safe_load((INFRA / "cluster" / "kubernetes-daskcluster.yaml").read_text())
+    assert resource["apiVersion"] == "kubernetes.dask.org/v1" and resource["kind"] == "DaskCluster"
+    [worker] = resource["spec"]["worker"]["spec"]["containers"]
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1
+    # credentials only by reference to a Kubernetes secret
+    assert all("valueFrom" in e for e in worker["env"] if e["name"].startswith("AWS_"))
+
+
+def test_slurm_spec_requests_a_gpu_per_job():
+    data = yaml.safe_load((INFRA / "cluster" / "slurm.yaml").read_text())
+    assert "--gres=gpu:1" in data["cluster"]["cluster_kwargs"]["job_extra_directives"]
+
+
+@pytest.mark.parametrize("name", sorted(CLUSTER_CLASSES))
+def test_cluster_class_signature_when_installed(name):
+    dotted, _ = CLUSTER_CLASSES[name]
+    module, cls_name = dotted.rsplit(".", 1)
+    if importlib.util.find_spec(module.split(".")[0]) is None:
+        pytest.skip(f"{module.split('.')[0]} is not installed here (an optional, per-site dependency)")
+    cls = getattr(importlib.import_module(module), cls_name)
+    data = yaml.safe_load((INFRA / "cluster" / name).read_text())
+    params = set(inspect.signature(cls).parameters)
+    if dotted == "dask_jobqueue.SLURMCluster":
+        params |= set(inspect.signature(importlib.import_module("dask_jobqueue.slurm").SLURMJob).parameters)
+        params |= set(inspect.signature(importlib.import_module("dask_jobqueue.core").Job).parameters)
+    assert set(data["cluster"]["cluster_kwargs"]) <= params
+
+
+# -- config examples and the container recipe -----------------------------------------------
+def test_s3_and_ci_profiles_load_without_credentials():
+    s3 = load_settings("s3", environ={})
+    assert s3.storage.root.startswith("s3://") and "endpoint_url" in s3.storage.storage_options
+    text = (CONF_DIR / "s3.yaml").read_text()
+    for key in ("key:", "secret:", "aws_secret_access_key:", "token:"):
+        assert f"\n    {key}" not in text and f"\n  {key}" not in text
+    ci = load_settings("ci", environ={})
+    assert ci.store.shard_rows <= 4096
+
+
+def test_dockerfile_installs_pinned_project():
+    text = (INFRA / "Dockerfile").read_text()
+    assert "pyproject.toml" in text and "pip install --no-deps ." in text
+    assert "AWS_SECRET_ACCESS_KEY=" not in text and "ENV AWS_" not in text
+    import tomllib
+
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert all("==" in d for d in deps)  # what the image installs is exactly pinned
