@@ -45,20 +45,33 @@ def _cov(x: np.ndarray) -> np.ndarray:
     return c.T @ c / x.shape[0]
 
 
-def spectrum(x: np.ndarray | None, top: int = TOP_EIGEN) -> list[float]:
+def _usable(x: np.ndarray | None) -> bool:
+    return x is not None and x.ndim == 2 and x.shape[0] >= 2 and bool(np.isfinite(x).all())
+
+
+def spectrum(x: np.ndarray | None, top: int = TOP_EIGEN, *, cov: np.ndarray | None = None) -> list[float]:
     """Trace-normalised covariance eigenvalues (descending) of the L2-normalised rows of ``x``."""
-    if x is None or x.ndim != 2 or x.shape[0] < 2 or not np.isfinite(x).all():
-        return []
-    w = np.clip(np.linalg.eigvalsh(_cov(x))[::-1], 0.0, None)
+    if cov is None:
+        if not _usable(x):
+            return []
+        cov = _cov(x)
+    w = np.clip(np.linalg.eigvalsh(cov)[::-1], 0.0, None)
     total = float(w.sum())
     return [] if total <= 0 else (w[:top] / total).tolist()
 
 
-def residual_spectrum(a: np.ndarray | None, b: np.ndarray | None, top: int = TOP_EIGEN) -> list[float]:
+def residual_spectrum(
+    a: np.ndarray | None, b: np.ndarray | None, top: int = TOP_EIGEN, *,
+    cov_a: np.ndarray | None = None, cov_b: np.ndarray | None = None,
+) -> list[float]:
     """Sorted ``|eig(Σ_b − Σ_a)|`` (descending): the second-order gap between two sets."""
-    if a is None or b is None or min(a.shape[0], b.shape[0]) < 2 or not (np.isfinite(a).all() and np.isfinite(b).all()):
+    if cov_a is None:
+        cov_a = _cov(a) if _usable(a) else None
+    if cov_b is None:
+        cov_b = _cov(b) if _usable(b) else None
+    if cov_a is None or cov_b is None:
         return []
-    w = np.sort(np.abs(np.linalg.eigvalsh(_cov(b) - _cov(a))))[::-1]
+    w = np.sort(np.abs(np.linalg.eigvalsh(cov_b - cov_a)))[::-1]
     return w[:top].tolist()
 
 
@@ -73,14 +86,20 @@ def build_report(
 ) -> dict[str, Any]:
     """The report's content as JSON-able data (what ``report.json`` holds and the HTML renders)."""
     metrics = dict(gates.get("metrics", {}))
+    cov = {name: _cov(x) if _usable(x) else None for name, x in (("text", text), ("image", image), ("substitutes", subs))}
+    spectra = {name: [] if c is None else spectrum(None, cov=c) for name, c in cov.items()}
+    residual = {
+        "before": residual_spectrum(None, None, cov_a=cov["text"], cov_b=cov["image"]),
+        "after": residual_spectrum(None, None, cov_a=cov["substitutes"], cov_b=cov["image"]),
+    }
     return {
         "title": title,
         "passed": bool(gates.get("passed")),
         "gates": [dict(r) for r in gates.get("results", [])],
         "metrics": metrics,
         "gap": {"before": metrics.get("gap_before"), "after": metrics.get("centroid_residual")},
-        "spectra": {"text": spectrum(text), "image": spectrum(image), "substitutes": spectrum(subs)},
-        "residual_spectrum": {"before": residual_spectrum(text, image), "after": residual_spectrum(subs, image)},
+        "spectra": spectra,
+        "residual_spectrum": residual,
         "shards": {
             "count": int(len(shards)),
             "rows": int(shards["rows"].sum()) if len(shards) else 0,
