@@ -65,3 +65,16 @@ def test_shipped_demo_model_learned_cross_modal_structure():
     gap = float(np.linalg.norm(img.mean(0) - txt.mean(0)))
     assert r1 > 20 / len(captions), f"R@1 {r1:.3f} is not far above chance {1 / len(captions):.3f}"
     assert gap > 0.4, f"modality gap {gap:.3f} is not CLIP-like"
+
+
+def test_trainer_writes_a_loadable_compact_checkpoint(tmp_path):
+    from aniso.demo.model import load_demo_model
+    from aniso.demo.train import TrainConfig, train
+
+    out = tmp_path / "tiny.pt"
+    result = train(TrainConfig(n_train=64, n_eval=16, steps=2, batch_size=16, warmup=1, threads=1), out=out)
+    assert set(result["final"]) >= {"r1", "chance", "gap", "paired_cos"} and result["final"]["chance"] == 1 / 16
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["command"].startswith("python -m aniso.demo.train --n-train 64")
+    model, preprocess, tokenizer = load_demo_model(path=out)
+    assert model.encode_text(tokenizer(["a small red circle in the center"])).shape == (1, 128)

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import zarr
 
 from aniso.config import CorpusSettings, EmbedSettings, Settings, StorageSettings, StoreSettings
 from aniso.corpus import read_manifest

@@ -49,6 +49,7 @@ class TrainConfig:
     warmup: int = 40
     logit_scale: float = 50.0
     threads: int = 2
+    eval_every: int = 0  # log held-out R@1 / gap every this many steps (0: only at the end)
 
 
 def render_set(n: int, seed: int, unique: bool = False) -> tuple[torch.Tensor, list[str]]:
@@ -128,13 +129,17 @@ def train(config: TrainConfig, out: Path | None = WEIGHTS_PATH) -> dict[str, Any
         opt.step()
         if (step + 1) % 50 == 0 or step == 0:
             logger.info("step %d/%d loss %.3f (%.0fs)", step + 1, config.steps, loss.item(), time.perf_counter() - t0)
+        if config.eval_every and (step + 1) % config.eval_every == 0 and step + 1 < config.steps:
+            logger.info("step %d: %s", step + 1, evaluate(model, tokenizer, eval_images[:300], eval_captions[:300]))
     seconds = time.perf_counter() - t0
     final = evaluate(model, tokenizer, eval_images, eval_captions)
     logger.info("trained in %.0fs: %s", seconds, final)
     result = {"config": asdict(config), "init": init, "final": final, "train_seconds": round(seconds, 1)}
     if out is not None:
         token_ids = sorted(set(train_tokens.unique().tolist()) | set(tokenizer(eval_captions).unique().tolist()))
-        meta = dict(result, command=f"python -m aniso.demo.train --out {out}", model=DEMO_MODEL)
+        changed = [f"--{k.replace('_', '-')} {v}" for k, v in asdict(config).items()
+                   if v != getattr(TrainConfig(), k) and k not in ("threads", "eval_every")]
+        meta = dict(result, command=" ".join(["python -m aniso.demo.train", *changed, "--out", str(out)]), model=DEMO_MODEL)
         save_demo_weights(model, token_ids, Path(out), meta)
         # Re-measure from the stored fp16 file: what users get.
         reloaded, _, _ = open_clip.create_model_and_transforms(DEMO_MODEL, pretrained=None)
