@@ -19,6 +19,7 @@ __all__ = [
     "ChunkSource",
     "ArrayLike2D",
     "l2_normalize",
+    "row_norms",
     "check_finite",
     "iter_chunks",
     "as_reiterable",
@@ -38,32 +39,35 @@ class ChunkSource(Protocol):
 ArrayLike2D = Union[np.ndarray, ChunkSource, Iterable[np.ndarray]]
 
 
+def row_norms(x: np.ndarray) -> np.ndarray:
+    """L2 norm of every row (``einsum``: several times faster than ``np.linalg.norm(axis=1)``)."""
+    return np.sqrt(np.einsum("ij,ij->i", x, x))
+
+
 def l2_normalize(x: np.ndarray, dtype: np.dtype | type = np.float64, eps: float = 1e-10) -> np.ndarray:
     """Return the rows of ``x`` scaled to unit L2 norm.
 
-    Overflow-safe (rows are divided by their max-abs first, as the ReAlign reference does), so
-    fp16 inputs with large raw norms normalise exactly. Rows whose norm is below ``eps`` are
-    left as they are (all-zero rows stay zero).
+    Computation happens in float64 unless ``dtype`` is float32; either is wide enough that fp16
+    inputs with large raw norms cannot overflow when squared. Rows whose norm is below ``eps``
+    are left as they are (all-zero rows stay zero).
 
     Parameters
     ----------
     x
         ``(n, d)`` or ``(d,)`` array of any float dtype.
     dtype
-        Output dtype; computation happens in float64 unless ``dtype`` is float32.
+        Output dtype.
     eps
         Norm below which a row is not rescaled.
     """
-    work = np.asarray(x, dtype=np.float64 if np.dtype(dtype) == np.float64 else np.float32)
+    compute = np.float64 if np.dtype(dtype) == np.float64 else np.float32
+    work = np.asarray(x, dtype=compute)
     squeeze = work.ndim == 1
     if squeeze:
         work = work[None, :]
-    scale = np.max(np.abs(work), axis=1, keepdims=True)
-    scale[scale == 0] = 1.0
-    scaled = work / scale
-    norm = np.linalg.norm(scaled, axis=1, keepdims=True)
+    norm = row_norms(work)
     norm[norm < eps] = 1.0
-    out = (scaled / norm).astype(dtype, copy=False)
+    out = (work / norm[:, None]).astype(dtype, copy=False)
     return out[0] if squeeze else out
 
 

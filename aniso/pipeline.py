@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ._fs import exists, join_url, open_url
-from .arrays import l2_normalize
+from .arrays import l2_normalize, row_norms
 from .errors import InputError
 from .inputs import open_embedding_source
 from .methods import Aligner, get_aligner
@@ -74,7 +74,7 @@ def import_shard(url: str, store_url: str, shard: int, storage_options: dict[str
     source = open_embedding_source(url, storage_options)
     start, stop = store.shard_range(shard)
     emb, ids = source.read_rows(start, stop)
-    norms = np.linalg.norm(emb.astype(np.float64), axis=1)
+    norms = row_norms(emb.astype(np.float64))
     zero = np.flatnonzero(norms == 0)
     if zero.size:
         raise InputError(f"{url}: row {start + int(zero[0])} is an all-zero embedding")
@@ -236,7 +236,7 @@ def shard_quality(subs: np.ndarray, text: np.ndarray, ids: list[str]) -> dict[st
     """Per-shard summary the gates validate (cheap; computed while the shard is in memory)."""
     s64 = subs.astype(np.float64)
     finite = np.isfinite(s64).all(axis=1)
-    norms = np.linalg.norm(np.where(np.isfinite(s64), s64, 0.0), axis=1)
+    norms = row_norms(s64[finite])  # NaN rows are counted by nonfinite_rows, not as norm 0
     return {
         "rows": int(subs.shape[0]),
         "nonfinite_rows": int((~finite).sum()),

@@ -21,13 +21,17 @@ def make_task_runner(cluster: ClusterSettings) -> DaskTaskRunner:
     """A DaskTaskRunner: an existing scheduler when ``address`` is set, else a temporary cluster."""
     if cluster.address:
         return DaskTaskRunner(address=cluster.address)
-    kwargs = {
-        "n_workers": cluster.n_workers,
-        "threads_per_worker": cluster.threads_per_worker,
-        **({"processes": cluster.processes, "dashboard_address": None} if not cluster.cluster_class else {}),
-        **cluster.cluster_kwargs,
-    }
-    return DaskTaskRunner(cluster_class=cluster.cluster_class or "distributed.LocalCluster", cluster_kwargs=kwargs)
+    cluster_class = cluster.cluster_class or "distributed.LocalCluster"
+    kwargs: dict[str, Any] = {}
+    if cluster_class.rsplit(".", 1)[-1] in ("LocalCluster", "LocalCUDACluster"):
+        # Only the local clusters take these; KubeCluster/SLURMCluster size themselves from
+        # their own specs in cluster_kwargs.
+        kwargs = {"n_workers": cluster.n_workers, "threads_per_worker": cluster.threads_per_worker,
+                  "dashboard_address": None}
+        if cluster_class.endswith(".LocalCluster"):
+            kwargs["processes"] = cluster.processes
+    kwargs.update(cluster.cluster_kwargs)
+    return DaskTaskRunner(cluster_class=cluster_class, cluster_kwargs=kwargs)
 
 
 def map_shards(task: Task, stage: str, shards: Sequence[int], **kwargs: Any) -> list[Any]:

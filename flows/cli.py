@@ -51,7 +51,7 @@ def _configure_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Prefect's and Dask's own INFO chatter would drown the progress bar.
-    for name in ("prefect", "distributed", "httpx"):
+    for name in ("prefect", "distributed", "httpx", "great_expectations"):
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
 
 

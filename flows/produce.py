@@ -30,8 +30,18 @@ from .stats import compute_statistics
 logger = logging.getLogger(__name__)
 
 
-@flow(name="produce", flow_run_name="produce-{settings.storage.dataset}", validate_parameters=False)
-def produce(text: str, image: str, settings: Settings) -> dict[str, Any]:
+def _run_name() -> str:
+    from prefect.runtime import flow_run
+
+    settings = flow_run.parameters.get("settings")
+    dataset = settings["storage"]["dataset"] if isinstance(settings, dict) else settings.storage.dataset
+    return f"produce-{dataset}"
+
+
+# Parameters are validated by hand below: deployments pass ``settings`` as JSON, CLI runs pass
+# the model itself, and both must end up as the same validated Settings.
+@flow(name="produce", flow_run_name=_run_name, validate_parameters=False)
+def produce(text: str, image: str, settings: Settings | dict[str, Any]) -> dict[str, Any]:
     """Produce and publish substitute image embeddings for a text corpus.
 
     Parameters
@@ -39,7 +49,7 @@ def produce(text: str, image: str, settings: Settings) -> dict[str, Any]:
     text, image
         Embedding inputs: a ``.npy`` file, a clip-retrieval folder or an aniso Zarr store.
     settings
-        The resolved settings tree (``aniso.config.load_settings``).
+        The resolved settings tree (``aniso.config.load_settings``), or its JSON form.
 
     Returns
     -------
@@ -51,6 +61,8 @@ def produce(text: str, image: str, settings: Settings) -> dict[str, Any]:
     GateFailed
         When any gate fails; nothing is published and the run's staging data stays.
     """
+    if isinstance(settings, dict):
+        settings = Settings.model_validate(settings)
     options = settings.storage.fs_options()
     layout = DatasetLayout(settings.storage.root, settings.storage.dataset)
     text_store, text_fp = ingest_embeddings(text, "text", layout, settings)

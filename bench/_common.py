@@ -1,0 +1,57 @@
+"""Shared helpers for the benchmarks: timing, peak memory in a child process, synthetic stores."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextmanager
+def timer(out: dict, key: str):
+    start = time.perf_counter()
+    yield
+    out[key] = time.perf_counter() - start
+
+
+def best_of(fn, repeat: int = 3) -> float:
+    """Best wall time of ``repeat`` calls (these shared machines are noisy)."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def run_child(code: str) -> dict:
+    """Run ``code`` in a fresh interpreter; it must print one JSON line. Adds peak RSS (MiB)."""
+    wrapper = (
+        "import json, resource, sys\n" + code +
+        "\nresult['peak_rss_mib'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
+        "print(json.dumps(result))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, cwd=ROOT, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def synthetic_store(url: str, n_rows: int, dim: int = 512, shard_rows: int = 65536, seed: int = 0) -> str:
+    """Write a store of unit-norm random rows shard by shard (never the whole array in memory)."""
+    from aniso.store import EmbeddingStore
+
+    store = EmbeddingStore.create(url, n_rows=n_rows, dim=dim, chunk_rows=8192, shard_rows=shard_rows)
+    rng = np.random.default_rng(seed)
+    mean = rng.normal(size=dim)
+    for shard in sorted(set(range(store.n_shards)) - store.completed_shards()):
+        start, stop = store.shard_range(shard)
+        block = rng.normal(size=(stop - start, dim)).astype(np.float32) * 0.3 + mean.astype(np.float32)
+        block /= np.linalg.norm(block, axis=1, keepdims=True)
+        store.write_shard(shard, block, [str(i) for i in range(start, stop)])
+    return url
