@@ -77,7 +77,7 @@ def fit_closed_form(
     text: Moments,
     image: Moments,
     *,
-    strength: float = 0.5,
+    strength: float = 0.3,
     bound: float = 0.25,
     prior_strength: float = 7.0,
     adaptive: bool = True,

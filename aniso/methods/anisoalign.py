@@ -40,7 +40,7 @@ class AnisoAlignParams(BaseModel):
     mixing: Literal["haar", "identity"] = "haar"
     seed: int = 0
     # closed form
-    strength: float = Field(0.5, ge=0)
+    strength: float = Field(0.3, ge=0)
     bound: float = Field(0.25, ge=0)
     prior_strength: float = Field(7.0, ge=0)
     adaptive: bool = True
