@@ -1,0 +1,50 @@
+"""The ``aniso`` CLI: exit codes and one-line reasons (typer's CliRunner, real flows)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli import app
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+@pytest.fixture
+def inputs(tmp_path, gap):
+    np.save(tmp_path / "text.npy", gap.text)
+    np.save(tmp_path / "image.npy", gap.image)
+    return tmp_path
+
+
+def _produce(inputs, *extra):
+    args = ["produce", "--text", str(inputs / "text.npy"), "--image", str(inputs / "image.npy"),
+            "--out", str(inputs / "out"), "--dataset", "cli", "--profile", "ci", "--set", "method.name=realign", *extra]
+    return CliRunner().invoke(app, args)
+
+
+def test_produce_publishes_and_exits_zero(inputs):
+    result = _produce(inputs)
+    assert result.exit_code == 0, result.output
+    assert "published cli version" in result.output and "centroid_residual" in result.output
+    shown = CliRunner().invoke(app, ["show", "--out", str(inputs / "out"), "--dataset", "cli"])
+    assert shown.exit_code == 0 and '"n_rows": 2000' in shown.output
+
+
+def test_bad_input_exits_two_with_one_line(inputs, gap):
+    np.save(inputs / "image.npy", gap.image[:, :10])
+    result = _produce(inputs)
+    assert result.exit_code == 2
+    assert "d=64 but image embeddings" in result.output
+
+
+def test_failed_gate_exits_three(inputs):
+    result = _produce(inputs, "--set", "method.name=identity")
+    assert result.exit_code == 3
+    assert "centroid_residual observed" in result.output
+
+
+def test_bad_setting_exits_two(inputs):
+    result = _produce(inputs, "--set", "store.shard_rows=zero")
+    assert result.exit_code == 2 and "store.shard_rows" in result.output
