@@ -142,6 +142,47 @@ def demo(
 
 
 @app.command()
+def diagnose(
+    text: Annotated[str, typer.Option(help="Text embeddings URL (.npy, clip-retrieval folder, Zarr store).")],
+    image: Annotated[str, typer.Option(help="Image embeddings URL.")],
+    substitutes: Annotated[Optional[str], typer.Option(help="Substitutes for the text (row-aligned).")] = None,
+    pairs: Annotated[bool, typer.Option("--pairs", help="Text and image rows are pairs (adds A_r, R@k, ...).")] = False,
+    max_rows: Annotated[int, typer.Option(help="Deterministic row sample per input.")] = 5000,
+    config: ConfigOpt = None,
+    profile: ProfileOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Print the geometric diagnostics (DESIGN.md §4) as one table: raw text and, if given, substitutes."""
+    from aniso.diagnostics import diagnose as run_diagnostics
+    from aniso.diagnostics import format_table
+    from aniso.inputs import open_embedding_source
+    from aniso.sampling import collect_rows, sample_indices
+
+    _configure_logging(False)
+    try:
+        options = _settings(profile, config, set_).storage.fs_options()
+        sources = {"text": open_embedding_source(text, options, what="text"),
+                   "image": open_embedding_source(image, options, what="image")}
+        if substitutes:
+            sources["substitutes"] = open_embedding_source(substitutes, options, what="substitutes")
+        if pairs and sources["text"].n_rows != sources["image"].n_rows:
+            raise InputError(f"--pairs needs as many image rows as text rows: {sources['text'].n_rows} vs {sources['image'].n_rows}")
+        text_rows = sample_indices(sources["text"].n_rows, max_rows, seed=0)
+        arrays = {
+            name: collect_rows(src, text_rows if name != "image" or pairs else sample_indices(src.n_rows, max_rows, seed=1), what=name)
+            for name, src in sources.items()
+        }
+        rows = {"raw text": run_diagnostics(arrays["text"], arrays["image"], paired=pairs)}
+        if substitutes:
+            rows["substitutes"] = run_diagnostics(arrays["text"], arrays["image"], arrays["substitutes"], paired=pairs)
+    except AnisoError as exc:
+        _fail(exc)
+    typer.echo(f"rows sampled: text {len(arrays['text'])}, image {len(arrays['image'])} (of "
+               f"{sources['text'].n_rows} and {sources['image'].n_rows})")
+    typer.echo(format_table(rows))
+
+
+@app.command()
 def show(
     out: Annotated[str, typer.Option(help="Storage root URL.")],
     dataset: Annotated[str, typer.Option(help="Dataset name.")] = "demo",

@@ -48,3 +48,17 @@ def test_failed_gate_exits_three(inputs):
 def test_bad_setting_exits_two(inputs):
     result = _produce(inputs, "--set", "store.shard_rows=zero")
     assert result.exit_code == 2 and "store.shard_rows" in result.output
+
+
+def test_diagnose_prints_one_table(inputs, gap):
+    from aniso.methods import get_aligner
+
+    np.save(inputs / "subs.npy", get_aligner("realign").fit(gap.text, gap.image).transform(gap.text))
+    result = CliRunner().invoke(app, ["diagnose", "--text", str(inputs / "text.npy"), "--image", str(inputs / "image.npy"),
+                                      "--substitutes", str(inputs / "subs.npy"), "--pairs", "--max-rows", "800"])
+    assert result.exit_code == 0, result.output
+    header, _, raw, subs = result.output.strip().splitlines()[-4:]
+    assert "centroid_residual" in header and "A_r_baseline" in header and "R@1" in header
+    gap_raw = float(raw.split("|")[2])
+    gap_subs = float(subs.split("|")[2])
+    assert gap_raw > 0.5 and gap_subs < 0.01  # the planted gap, then closed
