@@ -26,7 +26,7 @@ from ._fs import filesystem, join_url
 from .errors import InputError, StoreNotFound
 from .store import EmbeddingStore
 
-__all__ = ["EmbeddingSource", "NpyPart", "open_embedding_source"]
+__all__ = ["EmbeddingSource", "NpyPart", "open_embedding_source", "is_embedding_input"]
 
 _ID_COLUMNS = ("id", "key", "image_path", "url")
 
@@ -126,6 +126,19 @@ def open_embedding_source(url: str, storage_options: dict[str, Any] | None = Non
     if first == 0:
         raise InputError(f"{what}: {url} holds no rows (empty input)")
     return EmbeddingSource(url, "npy", first, parts[0].dim, options, parts=parts, fingerprint=digest.hexdigest())
+
+
+def is_embedding_input(url: str, storage_options: dict[str, Any] | None = None) -> bool:
+    """True for precomputed embeddings (a ``.npy`` file, a Zarr store, a folder of ``.npy``
+    files); False for anything else, which the pipeline treats as a raw corpus to embed."""
+    fs, path = filesystem(url, storage_options or {})
+    if path.endswith(".npy"):
+        return True
+    if not fs.isdir(path):
+        return False
+    if fs.exists(join_url(path, "zarr.json")):
+        return True
+    return any(f.endswith(".npy") for f in fs.ls(path, detail=False))
 
 
 # -- helpers -----------------------------------------------------------------------------------

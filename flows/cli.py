@@ -10,6 +10,8 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -19,7 +21,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Quiet by default (``--verbose`` raises the levels again): Prefect and Dask log every task.
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")  # failures are reported by the CLI itself
 os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
 
 import typer  # noqa: E402
@@ -55,17 +57,13 @@ def _configure_logging(verbose: bool) -> None:
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
 
 
-def run_produce(text: str, image: str, settings: Settings, *, show_progress: bool = True) -> dict:
-    """Run the ``produce`` flow with the settings' Dask cluster and a progress bar."""
+@contextmanager
+def _progress_bar() -> Iterator[None]:
+    """A rich progress bar fed by :mod:`aniso.progress` while the block runs."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from aniso.progress import set_callback
-    from flows._common import make_task_runner
-    from flows.produce import produce
 
-    flow = produce.with_options(task_runner=make_task_runner(settings.cluster))
-    if not show_progress:
-        return flow(text=text, image=image, settings=settings)
     columns = (TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, transient=False) as bar:
         tasks: dict[str, int] = {}
@@ -77,9 +75,19 @@ def run_produce(text: str, image: str, settings: Settings, *, show_progress: boo
 
         previous = set_callback(on_progress)
         try:
-            return flow(text=text, image=image, settings=settings)
+            yield
         finally:
             set_callback(previous)
+
+
+def run_produce(text: str, image: str, settings: Settings) -> dict:
+    """Run the ``produce`` flow with the settings' Dask cluster and a progress bar."""
+    from flows._common import make_task_runner
+    from flows.produce import produce
+
+    flow = produce.with_options(task_runner=make_task_runner(settings.cluster))
+    with _progress_bar():
+        return flow(text=text, image=image, settings=settings)
 
 
 @app.command()
@@ -139,6 +147,39 @@ def demo(
     except AnisoError as exc:
         _fail(exc)
     _print_result(result, settings)
+
+
+@app.command()
+def embed(
+    out: Annotated[str, typer.Option(help="Storage root URL.")],
+    text: Annotated[Optional[str], typer.Option(help="Text corpus URL (jsonl, parquet, csv, txt, tars).")] = None,
+    images: Annotated[Optional[str], typer.Option(help="Image corpus URL (folder tree or webdataset tars).")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="Dataset name under the root.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="open_clip model name, e.g. ViT-B-32.")] = None,
+    pretrained: Annotated[Optional[str], typer.Option(help="Pretrained tag (e.g. laion2b_s34b_b79k) or checkpoint path.")] = None,
+    config: ConfigOpt = None,
+    profile: ProfileOpt = None,
+    set_: SetOpt = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Embed a raw corpus into a Zarr embedding store (resumable; per-item failures recorded)."""
+    from flows._common import make_task_runner
+    from flows.embed import embed as embed_flow
+
+    _configure_logging(verbose)
+    if (text is None) == (images is None):
+        typer.echo("aniso: error: give exactly one of --text or --images", err=True)
+        raise typer.Exit(2)
+    try:
+        settings = _settings(profile, config, set_, **{"storage.root": out, "storage.dataset": dataset,
+                                                       "embed.model": model, "embed.pretrained": pretrained})
+        flow = embed_flow.with_options(task_runner=make_task_runner(settings.cluster))
+        with _progress_bar():
+            result = flow(url=text or images, modality="text" if text else "image", settings=settings)
+    except AnisoError as exc:
+        _fail(exc)
+    typer.echo(f"embedded {result['rows']} item(s) in {result['shards']} shard(s), failure rate "
+               f"{result['failure_rate']:.4f}\n  store:    {result['store']}\n  manifest: {result['manifest']}")
 
 
 @app.command()

@@ -1,4 +1,4 @@
-"""The whole job: ingest → statistics → fit → calibrate → apply → gate → publish.
+"""The whole job: embed or ingest → statistics → fit → calibrate → apply → gate → publish.
 
 Every stage skips work already completed for the run key (inputs + semantic config + code
 version), so a rerun after a crash anywhere resumes and produces identical output.
@@ -16,6 +16,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from aniso._version import code_version
 from aniso.config import Settings, config_hash, semantic_config
 from aniso.errors import GateFailed, InputError
+from aniso.inputs import is_embedding_input, open_embedding_source
 from aniso.layout import DatasetLayout, run_key
 from aniso.pipeline import _redact, write_json
 from aniso.store import EmbeddingStore
@@ -23,11 +24,23 @@ from tasks.gate import gate
 from tasks.publish import publish
 
 from .apply import apply_model
+from .embed import embed_corpus
 from .fit import fit_and_calibrate
 from .ingest import ingest_embeddings
 from .stats import compute_statistics
 
 logger = logging.getLogger(__name__)
+
+
+def embeddings_for(url: str, modality: str, layout: DatasetLayout, settings: Settings) -> tuple[str, str]:
+    """The embedding store for an input: imported when it holds embeddings, embedded when it is
+    a raw corpus. Returns ``(store_url, content fingerprint)``."""
+    options = settings.storage.fs_options()
+    if is_embedding_input(url, options):
+        return ingest_embeddings(url, modality, layout, settings)
+    store_url = embed_corpus(url, modality, settings)["store"]
+    # the fingerprint of what was embedded: the stored rows' checksums (model + corpus content)
+    return store_url, open_embedding_source(store_url, options).fingerprint
 
 
 def _run_name() -> str:
@@ -47,7 +60,9 @@ def produce(text: str, image: str, settings: Settings | dict[str, Any]) -> dict[
     Parameters
     ----------
     text, image
-        Embedding inputs: a ``.npy`` file, a clip-retrieval folder or an aniso Zarr store.
+        Embedding inputs (a ``.npy`` file, a clip-retrieval folder, an aniso Zarr store) or raw
+        corpora (text: jsonl/parquet/csv/txt; images: a folder tree or webdataset tars), which
+        are embedded first with ``settings.embed``.
     settings
         The resolved settings tree (``aniso.config.load_settings``), or its JSON form.
 
@@ -65,8 +80,8 @@ def produce(text: str, image: str, settings: Settings | dict[str, Any]) -> dict[
         settings = Settings.model_validate(settings)
     options = settings.storage.fs_options()
     layout = DatasetLayout(settings.storage.root, settings.storage.dataset)
-    text_store, text_fp = ingest_embeddings(text, "text", layout, settings)
-    image_store, image_fp = ingest_embeddings(image, "image", layout, settings)
+    text_store, text_fp = embeddings_for(text, "text", layout, settings)
+    image_store, image_fp = embeddings_for(image, "image", layout, settings)
     text_dim = EmbeddingStore.open(text_store, storage_options=options).dim
     image_dim = EmbeddingStore.open(image_store, storage_options=options).dim
     if text_dim != image_dim:
