@@ -7,7 +7,17 @@ Reproduce the shipped checkpoint (CPU, a few minutes on 2 cores)::
 The logit scale is held fixed at a low temperature (not learned). With a learned or high
 temperature the contrastive loss pulls the two modalities' cones together and the modality gap
 closes; at a low fixed temperature the gap created by the random initialisation (the cone effect,
-Liang et al. 2022) is kept while the pairing is learned, as in pretrained CLIP.
+Liang et al. 2022) is kept while the pairing is learned, as in pretrained CLIP. Measured here
+(1,000 held-out scenes, chance R@1 0.001; the gap is 1.12 at init):
+
+==============  =====  ======  ====
+logit scale     steps  R@1     gap
+==============  =====  ======  ====
+50              300    0.40    0.14
+100             300    0.32    0.42
+150             500    0.61    0.49
+200 (shipped)   600    0.66    0.57
+==============  =====  ======  ====
 """
 
 from __future__ import annotations
@@ -42,12 +52,12 @@ class TrainConfig:
     n_train: int = 12000
     n_eval: int = 1000
     eval_seed: int = 10_000
-    steps: int = 400
+    steps: int = 600
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.1
     warmup: int = 40
-    logit_scale: float = 50.0
+    logit_scale: float = 200.0
     threads: int = 2
     eval_every: int = 0  # log held-out R@1 / gap every this many steps (0: only at the end)
 
