@@ -83,6 +83,7 @@ def main() -> None:
     parser.add_argument("--items-per-shard", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--decode-workers", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--model", default="aniso-demo-tiny")
     parser.add_argument("--pretrained", default="demo")
     args = parser.parse_args()
@@ -101,8 +102,12 @@ def main() -> None:
         _bare_images(images[: args.batch_size], embed)
         for modality, url, bare in (("image", urls["images"], lambda: _bare_images(images, embed)),
                                     ("text", urls["text"], lambda: _bare_texts(Path(urls["text"]), embed))):
-            bare_s = min(bare() for _ in range(2))
-            runs = [_pipeline(url, modality, settings, f"{tmp}/out-{modality}-{k}.zarr") for k in range(2)]
+            # interleaved repeats, best of each: these hosts are shared and noisy
+            bare_times, runs = [], []
+            for k in range(args.repeats):
+                bare_times.append(bare())
+                runs.append(_pipeline(url, modality, settings, f"{tmp}/out-{modality}-{k}.zarr"))
+            bare_s = min(bare_times)
             pipe_s, stages = min(runs, key=lambda r: r[0])
             total = sum(stages.values())
             shares = ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in stages.items())
