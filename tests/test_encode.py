@@ -137,6 +137,12 @@ def test_embed_shard_text(tiny, tmp_path):
     np.testing.assert_allclose(emb[valid], get_encoder(tiny).encode_texts([t for t in TEXTS if t]), atol=1e-5)
 
 
+def test_unreachable_pretrained_tag_names_the_offline_alternatives():
+    # HF_HUB_OFFLINE=1 (conftest): a tag needs a download, which fails with a ConfigError that says what to do
+    with pytest.raises(ConfigError, match="pretrained='laion2b_s34b_b79k'.*local checkpoint path"):
+        load_encoder(EmbedSettings(model="ViT-B-32", pretrained="laion2b_s34b_b79k"))
+
+
 @pytest.mark.gpu
 def test_cuda_fp16_encoder(tiny):
     if not torch.cuda.is_available():
