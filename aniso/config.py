@@ -105,7 +105,7 @@ class EmbedSettings(_Section):
 class MethodSettings(_Section):
     """Which aligner runs and its hyper-parameters (passed to its constructor)."""
 
-    name: str = "realign"
+    name: str = "anisoalign"
     params: dict[str, Any] = Field(default_factory=dict)
 
 

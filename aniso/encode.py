@@ -246,7 +246,7 @@ def load_encoder(settings: EmbedSettings) -> Encoder:
     """
     import open_clip
 
-    from .demo.model import DEMO_MODEL, load_demo_weights, register_demo_config
+    from .demo.model import DEMO_MODEL, load_demo_weights, register_demo_config, weights_loaded_separately
 
     device = resolve_device(settings)
     precision = resolve_precision(settings, device)
@@ -255,11 +255,14 @@ def load_encoder(settings: EmbedSettings) -> Encoder:
     tag, demo_path = _resolve_pretrained(settings.model, settings.pretrained)
     t0 = time.perf_counter()
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            settings.model, pretrained=tag, device="cpu", load_weights=tag is not None
-        )
         if demo_path is not None:
+            with weights_loaded_separately():
+                model, _, preprocess = open_clip.create_model_and_transforms(settings.model, pretrained=None, device="cpu")
             load_demo_weights(model, demo_path)
+        else:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                settings.model, pretrained=tag, device="cpu", load_weights=tag is not None
+            )
         tokenizer = open_clip.get_tokenizer(settings.model)
     except (RuntimeError, ValueError, OSError, KeyError) as exc:
         raise ConfigError(

@@ -320,6 +320,8 @@ def _run_gx(resolved: dict[str, list[dict[str, Any]]], frames: dict[str, pd.Data
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
+    # An ephemeral context announces its temporary docs folder at INFO on every validation.
+    logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     source = context.data_sources.add_pandas("aniso")

@@ -34,8 +34,9 @@ def make_task_runner(cluster: ClusterSettings) -> DaskTaskRunner:
     return DaskTaskRunner(cluster_class=cluster_class, cluster_kwargs=kwargs)
 
 
-def map_shards(task: Task, stage: str, shards: Sequence[int], **kwargs: Any) -> list[Any]:
-    """Submit ``task(shard=s, **kwargs)`` for every shard; wait in order, reporting progress.
+def map_shards(task: Task, stage: str, shards: Sequence[Any], **kwargs: Any) -> list[Any]:
+    """Submit ``task(shard=s, **kwargs)`` for every shard (a number or a shard spec); wait in
+    order, reporting progress.
 
     Results come back in shard order, so every reduction over them is deterministic.
     """

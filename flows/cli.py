@@ -53,7 +53,8 @@ def _configure_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Prefect's and Dask's own INFO chatter would drown the progress bar.
-    for name in ("prefect", "distributed", "httpx", "great_expectations"):
+    for name in ("prefect", "distributed", "httpx", "great_expectations",
+                 "great_expectations.data_context.types.base"):
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
 
 
@@ -124,26 +125,30 @@ def _print_result(result: dict, settings: Settings) -> None:
 @app.command()
 def demo(
     out: Annotated[str, typer.Option(help="Storage root for the demo.")] = ".aniso-demo",
-    rows: Annotated[int, typer.Option(help="Text and image rows to generate.")] = 20000,
-    method: Annotated[Optional[str], typer.Option(help="Alignment method.")] = None,
+    items: Annotated[int, typer.Option(help="Captions and images to generate (unpaired: different seeds).")] = 4000,
+    method: Annotated[Optional[str], typer.Option(help="Alignment method (default: the profile's, anisoalign).")] = None,
+    set_: SetOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """The embedded default: generate a demo dataset with a planted modality gap, then produce it."""
-    import numpy as np
-
-    from aniso._fs import join_url, open_url
-    from aniso.synthetic import planted_gap
+    """The embedded default, offline: a generated captioned corpus → the shipped demo open_clip
+    model → AnisoAlign → gates → publish."""
+    from aniso._fs import exists, join_url
+    from aniso.demo import write_demo_corpus
 
     _configure_logging(verbose)
     try:
-        settings = _settings(None, None, None, **{"storage.root": out, "method.name": method})
-        inputs = join_url(out, "inputs")
-        gap = planted_gap(n=rows, d=512, latent=64, gap_rank=8, seed=0)
-        for name, array in (("text", gap.text), ("image", gap.image)):
-            with open_url(join_url(inputs, f"{name}.npy"), "wb") as f:
-                np.save(f, array)
-        typer.echo(f"demo inputs: {rows} text and {rows} image embeddings (d=512, planted gap) in {inputs}")
-        result = run_produce(join_url(inputs, "text.npy"), join_url(inputs, "image.npy"), settings)
+        settings = _settings(None, None, set_, **{"storage.root": out, "method.name": method})
+        corpus = join_url(out, "corpus")
+        # Captions and images come from different seeds: like production, the corpora are unpaired.
+        paths = {}
+        for name, seed in (("text", 1), ("images", 2)):
+            folder = join_url(corpus, f"{name}-{items}")
+            if not exists(join_url(folder, "captions.jsonl")):
+                write_demo_corpus(folder, n=items, seed=seed)
+            paths[name] = join_url(folder, "captions.jsonl") if name == "text" else join_url(folder, "images")
+        typer.echo(f"demo corpus: {items} captions and {items} rendered images (unpaired) in {corpus}; "
+                   f"model {settings.embed.model} ({settings.embed.pretrained})")
+        result = run_produce(paths["text"], paths["images"], settings)
     except AnisoError as exc:
         _fail(exc)
     _print_result(result, settings)

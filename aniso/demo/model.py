@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -83,12 +85,30 @@ def load_demo_weights(model: torch.nn.Module, path: Path | str = WEIGHTS_PATH) -
     return model
 
 
+class _DropRandomWeightsWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No pretrained weights loaded")
+
+
+@contextmanager
+def weights_loaded_separately() -> Iterator[None]:
+    """Silence open_clip's "initialized randomly" warning while creating a model whose weights
+    are loaded right after (it would tell operators the opposite of the truth)."""
+    quiet = _DropRandomWeightsWarning()
+    logging.getLogger().addFilter(quiet)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(quiet)
+
+
 def load_demo_model(device: str = "cpu", path: Path | str = WEIGHTS_PATH):
     """``(model, preprocess, tokenizer)`` of the demo model with its shipped weights, in eval mode."""
     import open_clip
 
     register_demo_config()
-    model, _, preprocess = open_clip.create_model_and_transforms(DEMO_MODEL, pretrained=None, device=device)
+    with weights_loaded_separately():
+        model, _, preprocess = open_clip.create_model_and_transforms(DEMO_MODEL, pretrained=None, device=device)
     load_demo_weights(model, path)
     model.eval()
     return model, preprocess, open_clip.get_tokenizer(DEMO_MODEL)
