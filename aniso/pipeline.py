@@ -23,7 +23,7 @@ from .inputs import open_embedding_source
 from .methods import Aligner, get_aligner
 from .moments import Moments, merge_all
 from .sampling import rows_in_range, sample_indices
-from .store import EmbeddingStore
+from .store import EmbeddingStore, ids_digest
 
 __all__ = [
     "prepare_input",
@@ -78,7 +78,7 @@ def import_shard(url: str, store_url: str, shard: int, storage_options: dict[str
     zero = np.flatnonzero(norms == 0)
     if zero.size:
         raise InputError(f"{url}: row {start + int(zero[0])} is an all-zero embedding")
-    return store.write_shard(shard, emb, ids, stats={"ids_sha256": _ids_digest(ids)})
+    return store.write_shard(shard, emb, ids)
 
 
 def check_unique_ids(store_url: str, storage_options: dict[str, Any], *, what: str) -> None:
@@ -246,17 +246,10 @@ def shard_quality(subs: np.ndarray, text: np.ndarray, ids: list[str]) -> dict[st
         "sum": s64[finite].sum(axis=0).tolist(),
         "text_sum": text.astype(np.float64).sum(axis=0).tolist(),
         "ids_unique": len(set(ids)) == len(ids),
-        "ids_sha256": _ids_digest(ids),
     }
 
 
 # -- helpers ----------------------------------------------------------------------------------
-def _ids_digest(ids: list[str]) -> str:
-    import hashlib
-
-    return hashlib.sha256("\x1f".join(map(str, ids)).encode()).hexdigest()
-
-
 def _redact(url: str) -> str:
     """Drop any ``user:password@`` part of a URL before it is written anywhere."""
     if "://" in url and "@" in url.split("://", 1)[1].split("/", 1)[0]:
@@ -339,11 +332,8 @@ def gate_run(
     text = EmbeddingStore.open(text_store_url, storage_options=storage_options)
     subs = EmbeddingStore.open(subs_url, storage_options=storage_options)
     markers = subs.markers()
-    same_shape = text.shape[0] == subs.shape[0]
-    ids_match = [
-        same_shape and np.array_equal(text.ids[m["start"] : m["stop"]], subs.ids[m["start"] : m["stop"]])
-        for m in markers
-    ]
+    same_shape = text.shape == subs.shape and text.shard_rows == subs.shard_rows
+    ids_match = [same_shape and _same_ids(text, subs, m) for m in markers]
     aligner = Aligner.load(model_url, storage_options)
     stats = [m["stats"] for m in markers]
     timings = {"read_stats": time.perf_counter() - started}
@@ -379,6 +369,16 @@ def gate_run(
     write_json(join_url(quality_url, "gates.json"), result, storage_options)
     logger.info("gate stage: %s in %.2f s", report.summary(), time.perf_counter() - started)
     return result
+
+
+def _same_ids(text: EmbeddingStore, subs: EmbeddingStore, marker: dict[str, Any]) -> bool:
+    """Do a substitutes shard's ids equal the text shard's? From the markers' id digests when
+    both have one (no id arrays read), else by comparing the id arrays."""
+    text_marker = text.marker(marker["shard"])
+    if "ids_sha256" in marker and "ids_sha256" in text_marker:
+        return marker["ids_sha256"] == text_marker["ids_sha256"]
+    start, stop = marker["start"], marker["stop"]
+    return bool(np.array_equal(text.ids[start:stop], subs.ids[start:stop]))
 
 
 def pd_timings(stats: list[dict[str, Any]]) -> dict[str, list[float]]:

@@ -31,7 +31,7 @@ from zarr.storage import FsspecStore, LocalStore
 from ._fs import filesystem, is_local, join_url, open_url
 from .errors import InputError, ShardAlignmentError, StoreCorrupt, StoreNotFound
 
-__all__ = ["EmbeddingStore", "zarr_store", "shard_checksum"]
+__all__ = ["EmbeddingStore", "zarr_store", "shard_checksum", "ids_digest"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,11 @@ def zarr_store(url: str, storage_options: dict[str, Any] | None = None, *, read_
     if is_local(fs):
         return LocalStore(path, read_only=read_only)
     return FsspecStore.from_url(url, storage_options=storage_options, read_only=read_only)
+
+
+def ids_digest(ids: Sequence[str]) -> str:
+    """sha256 of a shard's ids in order."""
+    return hashlib.sha256("\x1f".join(map(str, ids)).encode()).hexdigest()
 
 
 def shard_checksum(embedding: np.ndarray, ids: Sequence[str]) -> str:
@@ -242,6 +247,8 @@ class EmbeddingStore:
             "rows": stop - start,
             "valid_rows": int(stop - start if valid is None else np.count_nonzero(valid)),
             "sha256": shard_checksum(stored, ids),
+            # lets a later stage check ids against this shard from the markers alone
+            "ids_sha256": ids_digest(ids),
             "stats": stats or {},
         }
         with open_url(self._marker_url(shard), "w", self.storage_options) as f:
