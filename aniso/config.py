@@ -201,15 +201,16 @@ def _set_path(target: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path, what: str = "config file") -> dict[str, Any]:
+    """A YAML mapping from ``path``; a missing, malformed or non-mapping file raises ConfigError."""
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
+        raise ConfigError(f"{what} not found: {path}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        raise ConfigError(f"{what} {path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        raise ConfigError(f"{what} {path} must hold a mapping at the top level")
     return data
 
 
@@ -245,12 +246,12 @@ def load_settings(
 ) -> Settings:
     """Resolve the settings from profiles, a file, the environment and ``--set`` overrides."""
     environ = os.environ if environ is None else environ
-    data = _read_yaml(CONF_DIR / "default.yaml") if (CONF_DIR / "default.yaml").exists() else {}
+    data = read_yaml(CONF_DIR / "default.yaml") if (CONF_DIR / "default.yaml").exists() else {}
     profile = profile or environ.get("ANISO_PROFILE")
     if profile and profile != "default":
-        data = _deep_merge(data, _read_yaml(CONF_DIR / f"{profile}.yaml"))
+        data = _deep_merge(data, read_yaml(CONF_DIR / f"{profile}.yaml"))
     if config_file:
-        data = _deep_merge(data, _read_yaml(Path(config_file)))
+        data = _deep_merge(data, read_yaml(Path(config_file)))
     data = _deep_merge(data, _env_overrides(environ))
     data = _deep_merge(data, parse_overrides(overrides))
     try:

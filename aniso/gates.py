@@ -28,9 +28,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
-from .config import CONF_DIR, GateSettings
+from .config import CONF_DIR, GateSettings, read_yaml
 from .errors import ConfigError, InputError
 
 __all__ = [
@@ -151,13 +150,8 @@ def load_suites(path: str | Path | None = None) -> GateSuites:
     import great_expectations as gx
 
     path = Path(path) if path else CONF_DIR / "gates.yaml"
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"gate suites file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"gate suites file {path} is not valid YAML: {exc}") from None
-    suites = data.get("suites") if isinstance(data, dict) else None
+    data = read_yaml(path, what="gate suites file")
+    suites = data.get("suites")
     if not isinstance(suites, dict) or not suites:
         raise ConfigError(f"{path}: expected a non-empty 'suites' mapping of table -> expectations")
     seen: set[str] = set()

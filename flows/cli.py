@@ -35,6 +35,9 @@ logger = logging.getLogger("aniso.cli")
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML settings file layered over the profile.")]
 ProfileOpt = Annotated[Optional[str], typer.Option("--profile", help="conf/<profile>.yaml (default, local, s3, ci).")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting: section.field=value (repeatable).")]
+OutOpt = Annotated[Optional[str], typer.Option(help="Storage root URL (local path or s3://...).")]
+DatasetOpt = Annotated[Optional[str], typer.Option(help="Dataset name under the root.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v")]
 
 
 def _fail(exc: BaseException) -> None:
@@ -95,13 +98,13 @@ def run_produce(text: str, image: str, settings: Settings) -> dict:
 def produce(
     text: Annotated[str, typer.Option(help="Text embeddings: .npy, clip-retrieval folder or Zarr store URL.")],
     image: Annotated[str, typer.Option(help="Image embeddings: .npy, clip-retrieval folder or Zarr store URL.")],
-    out: Annotated[Optional[str], typer.Option(help="Storage root URL (local path or s3://...).")] = None,
-    dataset: Annotated[Optional[str], typer.Option(help="Dataset name under the root.")] = None,
+    out: OutOpt = None,
+    dataset: DatasetOpt = None,
     method: Annotated[Optional[str], typer.Option(help="identity, centroid, realign, c3, moment, anisoalign.")] = None,
     config: ConfigOpt = None,
     profile: ProfileOpt = None,
     set_: SetOpt = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Embeddings in → substitutes gated and published (the whole job)."""
     _configure_logging(verbose)
@@ -128,7 +131,7 @@ def demo(
     items: Annotated[int, typer.Option(help="Captions and images to generate (unpaired: different seeds).")] = 4000,
     method: Annotated[Optional[str], typer.Option(help="Alignment method (default: the profile's, anisoalign).")] = None,
     set_: SetOpt = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """The embedded default, offline: a generated captioned corpus → the shipped demo open_clip
     model → AnisoAlign → gates → publish."""
@@ -156,16 +159,16 @@ def demo(
 
 @app.command()
 def embed(
-    out: Annotated[str, typer.Option(help="Storage root URL.")],
+    out: Annotated[str, typer.Option(help="Storage root URL (local path or s3://...).")],
     text: Annotated[Optional[str], typer.Option(help="Text corpus URL (jsonl, parquet, csv, txt, tars).")] = None,
     images: Annotated[Optional[str], typer.Option(help="Image corpus URL (folder tree or webdataset tars).")] = None,
-    dataset: Annotated[Optional[str], typer.Option(help="Dataset name under the root.")] = None,
+    dataset: DatasetOpt = None,
     model: Annotated[Optional[str], typer.Option(help="open_clip model name, e.g. ViT-B-32.")] = None,
     pretrained: Annotated[Optional[str], typer.Option(help="Pretrained tag (e.g. laion2b_s34b_b79k) or checkpoint path.")] = None,
     config: ConfigOpt = None,
     profile: ProfileOpt = None,
     set_: SetOpt = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Embed a raw corpus into a Zarr embedding store (resumable; per-item failures recorded)."""
     from flows._common import make_task_runner
