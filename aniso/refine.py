@@ -226,7 +226,7 @@ def fit_refiner(
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
         sched.step()
-        last = {key: float(v) for key, v in losses.items()}
+        last = {key: float(v.detach()) if torch.is_tensor(v) else float(v) for key, v in losses.items()}
     refiner.mlp = net.to_arrays()
     logger.info("stage II: %d steps, hidden=%d, last losses %s", steps, hidden,
                 ", ".join(f"{k}={v:.4g}" for k, v in last.items()))
