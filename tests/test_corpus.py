@@ -260,3 +260,15 @@ def test_failure_rate_threshold():
     message = str(info.value)
     assert "2 of 100 items failed (2.00%)" in message and "max_failure_rate=1.00%" in message
     assert "b1 (file.jsonl#L98): empty text" in message and "b2" in message
+
+
+def test_plan_digest_follows_file_versions(tmp_path):
+    """An edited corpus file must never reuse the embeddings of its old version."""
+    from aniso.corpus import plan_digest, plan_shards
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"id": "a", "text": "one red circle"}\n{"id": "b", "text": "two blue squares"}\n')
+    before = plan_digest(plan_shards(str(corpus)))
+    assert plan_digest(plan_shards(str(corpus))) == before  # stable
+    corpus.write_text('{"id": "a", "text": "one red circle"}\n{"id": "b", "text": "two blue circles"}\n')
+    assert plan_digest(plan_shards(str(corpus))) != before

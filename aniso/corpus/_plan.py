@@ -62,6 +62,7 @@ class FileRange:
     byte_start: int = 0
     byte_end: int = -1
     line_start: int = 0
+    content: str = ""  # size + ETag/mtime of the file: an edited file changes the plan digest
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ class Unit:
     ids: list[str]
     lines: list[int] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)  # byte offset of each row, plus the end
+    content: str = ""
 
 
 def _detect(rel: str, modality: Modality) -> str | None:
@@ -204,23 +206,33 @@ def list_corpus(
     if not fs.exists(path):
         raise InputError(f"corpus not found: {url}")
     if fs.isdir(path):
-        found = sorted(p for p in fs.find(path) if not posixpath.basename(p).startswith("."))
+        infos = fs.find(path, detail=True)
+        found = sorted(p for p in infos if not posixpath.basename(p).startswith("."))
         base = path.rstrip("/")
-        entries = [(p, posixpath.relpath(p, base)) for p in found]
+        entries = [(p, posixpath.relpath(p, base), infos[p]) for p in found]
     else:
-        entries = [(path, posixpath.basename(path))]
+        entries = [(path, posixpath.basename(path), fs.info(path))]
     units = []
-    for file_path, rel in entries:
+    for file_path, rel, info in entries:
         fmt = _detect(rel, modality)
         if fmt is None:
             continue
         unit = _scan_file(fs, file_path, rel, fmt, settings)
         unit.url = join_url(url, rel) if fs.isdir(path) else url
+        unit.content = _content_tag(info)
         units.append(unit)
     if not units:
         kinds = "jsonl/parquet/csv/txt or webdataset tars" if modality == "text" else "jpg/png/webp or webdataset tars"
         raise InputError(f"no {modality} files ({kinds}) found at {url}")
     return units
+
+
+def _content_tag(info: dict[str, Any]) -> str:
+    """What identifies a file's version without reading it: size plus ETag (object stores) or
+    modification time. A touched file is re-embedded; an edited one can never be mistaken for
+    the old one."""
+    version = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or ""
+    return f"{info.get('size')}:{str(version).strip(chr(34))}"
 
 
 def _ranges_for(units: list[Unit], lo: int, hi: int, starts: list[int]) -> tuple[FileRange, ...]:
@@ -234,7 +246,8 @@ def _ranges_for(units: list[Unit], lo: int, hi: int, starts: list[int]) -> tuple
         extra: dict[str, int] = {}
         if unit.format in ("jsonl", "txt"):
             extra = {"byte_start": unit.offsets[start], "byte_end": unit.offsets[stop] if stop < len(unit.ids) else unit.offsets[-1], "line_start": unit.lines[start]}
-        out.append(FileRange(url=unit.url, rel=unit.rel, format=unit.format, start=start, stop=stop, **extra))
+        out.append(FileRange(url=unit.url, rel=unit.rel, format=unit.format, start=start, stop=stop,
+                             content=unit.content, **extra))
     return tuple(out)
 
 
@@ -313,5 +326,5 @@ def plan_digest(specs: list[ShardSpec]) -> str:
     h = hashlib.sha256()
     for spec in specs:
         h.update(repr((spec.shard_id, spec.modality, spec.n_items, spec.text_field, spec.id_field, spec.duplicates,
-                       [(r.rel, r.format, r.start, r.stop) for r in spec.ranges])).encode())
+                       [(r.rel, r.format, r.start, r.stop, r.content) for r in spec.ranges])).encode())
     return h.hexdigest()[:16]
