@@ -18,8 +18,10 @@ per table, one suite per table and a checkpoint over both. Every expectation yie
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -137,6 +139,18 @@ def _fill(value: Any, values: Mapping[str, Any], where: str) -> Any:
             raise ConfigError(f"{where}: unknown bound {value!r} (known: {', '.join(sorted(values))})")
         return values[key]
     return value
+
+
+def preload_in_background() -> threading.Thread:
+    """Start importing great-expectations in a daemon thread and return it.
+
+    The import takes several seconds; a pipeline calls this when it starts so that the gate
+    stage, which needs it last, does not pay for it on the critical path.
+    """
+    thread = threading.Thread(target=importlib.import_module, args=("great_expectations",), daemon=True,
+                              name="aniso-preload-gx")
+    thread.start()
+    return thread
 
 
 def load_suites(path: str | Path | None = None) -> GateSuites:

@@ -16,6 +16,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from aniso._version import code_version
 from aniso.config import Settings, config_hash, semantic_config
 from aniso.errors import GateFailed, InputError
+from aniso.gates import preload_in_background
 from aniso.inputs import is_embedding_input, open_embedding_source
 from aniso.layout import DatasetLayout, run_key
 from aniso.pipeline import _redact, write_json
@@ -78,6 +79,7 @@ def produce(text: str, image: str, settings: Settings | dict[str, Any]) -> dict[
     """
     if isinstance(settings, dict):
         settings = Settings.model_validate(settings)
+    preload_in_background()  # the gate library loads while the data stages run
     options = settings.storage.fs_options()
     layout = DatasetLayout(settings.storage.root, settings.storage.dataset)
     text_store, text_fp = embeddings_for(text, "text", layout, settings)
