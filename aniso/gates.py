@@ -215,8 +215,9 @@ def shard_table(shard_stats: list[dict[str, Any]], ids_match: list[bool]) -> pd.
     return pd.DataFrame(rows, columns=list(SHARD_COLUMNS))
 
 
-def centroid_metrics(shard_stats: list[dict[str, Any]], mu_image: np.ndarray) -> dict[str, Any]:
-    """Centroid residual after (substitutes) and before (text) from the shards' vector sums.
+def centroid_metrics(shard_stats: list[dict[str, Any]], mu_image: np.ndarray, mu_text: np.ndarray) -> dict[str, Any]:
+    """Centroid residual after (substitutes, from the shards' vector sums) and before (the text
+    centroid the model was fitted on).
 
     The non-finite rows are excluded from the substitutes' sum by ``shard_quality``, so the
     residual stays finite and the ``no_nan_inf`` gate reports them instead.
@@ -225,11 +226,10 @@ def centroid_metrics(shard_stats: list[dict[str, Any]], mu_image: np.ndarray) ->
     rows = sum(int(s["rows"]) for s in shard_stats)
     finite_rows = rows - sum(int(s["nonfinite_rows"]) for s in shard_stats)
     total = np.sum([np.asarray(s["sum"], dtype=np.float64) for s in shard_stats], axis=0)
-    text_total = np.sum([np.asarray(s["text_sum"], dtype=np.float64) for s in shard_stats], axis=0)
     return {
         "rows": rows,
         "centroid_residual": float(np.linalg.norm(total / max(finite_rows, 1) - mu_image)),
-        "gap_before": float(np.linalg.norm(text_total / max(rows, 1) - mu_image)),
+        "gap_before": float(np.linalg.norm(np.asarray(mu_text, dtype=np.float64) - mu_image)),
     }
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ._fs import exists, join_url, open_url
-from .arrays import l2_normalize, row_norms
+from .arrays import row_norms
 from .errors import InputError
 from .inputs import open_embedding_source
 from .methods import Aligner, get_aligner
@@ -225,26 +225,28 @@ def apply_shard(
     if valid.any():
         out[valid] = aligner.transform(emb[valid])
     compute_s = time.perf_counter() - started - read_s
-    stats = shard_quality(out[valid], l2_normalize(emb[valid]) if valid.any() else emb[valid], list(ids[valid]))
+    stats = shard_quality(out[valid], list(ids[valid]))
     stats.update(read_seconds=read_s, compute_seconds=compute_s)
     marker = subs.write_shard(shard, out, list(ids), valid=valid, stats=stats)
     marker["stats"]["write_seconds"] = time.perf_counter() - started - read_s - compute_s
     return marker
 
 
-def shard_quality(subs: np.ndarray, text: np.ndarray, ids: list[str]) -> dict[str, Any]:
-    """Per-shard summary the gates validate (cheap; computed while the shard is in memory)."""
-    s64 = subs.astype(np.float64)
-    finite = np.isfinite(s64).all(axis=1)
-    norms = row_norms(s64[finite])  # NaN rows are counted by nonfinite_rows, not as norm 0
+def shard_quality(subs: np.ndarray, ids: list[str]) -> dict[str, Any]:
+    """Per-shard summary the gates validate (cheap; computed while the shard is in memory).
+
+    Works on the float32 rows in place (float64 accumulation, no float64 copy of the shard).
+    """
+    finite = np.isfinite(subs).all(axis=1)
+    good = subs if finite.all() else subs[finite]
+    norms = np.sqrt(np.einsum("ij,ij->i", good, good, dtype=np.float64))  # NaN rows: nonfinite_rows
     return {
         "rows": int(subs.shape[0]),
         "nonfinite_rows": int((~finite).sum()),
         "norm_min": float(norms.min()) if norms.size else 1.0,
         "norm_max": float(norms.max()) if norms.size else 1.0,
         "norm_mean": float(norms.mean()) if norms.size else 1.0,
-        "sum": s64[finite].sum(axis=0).tolist(),
-        "text_sum": text.astype(np.float64).sum(axis=0).tolist(),
+        "sum": good.sum(axis=0, dtype=np.float64).tolist(),
         "ids_unique": len(set(ids)) == len(ids),
     }
 
@@ -337,7 +339,7 @@ def gate_run(
     aligner = Aligner.load(model_url, storage_options)
     stats = [m["stats"] for m in markers]
     timings = {"read_stats": time.perf_counter() - started}
-    metrics: dict[str, Any] = centroid_metrics(stats, aligner.mu_image)
+    metrics: dict[str, Any] = centroid_metrics(stats, aligner.mu_image, aligner.mu_text)
     (x, _), (s, _) = read_sample([text, subs], settings.sample_rows, settings.seed, max_chunks=settings.sample_chunks) \
         if same_shape else ((np.empty((0, text.dim)), None), (np.empty((0, text.dim)), None))
     t = None
