@@ -61,13 +61,14 @@ def l2_normalize(x: np.ndarray, dtype: np.dtype | type = np.float64, eps: float 
         Norm below which a row is not rescaled.
     """
     compute = np.float64 if np.dtype(dtype) == np.float64 else np.float32
-    work = np.asarray(x, dtype=compute)
+    work = np.array(x, dtype=compute, copy=True)  # one copy, then scaled in place
     squeeze = work.ndim == 1
     if squeeze:
         work = work[None, :]
     norm = row_norms(work)
     norm[norm < eps] = 1.0
-    out = (work / norm[:, None]).astype(dtype, copy=False)
+    work /= norm[:, None]
+    out = work.astype(dtype, copy=False)
     return out[0] if squeeze else out
 
 

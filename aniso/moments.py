@@ -58,8 +58,10 @@ class Moments:
         if n == 0:
             return cls.empty(x64.shape[1])
         mean = x64.mean(axis=0)
-        centred = x64 - mean
-        return cls(n, mean, centred.T @ centred)
+        if x64 is x:  # never centre the caller's array in place
+            x64 = x64.copy()
+        x64 -= mean
+        return cls(n, mean, x64.T @ x64)
 
     def merge(self, other: Moments) -> Moments:
         """Chan et al. pairwise merge; exact and associative up to rounding."""
