@@ -31,7 +31,7 @@ __all__ = [
     "check_unique_ids",
     "shard_moments",
     "reduce_moments",
-    "shard_sample",
+    "sample_rows",
     "fit_model",
     "calibration_shard",
     "finish_calibration",
@@ -129,14 +129,19 @@ def reduce_moments(part_urls: list[str], out_url: str, storage_options: dict[str
     return out_url
 
 
-def shard_sample(store_url: str, shard: int, indices: np.ndarray, storage_options: dict[str, Any]) -> np.ndarray:
-    """The rows of a shard whose *valid-row* indices are sampled (global valid-row numbering)."""
-    store = EmbeddingStore.open(store_url, storage_options=storage_options)
+def sample_rows(store: EmbeddingStore, indices: np.ndarray) -> np.ndarray:
+    """The valid rows of ``store`` at sorted global *valid-row* ``indices``.
+
+    The markers give each shard's valid-row range, so only shards holding sampled rows are read.
+    """
     offsets = np.cumsum([0] + [m["valid_rows"] for m in store.markers()])
-    emb, _, valid = store.read_shard(shard)
-    emb = emb[valid]
-    local = rows_in_range(indices, int(offsets[shard]), int(offsets[shard + 1]))
-    return emb[local]
+    parts = []
+    for shard in range(store.n_shards):
+        local = rows_in_range(indices, int(offsets[shard]), int(offsets[shard + 1]))
+        if local.size:
+            emb, _, valid = store.read_shard(shard)
+            parts.append(emb[valid][local])
+    return np.concatenate(parts) if parts else np.empty((0, store.dim), np.float32)
 
 
 # -- fit and calibration ----------------------------------------------------------------------
@@ -157,10 +162,8 @@ def fit_model(
         for name, stats, store_url, sub_seed in (
             ("text", text_stats, text_store_url, seed), ("image", image_stats, image_store_url, seed + 1)
         ):
-            indices = sample_indices(stats.n, want, sub_seed)
             store = EmbeddingStore.open(store_url, storage_options=storage_options)
-            parts = [shard_sample(store_url, s, indices, storage_options) for s in range(store.n_shards)]
-            samples[name] = np.concatenate(parts)
+            samples[name] = sample_rows(store, sample_indices(stats.n, want, sub_seed))
     aligner.fit_statistics(text_stats, image_stats, text_sample=samples["text"], image_sample=samples["image"])
     aligner.save(model_url, storage_options)
     return model_url
