@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pandas as pd
+import pyarrow.parquet as pq
 
 from ._fs import filesystem, join_url
 from .errors import InputError, StoreNotFound
@@ -220,12 +220,15 @@ def _part_ids(part: NpyPart, start: int, stop: int, options: dict[str, Any]) -> 
         return [str(part.first_row + i) for i in range(start, stop)]
     fs, path = filesystem(part.ids_url, options)
     with fs.open(path, "rb") as f:
-        meta = pd.read_parquet(f)
-    if len(meta) != part.rows:
-        raise InputError(
-            f"ids do not match embeddings: {part.ids_url} has {len(meta)} rows, {part.url} has {part.rows}"
-        )
-    column = next((c for c in _ID_COLUMNS if c in meta.columns), None)
-    if column is None:
-        return [str(part.first_row + i) for i in range(start, stop)]
-    return [str(v) for v in meta[column].iloc[start:stop]]
+        # only the footer and the id column are read, not captions and other metadata
+        meta = pq.ParquetFile(f)
+        rows = meta.metadata.num_rows
+        if rows != part.rows:
+            raise InputError(
+                f"ids do not match embeddings: {part.ids_url} has {rows} rows, {part.url} has {part.rows}"
+            )
+        column = next((c for c in _ID_COLUMNS if c in meta.schema_arrow.names), None)
+        if column is None:
+            return [str(part.first_row + i) for i in range(start, stop)]
+        values = meta.read(columns=[column]).column(0).slice(start, stop - start).to_pylist()
+    return [str(v) for v in values]
