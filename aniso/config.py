@@ -45,8 +45,17 @@ __all__ = [
     "CONF_DIR",
 ]
 
+
+
+def _find_conf_dir() -> Path:
+    """The YAML profiles: ``aniso/conf`` when installed from a wheel, ``conf/`` in a checkout."""
+    package = Path(__file__).resolve().parent
+    installed = package / "conf"
+    return installed if (installed / "default.yaml").exists() else package.parent / "conf"
+
+
 #: Where the YAML profiles live (shipped inside the package so an installed CLI finds them).
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = _find_conf_dir()
 
 #: Mark a field as an execution detail: it never enters the config hash / run key.
 EXECUTION = {"execution": True}

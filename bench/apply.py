@@ -54,8 +54,8 @@ def library_apply(text_url: str, image_url: str, workdir: str, method: str) -> d
 
 
 def produce_run(text_url: str, image_url: str, root: str, method: str) -> float:
-    from flows._common import make_task_runner
-    from flows.produce import produce
+    from aniso.flows._common import make_task_runner
+    from aniso.flows.produce import produce
 
     settings = load_settings(overrides=[f"storage.root={root}", f"method.name={method}"], environ={})
     start = time.perf_counter()

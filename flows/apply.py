@@ -8,7 +8,7 @@ from prefect import flow
 
 from aniso import pipeline
 from aniso.config import Settings
-from tasks.apply import apply_shard
+from aniso.tasks.apply import apply_shard
 
 from ._common import map_shards
 

@@ -86,8 +86,8 @@ def _progress_bar() -> Iterator[None]:
 
 def run_produce(text: str, image: str, settings: Settings) -> dict:
     """Run the ``produce`` flow with the settings' Dask cluster and a progress bar."""
-    from flows._common import make_task_runner
-    from flows.produce import produce
+    from aniso.flows._common import make_task_runner
+    from aniso.flows.produce import produce
 
     flow = produce.with_options(task_runner=make_task_runner(settings.cluster))
     with _progress_bar():
@@ -171,8 +171,8 @@ def embed(
     verbose: VerboseOpt = False,
 ) -> None:
     """Embed a raw corpus into a Zarr embedding store (resumable; per-item failures recorded)."""
-    from flows._common import make_task_runner
-    from flows.embed import embed as embed_flow
+    from aniso.flows._common import make_task_runner
+    from aniso.flows.embed import embed as embed_flow
 
     _configure_logging(verbose)
     if (text is None) == (images is None):

@@ -2,7 +2,7 @@
 
 ::
 
-    python -m flows.deployments --text s3://bucket/in/text/ --image s3://bucket/in/image/ \\
+    python -m aniso.flows.deployments --text s3://bucket/in/text/ --image s3://bucket/in/image/ \\
         --profile s3 --cron "0 3 * * *"
 
 The same deployment for a work pool lives in ``infra/prefect.yaml`` (``prefect deploy``).
@@ -45,7 +45,7 @@ def build_deployment(
     text: str, image: str, settings: Any, *, name: str = "produce-serve", cron: str = DEFAULT_CRON,
     timezone: str = "UTC",
 ) -> Any:
-    """A ``RunnerDeployment`` of :func:`flows.produce.produce` on a cron schedule."""
+    """A ``RunnerDeployment`` of :func:`aniso.flows.produce.produce` on a cron schedule."""
     return produce.to_deployment(
         name=name,
         parameters={"text": text, "image": image, "settings": settings_parameter(settings)},

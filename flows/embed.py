@@ -22,7 +22,7 @@ from aniso.corpus import check_failure_rate, plan_digest, plan_shards, read_reco
 from aniso.encode import get_encoder
 from aniso.layout import DatasetLayout
 from aniso.store import EmbeddingStore
-from tasks.embed import embed_corpus_shard
+from aniso.tasks.embed import embed_corpus_shard
 
 from ._common import map_shards
 

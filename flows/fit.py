@@ -7,7 +7,7 @@ from prefect import flow
 from aniso import pipeline
 from aniso.config import Settings
 from aniso.store import EmbeddingStore
-from tasks.fit import calibration_shard, finish_calibration, fit_model
+from aniso.tasks.fit import calibration_shard, finish_calibration, fit_model
 
 from ._common import map_shards
 

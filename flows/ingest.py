@@ -9,7 +9,7 @@ from prefect import flow
 from aniso import pipeline
 from aniso.config import Settings
 from aniso.layout import DatasetLayout
-from tasks.ingest import check_unique_ids, import_shard
+from aniso.tasks.ingest import check_unique_ids, import_shard
 
 from ._common import map_shards
 

@@ -21,8 +21,8 @@ from aniso.inputs import is_embedding_input, open_embedding_source
 from aniso.layout import DatasetLayout, run_key
 from aniso.pipeline import _redact, write_json
 from aniso.store import EmbeddingStore
-from tasks.gate import gate
-from tasks.publish import publish
+from aniso.tasks.gate import gate
+from aniso.tasks.publish import publish
 
 from .apply import apply_model
 from .embed import embed_corpus

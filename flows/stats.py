@@ -8,7 +8,7 @@ from prefect import flow
 
 from aniso._fs import join_url
 from aniso.store import EmbeddingStore
-from tasks.stats import merge_moments, shard_moments
+from aniso.tasks.stats import merge_moments, shard_moments
 
 from ._common import map_shards
 

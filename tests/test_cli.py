@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from flows.cli import app
+from aniso.flows.cli import app
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

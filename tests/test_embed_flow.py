@@ -47,8 +47,8 @@ def _arrays(url: str, options: dict):
 
 
 def test_embed_flow_resumes_bit_identical(prefect_harness, tiny_model, root, monkeypatch):
-    import tasks.embed
-    from flows.embed import embed
+    import aniso.tasks.embed
+    from aniso.flows.embed import embed
 
     url, options = root
     corpus = write_demo_corpus(f"{url}/corpus", n=28, seed=5, storage_options=options)
@@ -61,17 +61,17 @@ def test_embed_flow_resumes_bit_identical(prefect_harness, tiny_model, root, mon
     clean = embed(corpus["images"], "image", _settings(url, options, "clean"))
     assert clean["shards"] == 4 and clean["rows"] == 28 and clean["embedded_now"] == 4
 
-    real = tasks.embed.embed_shard
+    real = aniso.tasks.embed.embed_shard
 
     def crash_on_shard_2(spec, settings):
         if spec.index == 2:
             raise RuntimeError("injected crash")
         return real(spec, settings)
 
-    monkeypatch.setattr(tasks.embed, "embed_shard", crash_on_shard_2)
+    monkeypatch.setattr(aniso.tasks.embed, "embed_shard", crash_on_shard_2)
     with pytest.raises(Exception, match="injected crash"):
         embed(corpus["images"], "image", _settings(url, options, "resumed"))
-    monkeypatch.setattr(tasks.embed, "embed_shard", real)
+    monkeypatch.setattr(aniso.tasks.embed, "embed_shard", real)
     resumed = embed(corpus["images"], "image", _settings(url, options, "resumed"))
     assert resumed["embedded_now"] < 4  # completed shards were skipped
 
@@ -86,7 +86,7 @@ def test_embed_flow_resumes_bit_identical(prefect_harness, tiny_model, root, mon
 
 
 def test_embed_flow_fails_above_the_failure_rate(prefect_harness, tiny_model, tmp_path):
-    from flows.embed import embed
+    from aniso.flows.embed import embed
 
     lines = [json.dumps({"id": f"t{k}", "text": "" if k % 3 == 0 else f"caption {k}"}) for k in range(12)]
     (tmp_path / "c.jsonl").write_text("\n".join(lines) + "\n")

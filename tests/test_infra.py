@@ -77,7 +77,7 @@ def test_deployments_schedule_produce_with_valid_parameters():
 def test_serve_deployment_uses_cron_and_drops_credentials():
     from prefect.client.schemas.schedules import CronSchedule
 
-    from flows.deployments import build_deployment
+    from aniso.flows.deployments import build_deployment
 
     settings = load_settings(environ={"ANISO_STORAGE__AWS_SECRET_ACCESS_KEY": "s3cr3t-do-not-store"},
                              overrides=["storage.storage_options.secret=also-s3cr3t"])

@@ -14,8 +14,8 @@ from aniso.errors import GateFailed, InputError
 from aniso.layout import DatasetLayout
 from aniso.methods import Aligner
 from aniso.publish import open_published, read_latest
-from flows._common import make_task_runner
-from flows.produce import produce
+from aniso.flows._common import make_task_runner
+from aniso.flows.produce import produce
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
