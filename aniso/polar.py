@@ -15,10 +15,14 @@ equal to the closed-form map exactly.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from .errors import InputError
+
+if TYPE_CHECKING:  # torch loads only when a torch function runs (training), never for inference
+    import torch
 
 __all__ = ["to_polar", "from_polar", "to_polar_torch", "from_polar_torch", "rotate_scale_torch", "EPS64", "EPS32"]
 
@@ -49,6 +53,8 @@ def from_polar(theta: np.ndarray, ell: np.ndarray, eps: float = EPS64) -> np.nda
 
 def to_polar_torch(z: torch.Tensor, eps: float = EPS32) -> tuple[torch.Tensor, torch.Tensor]:
     """Torch version of :func:`to_polar` (differentiable; kept in the input's float dtype)."""
+    import torch
+
     _check(z)
     z1, z2 = z[:, 0::2], z[:, 1::2]
     return torch.atan2(z2, z1), 0.5 * torch.log(z1 * z1 + z2 * z2 + eps)
@@ -56,12 +62,16 @@ def to_polar_torch(z: torch.Tensor, eps: float = EPS32) -> tuple[torch.Tensor, t
 
 def from_polar_torch(theta: torch.Tensor, ell: torch.Tensor, eps: float = EPS32) -> torch.Tensor:
     """Torch version of :func:`from_polar`."""
+    import torch
+
     rho = torch.sqrt(torch.clamp(torch.exp(2 * ell) - eps, min=0.0))
     return torch.stack([rho * torch.cos(theta), rho * torch.sin(theta)], dim=-1).flatten(1)
 
 
 def rotate_scale_torch(z: torch.Tensor, dtheta: torch.Tensor, dell: torch.Tensor) -> torch.Tensor:
     """Blocks of ``z`` rotated by ``dtheta`` and scaled by ``exp(dell)`` (each ``(n, K)``)."""
+    import torch
+
     z1, z2 = z[:, 0::2], z[:, 1::2]
     c, s, g = torch.cos(dtheta), torch.sin(dtheta), torch.exp(dell)
     return torch.stack([g * (c * z1 - s * z2), g * (s * z1 + c * z2)], dim=-1).flatten(1)

@@ -22,14 +22,18 @@ import logging
 import math
 from dataclasses import dataclass, field
 
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
-import torch
-from torch import nn
 
 from .arrays import l2_normalize
 from .frame import Frame
 from .polar import EPS32, EPS64, rotate_scale_torch, to_polar, to_polar_torch
-from .prior import PhasePrior
+
+if TYPE_CHECKING:  # training only: inference (Refiner.apply) is numpy and never imports torch
+    import torch
+
+    from .prior import PhasePrior
 
 __all__ = ["Refiner", "RefineNet", "LossWeights", "fit_refiner"]
 
@@ -50,26 +54,47 @@ class LossWeights:
     ramp: float = 0.1
 
 
-class RefineNet(nn.Module):
-    """``(3K + p) → hidden → hidden → (2K + p)``, LayerNorm on input, SiLU, zero-init last layer."""
+def _refine_net_class() -> type:
+    """:class:`RefineNet`, defined on first use so that importing this module needs no torch."""
+    global _REFINE_NET
+    if _REFINE_NET is not None:
+        return _REFINE_NET
+    import torch
+    from torch import nn
 
-    def __init__(self, k: int, p: int, hidden: int) -> None:
-        super().__init__()
-        self.k, self.p = k, p
-        self.ln = nn.LayerNorm(3 * k + p)
-        self.l1 = nn.Linear(3 * k + p, hidden)
-        self.l2 = nn.Linear(hidden, hidden)
-        self.l3 = nn.Linear(hidden, 2 * k + p)
-        nn.init.zeros_(self.l3.weight)
-        nn.init.zeros_(self.l3.bias)
+    class RefineNet(nn.Module):
+        """``(3K + p) → hidden → hidden → (2K + p)``, LayerNorm on input, SiLU, zero-init last layer."""
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.l3(nn.functional.silu(self.l2(nn.functional.silu(self.l1(self.ln(h))))))
+        def __init__(self, k: int, p: int, hidden: int) -> None:
+            super().__init__()
+            self.k, self.p = k, p
+            self.ln = nn.LayerNorm(3 * k + p)
+            self.l1 = nn.Linear(3 * k + p, hidden)
+            self.l2 = nn.Linear(hidden, hidden)
+            self.l3 = nn.Linear(hidden, 2 * k + p)
+            nn.init.zeros_(self.l3.weight)
+            nn.init.zeros_(self.l3.bias)
 
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        t = [self.ln.weight, self.ln.bias, self.l1.weight, self.l1.bias, self.l2.weight, self.l2.bias,
-             self.l3.weight, self.l3.bias]
-        return {k: v.detach().cpu().numpy().astype(np.float32) for k, v in zip(_MLP_KEYS, t)}
+        def forward(self, h: torch.Tensor) -> torch.Tensor:
+            return self.l3(nn.functional.silu(self.l2(nn.functional.silu(self.l1(self.ln(h))))))
+
+        def to_arrays(self) -> dict[str, np.ndarray]:
+            t = [self.ln.weight, self.ln.bias, self.l1.weight, self.l1.bias, self.l2.weight, self.l2.bias,
+                 self.l3.weight, self.l3.bias]
+            return {k: v.detach().cpu().numpy().astype(np.float32) for k, v in zip(_MLP_KEYS, t)}
+
+    RefineNet.__qualname__ = "RefineNet"
+    _REFINE_NET = RefineNet
+    return _REFINE_NET
+
+
+_REFINE_NET: type | None = None
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RefineNet":
+        return _refine_net_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -143,6 +168,8 @@ class Refiner:
 
 # -- training -------------------------------------------------------------------------------
 def _mmd2(a: torch.Tensor, b: torch.Tensor, scales: tuple[float, ...] = (0.5, 1.0, 2.0)) -> torch.Tensor:
+    import torch
+
     daa, dbb, dab = torch.cdist(a, a) ** 2, torch.cdist(b, b) ** 2, torch.cdist(a, b) ** 2
     bw = torch.median(torch.sqrt(dbb[dbb > 0])).detach().clamp_min(1e-6)
     m, n = a.shape[0], b.shape[0]
@@ -155,6 +182,8 @@ def _mmd2(a: torch.Tensor, b: torch.Tensor, scales: tuple[float, ...] = (0.5, 1.
 
 
 def _cosmat(v: torch.Tensor) -> torch.Tensor:
+    from torch import nn
+
     v = nn.functional.normalize(v, dim=1)
     return v @ v.T
 
@@ -174,6 +203,10 @@ def fit_refiner(
     device: str = "cpu",
 ) -> Refiner:
     """Train the MLP of ``refiner`` (in place) on L2-normalised text and image rows; returns it."""
+    import torch
+    from torch import nn
+
+    RefineNet = _refine_net_class()  # noqa: N806
     weights = weights or LossWeights()
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)

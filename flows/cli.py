@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 # Prefect's 20 s ephemeral-server start-up timeout is too short on a loaded 2-core machine.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
@@ -26,8 +26,11 @@ os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
 
 import typer  # noqa: E402
 
-from aniso.config import Settings, load_settings  # noqa: E402
 from aniso.errors import AnisoError, ConfigError, GateFailed, InputError  # noqa: E402
+
+if TYPE_CHECKING:  # settings (pydantic), Prefect and the library load only when a command runs,
+    from aniso.config import Settings  # so ``aniso --help`` stays fast
+
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Substitute image embeddings from text.")
 logger = logging.getLogger("aniso.cli")
@@ -48,6 +51,8 @@ def _fail(exc: BaseException) -> None:
 
 
 def _settings(profile: str | None, config: Path | None, overrides: list[str] | None, **fields: str | None) -> Settings:
+    from aniso.config import load_settings
+
     extra = [f"{k}={v}" for k, v in fields.items() if v is not None]
     return load_settings(profile=profile, config_file=config, overrides=[*(overrides or []), *extra])
 

@@ -35,12 +35,32 @@ from ..errors import AnisoError, InputError, NotFittedError, StoreCorrupt, Store
 from ..moments import Moments, moments_of
 from ..sampling import collect_rows, sample_indices
 
-__all__ = ["Aligner", "get_aligner", "available_aligners", "ALIGNERS"]
+__all__ = ["Aligner", "get_aligner", "aligner_class", "available_aligners", "ALIGNERS", "METHOD_MODULES"]
 
 logger = logging.getLogger(__name__)
 
-#: name -> class, filled by ``Aligner.__init_subclass__``.
+#: name -> class, filled by ``Aligner.__init_subclass__`` as method modules are imported.
 ALIGNERS: dict[str, type[Aligner]] = {}
+
+#: name -> module defining it. Method modules are imported on first use, so that ``import aniso``
+#: and a worker applying a numpy-only method never import torch (the AnisoAlign training code).
+METHOD_MODULES: dict[str, str] = {
+    "identity": "aniso.methods.baselines",
+    "centroid": "aniso.methods.baselines",
+    "realign": "aniso.methods.baselines",
+    "c3": "aniso.methods.baselines",
+    "moment": "aniso.methods.baselines",
+    "anisoalign": "aniso.methods.anisoalign",
+}
+
+
+def aligner_class(name: str) -> type[Aligner] | None:
+    """The class registered under ``name``, importing its module on first use (None: unknown)."""
+    if name not in ALIGNERS and name in METHOD_MODULES:
+        import importlib
+
+        importlib.import_module(METHOD_MODULES[name])
+    return ALIGNERS.get(name)
 
 _MODEL_JSON = "aligner.json"
 _STATE_NPZ = "state.npz"
@@ -246,7 +266,7 @@ class Aligner(ABC):
                 state = {k: npz[k] for k in npz.files}
         except Exception as exc:  # a truncated/corrupted npz raises several types
             raise StoreCorrupt(f"aligner state at {url} is unreadable: {exc}") from exc
-        aligner_cls = ALIGNERS.get(meta.get("name", ""))
+        aligner_cls = aligner_class(meta.get("name", ""))
         if aligner_cls is None:
             raise StoreCorrupt(f"aligner at {url} names unknown method {meta.get('name')!r}")
         if cls is not Aligner and not issubclass(aligner_cls, cls):
@@ -265,15 +285,12 @@ class Aligner(ABC):
 
 def available_aligners() -> list[str]:
     """Names accepted by :func:`get_aligner` (and the CLI's ``--method``)."""
-    return sorted(ALIGNERS)
+    return sorted(set(ALIGNERS) | set(METHOD_MODULES))
 
 
 def get_aligner(name: str, **params: Any) -> Aligner:
     """Construct the aligner registered under ``name`` with ``params``."""
-    try:
-        aligner_cls = ALIGNERS[name]
-    except KeyError:
-        raise AnisoError(
-            f"unknown method {name!r}; available: {', '.join(available_aligners())}"
-        ) from None
+    aligner_cls = aligner_class(name)
+    if aligner_cls is None:
+        raise AnisoError(f"unknown method {name!r}; available: {', '.join(available_aligners())}")
     return aligner_cls(**params)
