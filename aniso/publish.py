@@ -1,9 +1,17 @@
-"""Atomic publication and the reader helper for training teams.
+"""Atomic, self-contained publication and the reader helper for training teams.
 
-Write order (DESIGN.md §5): shard data → shard markers (by :mod:`aniso.store`) → the version's
-``manifest.json`` → ``published/LATEST``. Each of the last two is a single object written in one
-put (or, locally, a temp file renamed into place), so a reader that follows ``LATEST`` never sees
-a partial dataset, and a failed or concurrent run never leaves ``LATEST`` pointing at one.
+A published version holds everything it needs (``docs/format.md``)::
+
+    published/<version>/data.zarr/      the Zarr v3 group (embedding, id, valid), crc32c per chunk
+    published/<version>/manifest.json   shapes, ids, per-shard sha256, gates, lineage
+    published/LATEST                    {"version", "manifest", "run_key"}
+
+Write order: the run's store is linked (local: hard links, or a copy across devices) or copied
+server-side (object storage) into ``published/<version>/data.zarr`` → the version's
+``manifest.json`` → ``published/LATEST``. The last two are single objects written in one put (or,
+locally, a temp file renamed into place), so a reader that follows ``LATEST`` never sees a partial
+dataset, and a failed or concurrent run never leaves ``LATEST`` pointing at one. Nothing under
+``runs/`` is needed once a version is published.
 """
 
 from __future__ import annotations
@@ -11,6 +19,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -19,15 +29,21 @@ from typing import Any
 import numpy as np
 
 from ._fs import filesystem, is_local, join_url, open_url
-from .errors import StoreCorrupt, StoreNotFound
-from .layout import DatasetLayout
-from .store import EmbeddingStore
+from .errors import ConfigError, StoreCorrupt, StoreNotFound
+from .layout import DatasetLayout, check_name
+from .store import EmbeddingStore, shard_checksum
 
-__all__ = ["publish", "open_published", "PublishedDataset", "read_latest", "find_published"]
+__all__ = [
+    "publish", "open_published", "PublishedDataset", "read_latest", "find_published", "list_versions",
+    "MANIFEST_FORMAT", "DATA_PATH",
+]
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_FORMAT = "aniso-substitutes/1"
+MANIFEST_FORMAT = "aniso-substitutes/2"
+#: Where a version's Zarr group lives, relative to ``published/<version>/``.
+DATA_PATH = "data.zarr"
+_REQUIRED = ("format", "version", "path", "n_rows", "dim", "shards", "arrays")
 
 
 def _write_atomic(url: str, text: str, storage_options: dict[str, Any]) -> None:
@@ -45,29 +61,91 @@ def _write_atomic(url: str, text: str, storage_options: dict[str, Any]) -> None:
             f.write(text)
 
 
-def read_latest(layout: DatasetLayout, storage_options: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    """The ``LATEST`` pointer, or None when nothing was published yet."""
+def _read_json(url: str, storage_options: dict[str, Any], what: str) -> Any:
+    """JSON at ``url``; a truncated or malformed file is StoreCorrupt naming it."""
+    with open_url(url, "r", storage_options) as f:
+        text = f.read()
     try:
-        with open_url(layout.latest, "r", storage_options) as f:
-            return json.load(f)
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise StoreCorrupt(f"{what} {url} is not valid JSON (truncated or corrupted?): {exc}") from exc
+
+
+def read_latest(layout: DatasetLayout, storage_options: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The ``LATEST`` pointer, or None when nothing was published yet.
+
+    Raises
+    ------
+    StoreCorrupt
+        When ``LATEST`` is not valid JSON, lacks ``version``, or names an unsafe version.
+    """
+    try:
+        pointer = _read_json(layout.latest, storage_options or {}, "the LATEST pointer")
     except FileNotFoundError:
         return None
-    except json.JSONDecodeError as exc:
-        raise StoreCorrupt(f"{layout.latest} is not valid JSON: {exc}") from exc
+    if not isinstance(pointer, dict) or not isinstance(pointer.get("version"), str):
+        fields = sorted(pointer) if isinstance(pointer, dict) else type(pointer).__name__
+        raise StoreCorrupt(f"the LATEST pointer {layout.latest} lacks its 'version' field (found {fields})")
+    try:
+        check_name(pointer["version"], "version")
+    except ConfigError as exc:
+        raise StoreCorrupt(f"the LATEST pointer {layout.latest} names an invalid version: {exc}") from None
+    return pointer
+
+
+def list_versions(layout: DatasetLayout, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """Published versions (those with a manifest), oldest first (names sort by creation time)."""
+    fs, path = filesystem(join_url(layout.base, "published"), storage_options or {})
+    try:
+        entries = sorted(fs.ls(path, detail=False))
+    except FileNotFoundError:
+        return []
+    names = [e.rstrip("/").rsplit("/", 1)[-1] for e in entries]
+    return [n for n, e in zip(names, entries) if n != "LATEST" and fs.exists(join_url(e, "manifest.json"))]
 
 
 def find_published(layout: DatasetLayout, run_key: str, storage_options: dict[str, Any] | None = None) -> str | None:
     """The version already published for ``run_key`` (publication is idempotent), if any."""
-    fs, path = filesystem(join_url(layout.base, "published"), storage_options)
-    try:
-        entries = sorted(fs.ls(path, detail=False))
-    except FileNotFoundError:
-        return None
-    for entry in reversed(entries):
-        name = entry.rstrip("/").rsplit("/", 1)[-1]
-        if name.endswith(run_key[:12]) and fs.exists(join_url(entry, "manifest.json")):
-            return name
-    return None
+    matches = [v for v in list_versions(layout, storage_options) if v.endswith(run_key[:12])]
+    return matches[-1] if matches else None
+
+
+def _version_files(fs: Any, path: str) -> list[str]:
+    return [p for p in fs.find(path) if not p.rsplit("/", 1)[-1].startswith(".")]
+
+
+def _materialise(src_url: str, dst_url: str, storage_options: dict[str, Any]) -> dict[str, Any]:
+    """Put a self-contained copy of the Zarr group at ``src_url`` under ``dst_url``.
+
+    Local: hard links (a copy across devices); zarr replaces files atomically on write, so later
+    writes to the run's store never reach the published files. Object storage: a server-side
+    copy of each object (no bytes pass through this process). Returns what was done and its cost.
+    """
+    t0 = time.perf_counter()
+    fs, src = filesystem(src_url, storage_options)
+    _, dst = filesystem(dst_url, storage_options)
+    if fs.exists(dst):  # a previous attempt died half-way: nothing points at it yet
+        fs.rm(dst, recursive=True)
+    files = _version_files(fs, src)
+    size = 0
+    if is_local(fs):
+        method = "hardlink"
+        for name in files:
+            target = os.path.join(dst, os.path.relpath(name, src))
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            size += os.path.getsize(name)
+            try:
+                os.link(name, target)
+            except OSError:
+                method = "copy"
+                shutil.copy2(name, target)
+    else:
+        method = "server-side copy"
+        fs.copy([*files], [join_url(dst, f[len(src):].lstrip("/")) for f in files])
+        size = sum(int(fs.info(f).get("size") or 0) for f in files)
+    seconds = time.perf_counter() - t0
+    logger.info("published data: %s of %d file(s), %d bytes, in %.2f s", method, len(files), size, seconds)
+    return {"method": method, "files": len(files), "bytes": size, "seconds": round(seconds, 4)}
 
 
 def publish(
@@ -78,7 +156,7 @@ def publish(
     lineage: dict[str, Any],
     storage_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Publish the run's substitutes as a new immutable version and move ``LATEST`` to it.
+    """Publish the run's substitutes as a new immutable, self-contained version; move ``LATEST``.
 
     Returns the ``LATEST`` pointer. Rerunning for an already-published run key re-points
     ``LATEST`` at the existing version instead of writing a second copy.
@@ -91,13 +169,15 @@ def publish(
         if not store.is_complete():
             raise StoreCorrupt(f"refusing to publish {store.url}: not every shard is complete")
         markers = store.markers()
+        copy = _materialise(store.url, join_url(layout.published(version), DATA_PATH), options)
         manifest = {
             "format": MANIFEST_FORMAT,
             "version": version,
             "dataset": layout.dataset,
             "run_key": run_key,
             "created": datetime.now(timezone.utc).isoformat(),
-            "path": f"runs/{run_key}/substitutes.zarr",
+            "path": DATA_PATH,
+            "zarr_format": 3,
             "arrays": {
                 "embedding": {"shape": list(store.shape), "dtype": str(store.embedding.dtype),
                               "chunks": list(store.embedding.chunks), "shards": [store.shard_rows, store.dim]},
@@ -107,9 +187,15 @@ def publish(
             "n_rows": store.n_rows,
             "valid_rows": sum(m["valid_rows"] for m in markers),
             "dim": store.dim,
-            "shards": [{k: m[k] for k in ("shard", "start", "stop", "rows", "sha256")} for m in markers],
+            "chunk_rows": store.chunk_rows,
+            "shard_rows": store.shard_rows,
+            "checksum": {"algorithm": "sha256", "over": "embedding bytes (C order, little-endian) of the "
+                         "shard's rows, then its ids joined by U+001F, UTF-8"},
+            "shards": [{k: m[k] for k in ("shard", "start", "stop", "rows", "valid_rows", "sha256")}
+                       for m in markers],
             "gates": gate_results,
             "lineage": lineage,
+            "publication": copy,
         }
         _write_atomic(join_url(layout.published(version), "manifest.json"),
                       json.dumps(manifest, indent=2, sort_keys=True, default=str), options)
@@ -119,12 +205,28 @@ def publish(
     return pointer
 
 
+def _confined(version_url: str, rel: Any, manifest_url: str) -> str:
+    """``rel`` joined onto the version folder; anything that could leave it is StoreCorrupt."""
+    parts = rel.split("/") if isinstance(rel, str) else []
+    if (not parts or rel.startswith("/") or "://" in rel or "\\" in rel or ":" in parts[0]
+            or any(p in ("", ".", "..") for p in parts)):
+        raise StoreCorrupt(
+            f"{manifest_url}: 'path' {rel!r} is not a relative path inside the version folder"
+        )
+    return join_url(version_url, *parts)
+
+
 @dataclass
 class PublishedDataset:
     """A published version: its manifest and lazily-read zarr arrays."""
 
     manifest: dict[str, Any]
     store: EmbeddingStore
+    url: str = ""
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest["version"])
 
     @property
     def embedding(self):
@@ -132,17 +234,46 @@ class PublishedDataset:
         return self.store.embedding
 
     @property
+    def valid(self) -> np.ndarray:
+        """``(N,)`` bool: False where the item failed upstream (its row is all zeros)."""
+        return self.store.group["valid"][:]
+
+    @property
     def ids(self) -> np.ndarray:
         return np.array([str(v) for v in self.store.ids[:].tolist()], dtype=object)
 
-    def verify(self) -> None:
-        """Recompute every shard checksum against the manifest; raise StoreCorrupt on mismatch."""
-        from .store import shard_checksum
-
+    def problems(self) -> list[str]:
+        """Every damaged shard, named with its rows and what is wrong (empty when intact)."""
+        found = []
+        if list(self.store.shape) != [self.manifest["n_rows"], self.manifest["dim"]]:
+            found.append(f"{self.store.url}: shape {self.store.shape} differs from the manifest's "
+                         f"({self.manifest['n_rows']}, {self.manifest['dim']})")
+            return found
+        fs, root = filesystem(self.store.url, self.store.storage_options)
         for entry in self.manifest["shards"]:
-            emb, ids, _ = self.store.read_rows(entry["start"], entry["stop"])
+            shard, start, stop = entry["shard"], entry["start"], entry["stop"]
+            where = f"shard {shard} (rows [{start}, {stop})) of {self.store.url}"
+            try:
+                emb, ids, valid = self.store.read_rows(start, stop)
+            except StoreCorrupt as exc:
+                found.append(f"{where}: unreadable ({exc.__cause__ or exc})")
+                continue
             if shard_checksum(emb, list(ids)) != entry["sha256"]:
-                raise StoreCorrupt(f"shard {entry['shard']} of {self.store.url} does not match its published checksum")
+                # zarr reads a missing shard file as fill values: say so when that is the cause
+                missing = [name for name in ("embedding", "id") if not fs.exists(
+                    join_url(root, name, "c", str(shard), *(["0"] if name == "embedding" else [])))]
+                why = f"shard file(s) of {', '.join(missing)} missing" if missing else "does not match its published checksum"
+                found.append(f"{where}: {why}")
+            elif "valid_rows" in entry and int(np.count_nonzero(valid)) != entry["valid_rows"]:
+                found.append(f"{where}: {int(np.count_nonzero(valid))} valid rows, the manifest says {entry['valid_rows']}")
+        return found
+
+    def verify(self) -> None:
+        """Recompute every shard checksum against the manifest; raise StoreCorrupt naming every
+        damaged shard and its rows."""
+        found = self.problems()
+        if found:
+            raise StoreCorrupt(f"{len(found)} damaged shard(s): " + "; ".join(found))
 
 
 def open_published(
@@ -153,6 +284,14 @@ def open_published(
     storage_options: dict[str, Any] | None = None,
 ) -> PublishedDataset:
     """Open the published dataset (``LATEST`` unless ``version`` is given).
+
+    Raises
+    ------
+    StoreNotFound
+        Nothing published, or no such version.
+    StoreCorrupt
+        A truncated or malformed ``LATEST`` or manifest (the message names the file), or a
+        manifest ``path`` that would leave the version folder.
 
     Examples
     --------
@@ -166,10 +305,17 @@ def open_published(
         if pointer is None:
             raise StoreNotFound(f"nothing published for dataset {dataset!r} under {root_url}")
         version = pointer["version"]
+    version_url = layout.published(version)
+    manifest_url = join_url(version_url, "manifest.json")
     try:
-        with open_url(join_url(layout.published(version), "manifest.json"), "r", options) as f:
-            manifest = json.load(f)
+        manifest = _read_json(manifest_url, options, "manifest")
     except FileNotFoundError:
-        raise StoreNotFound(f"published version {version!r} of {dataset!r} has no manifest") from None
-    store = EmbeddingStore.open(join_url(layout.base, manifest["path"]), storage_options=options)
-    return PublishedDataset(manifest, store)
+        raise StoreNotFound(f"published version {version!r} of {dataset!r} has no manifest ({manifest_url})") from None
+    if not isinstance(manifest, dict) or any(k not in manifest for k in _REQUIRED):
+        have = sorted(manifest) if isinstance(manifest, dict) else type(manifest).__name__
+        raise StoreCorrupt(f"manifest {manifest_url} lacks required field(s) "
+                           f"{[k for k in _REQUIRED if not isinstance(manifest, dict) or k not in manifest]} (found {have})")
+    if manifest["format"] != MANIFEST_FORMAT:
+        raise StoreCorrupt(f"manifest {manifest_url} has format {manifest['format']!r}; this reader knows {MANIFEST_FORMAT!r}")
+    store = EmbeddingStore.open(_confined(version_url, manifest["path"], manifest_url), storage_options=options)
+    return PublishedDataset(manifest, store, version_url)

@@ -6,7 +6,11 @@ Layout of one store (any fsspec URL)::
     <url>/embedding                 (N, d) float32/float16, chunks (chunk_rows, d), shards (shard_rows, d)
     <url>/id                        (N,) string ids
     <url>/valid                     (N,) bool: False for rows whose item failed upstream
-    <url>/_shards/000042.json       completion marker of shard 42, written after its data
+    <url>.shards/000042.json        completion marker of shard 42, written after its data
+
+Every array's chunk codecs end with ``crc32c``, so any zarr-python 3 reader raises on a damaged
+chunk. The completion markers live beside the group, not inside it: readers listing the group
+see only Zarr nodes.
 
 Rules (DESIGN.md §5): the chunk is the read unit and the shard the write unit; one task owns
 whole shards, and a write that does not cover whole shards raises
@@ -35,7 +39,14 @@ __all__ = ["EmbeddingStore", "zarr_store", "shard_checksum", "ids_digest"]
 
 logger = logging.getLogger(__name__)
 
-_MARKERS = "_shards"
+_MARKERS_SUFFIX = ".shards"
+
+
+def _chunk_codecs(compressor: str) -> list[Any]:
+    """Bytes-to-bytes codecs of every array: optional zstd, then a crc32c checksum."""
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    return ([] if compressor == "none" else [ZstdCodec(level=0)]) + [Crc32cCodec()]
 
 
 def zarr_store(url: str, storage_options: dict[str, Any] | None = None, *, read_only: bool = False):
@@ -117,7 +128,7 @@ class EmbeddingStore:
         shard_rows_eff = min(shard_rows, max(chunk_rows, n_rows + (-n_rows) % chunk_rows))
         store = zarr_store(url, options)
         group = zarr.open_group(store, mode="w", attributes=dict(attrs or {}))
-        compressors = None if compressor == "none" else "auto"
+        compressors = _chunk_codecs(compressor)
         group.create_array(
             "embedding", shape=(n_rows, dim), dtype=dtype, chunks=(chunk_rows, dim),
             shards=(shard_rows_eff, dim), compressors=compressors, fill_value=0,
@@ -125,11 +136,11 @@ class EmbeddingStore:
         )
         group.create_array(
             "id", shape=(n_rows,), dtype=str, chunks=(chunk_rows,), shards=(shard_rows_eff,),
-            dimension_names=["row"],
+            compressors=compressors, dimension_names=["row"],
         )
         group.create_array(
             "valid", shape=(n_rows,), dtype=bool, chunks=(chunk_rows,), shards=(shard_rows_eff,),
-            fill_value=False, dimension_names=["row"],
+            compressors=compressors, fill_value=False, dimension_names=["row"],
         )
         logger.info("created store %s: (%d, %d) %s, shards of %d rows", url, n_rows, dim, dtype, shard_rows_eff)
         return cls(url, options, group)
@@ -255,13 +266,18 @@ class EmbeddingStore:
             json.dump(marker, f, sort_keys=True)
         return marker
 
+    @property
+    def markers_url(self) -> str:
+        """Folder of the completion markers, beside the Zarr group (``<url>.shards``)."""
+        return self.url.rstrip("/") + _MARKERS_SUFFIX
+
     def _marker_url(self, shard: int) -> str:
-        return join_url(self.url, _MARKERS, f"{shard:06d}.json")
+        return join_url(self.markers_url, f"{shard:06d}.json")
 
     # -- completion ------------------------------------------------------------------------
     def completed_shards(self) -> set[int]:
         """Shards whose completion marker exists."""
-        fs, path = filesystem(join_url(self.url, _MARKERS), self.storage_options)
+        fs, path = filesystem(self.markers_url, self.storage_options)
         try:
             names = fs.ls(path, detail=False)
         except FileNotFoundError:
