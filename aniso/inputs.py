@@ -63,23 +63,45 @@ class EmbeddingSource:
         if self.store is not None:
             emb, ids, valid = self.store.read_rows(start, stop)
             return emb[valid], list(ids[valid])
-        blocks, ids = [], []
+        emb = self.read_embedding(start, stop)
+        bad = np.flatnonzero(~np.isfinite(emb).all(axis=1))
+        if bad.size:
+            raise self.nonfinite_error(start, stop, bad)
+        return emb, self.read_ids(start, stop)
+
+    def read_embedding(self, start: int, stop: int) -> np.ndarray:
+        """float32 rows ``[start, stop)`` of a ``.npy`` input, by byte ranges (not validated)."""
+        blocks = []
         for part in self.parts:
             lo, hi = max(start, part.first_row), min(stop, part.first_row + part.rows)
-            if lo >= hi:
-                continue
-            block = _read_npy_rows(part, lo - part.first_row, hi - part.first_row, self.storage_options)
-            bad = np.flatnonzero(~np.isfinite(block).all(axis=1))
-            if bad.size:
-                raise InputError(
-                    f"{part.url}: row {int(bad[0]) + lo - part.first_row} contains NaN or Inf "
-                    f"({bad.size} bad row(s) in rows [{lo - part.first_row}, {hi - part.first_row}))"
-                )
-            blocks.append(block)
-            ids.extend(_part_ids(part, lo - part.first_row, hi - part.first_row, self.storage_options))
+            if lo < hi:
+                blocks.append(_read_npy_rows(part, lo - part.first_row, hi - part.first_row, self.storage_options))
         if not blocks:
-            return np.empty((0, self.dim), np.float32), []
-        return np.concatenate(blocks).astype(np.float32, copy=False), ids
+            return np.empty((0, self.dim), np.float32)
+        if len(blocks) == 1:
+            return blocks[0].astype(np.float32, copy=False)
+        return np.concatenate(blocks, dtype=np.float32)
+
+    def read_ids(self, start: int, stop: int) -> list[str]:
+        """The ids of rows ``[start, stop)`` of a ``.npy`` input."""
+        ids: list[str] = []
+        for part in self.parts:
+            lo, hi = max(start, part.first_row), min(stop, part.first_row + part.rows)
+            if lo < hi:
+                ids.extend(_part_ids(part, lo - part.first_row, hi - part.first_row, self.storage_options))
+        return ids
+
+    def locate(self, row: int) -> tuple[str, int]:
+        """``(file URL, row within that file)`` of a global row."""
+        for part in self.parts:
+            if part.first_row <= row < part.first_row + part.rows:
+                return part.url, row - part.first_row
+        return self.url, row
+
+    def nonfinite_error(self, start: int, stop: int, bad: np.ndarray) -> InputError:
+        """The InputError for rows ``start + bad`` holding NaN or Inf (names file and row)."""
+        url, row = self.locate(start + int(bad[0]))
+        return InputError(f"{url}: row {row} contains NaN or Inf ({bad.size} bad row(s) in rows [{start}, {stop}))")
 
     def __iter__(self):
         step = 65536

@@ -19,6 +19,7 @@ import numpy as np
 from ._fs import exists, join_url, open_url
 from .arrays import row_norms
 from .errors import InputError
+from .inplace import NpyView, create_view, open_rows
 from .inputs import open_embedding_source
 from .methods import Aligner, get_aligner
 from .moments import Moments, merge_all
@@ -45,18 +46,26 @@ logger = logging.getLogger(__name__)
 # -- ingest of precomputed embeddings ----------------------------------------------------------
 def prepare_input(
     url: str, store_url_for: Any, *, modality: str, chunk_rows: int, shard_rows: int,
-    storage_options: dict[str, Any], attrs: dict[str, Any] | None = None,
+    storage_options: dict[str, Any], attrs: dict[str, Any] | None = None, in_place: bool = True,
 ) -> tuple[str, str, list[int]]:
-    """Open an input and create (or reopen) its embedding store.
+    """Open an input and create (or reopen) what the later stages read it through.
 
     ``store_url_for(fingerprint)`` maps the input's fingerprint to the store URL. An input that
-    already is a complete aniso store is used in place. Returns ``(store_url, fingerprint,
-    shards still to import)``.
+    already is a complete aniso store is used as it is; a ``.npy`` / clip-retrieval input is read
+    in place through an :class:`~aniso.inplace.NpyView` (its rows are validated by the statistics
+    pass, which reads every row anyway), or, with ``in_place=False``, copied into a Zarr store
+    shard by shard (:func:`import_shard`). Returns ``(store_url, fingerprint, shards still to
+    import)``.
     """
     source = open_embedding_source(url, storage_options, what=f"{modality} input {url}")
     if source.store is not None:
         return source.url, source.fingerprint, []
     store_url = store_url_for(source.fingerprint)
+    if in_place:
+        # .npy / clip-retrieval rows are read where they are, by byte ranges: no copy into Zarr
+        view = create_view(store_url.removesuffix(".zarr") + ".npy-view", source, chunk_rows=chunk_rows,
+                           shard_rows=shard_rows, storage_options=storage_options)
+        return view.url, source.fingerprint, []
     store = EmbeddingStore.create(
         store_url, n_rows=source.n_rows, dim=source.dim, chunk_rows=chunk_rows, shard_rows=shard_rows,
         attrs={"source": _redact(url), "modality": modality, "fingerprint": source.fingerprint, **(attrs or {})},
@@ -81,13 +90,33 @@ def import_shard(url: str, store_url: str, shard: int, storage_options: dict[str
     return store.write_shard(shard, emb, ids)
 
 
+def _embedding_of(store: Any, shard: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(embedding, valid)`` of one shard; an in-place input skips reading its ids."""
+    if isinstance(store, NpyView):
+        emb, _, valid = store.read_shard(shard, with_ids=False)
+        return emb, valid
+    emb, _, valid = store.read_shard(shard)
+    return emb, valid
+
+
+def needs_id_check(store_url: str, storage_options: dict[str, Any]) -> bool:
+    """Does an in-place input carry its own ids (clip-retrieval metadata) to check for duplicates?"""
+    store = open_rows(store_url, storage_options)
+    return isinstance(store, NpyView) and any(p.ids_url for p in store.source.parts)
+
+
 def check_unique_ids(store_url: str, storage_options: dict[str, Any], *, what: str) -> None:
-    """Raise InputError naming a duplicated id (ids must identify rows end to end)."""
-    store = EmbeddingStore.open(store_url, storage_options=storage_options)
+    """Raise InputError naming a duplicated id (ids must identify rows end to end).
+
+    Reads the id column only (never the embeddings).
+    """
+    store = open_rows(store_url, storage_options)
     seen: dict[str, int] = {}
-    for shard, _, ids in store.iter_shards():
-        start = store.shard_range(shard)[0]
+    for shard in range(store.n_shards):
+        start, stop = store.shard_range(shard)
+        ids = store.ids[start:stop]
         for offset, value in enumerate(ids):
+            value = str(value)
             if value in seen:
                 raise InputError(f"{what}: id {value!r} appears at rows {seen[value]} and {start + offset}")
             seen[value] = start + offset
@@ -116,8 +145,7 @@ def shard_moments(store_url: str, shard: int, storage_options: dict[str, Any]) -
     url = _stats_url(store_url, f"moments-{shard:06d}")
     if exists(url, storage_options):
         return url
-    store = EmbeddingStore.open(store_url, storage_options=storage_options)
-    emb, _, valid = store.read_shard(shard)
+    emb, valid = _embedding_of(open_rows(store_url, storage_options), shard)
     _save_moments(url, Moments.from_chunk(emb[valid]), storage_options)
     return url
 
@@ -129,7 +157,7 @@ def reduce_moments(part_urls: list[str], out_url: str, storage_options: dict[str
     return out_url
 
 
-def sample_rows(store: EmbeddingStore, indices: np.ndarray) -> np.ndarray:
+def sample_rows(store: EmbeddingStore | NpyView, indices: np.ndarray) -> np.ndarray:
     """The valid rows of ``store`` at sorted global *valid-row* ``indices``.
 
     The markers give each shard's valid-row range, so only shards holding sampled rows are read.
@@ -139,7 +167,7 @@ def sample_rows(store: EmbeddingStore, indices: np.ndarray) -> np.ndarray:
     for shard in range(store.n_shards):
         local = rows_in_range(indices, int(offsets[shard]), int(offsets[shard + 1]))
         if local.size:
-            emb, _, valid = store.read_shard(shard)
+            emb, valid = _embedding_of(store, shard)
             parts.append(emb[valid][local])
     return np.concatenate(parts) if parts else np.empty((0, store.dim), np.float32)
 
@@ -162,7 +190,7 @@ def fit_model(
         for name, stats, store_url, sub_seed in (
             ("text", text_stats, text_store_url, seed), ("image", image_stats, image_store_url, seed + 1)
         ):
-            store = EmbeddingStore.open(store_url, storage_options=storage_options)
+            store = open_rows(store_url, storage_options)
             samples[name] = sample_rows(store, sample_indices(stats.n, want, sub_seed))
     aligner.fit_statistics(text_stats, image_stats, text_sample=samples["text"], image_sample=samples["image"])
     aligner.save(model_url, storage_options)
@@ -172,7 +200,7 @@ def fit_model(
 def calibration_shard(model_url: str, text_store_url: str, shard: int, storage_options: dict[str, Any]) -> dict[str, Any]:
     """Partial sum of x̂ over one shard of text (the calibration pass)."""
     aligner = Aligner.load(model_url, storage_options)
-    emb, _, valid = EmbeddingStore.open(text_store_url, storage_options=storage_options).read_shard(shard)
+    emb, valid = _embedding_of(open_rows(text_store_url, storage_options), shard)
     if not valid.any():
         return {"sum": [0.0] * aligner.dim, "n": 0}
     total, count = aligner.premap_sum(emb[valid])
@@ -205,7 +233,7 @@ def prepare_substitutes(
     storage_options: dict[str, Any],
 ) -> list[int]:
     """Create the substitutes store with the text store's geometry; returns pending shards."""
-    text = EmbeddingStore.open(text_store_url, storage_options=storage_options)
+    text = open_rows(text_store_url, storage_options)
     subs = EmbeddingStore.create(
         subs_url, n_rows=text.n_rows, dim=text.dim, chunk_rows=text.chunk_rows, shard_rows=text.shard_rows,
         dtype=dtype, compressor=compressor, attrs=attrs, storage_options=storage_options,
@@ -222,7 +250,7 @@ def apply_shard(
         return subs.marker(shard)
     started = time.perf_counter()
     aligner = Aligner.load(model_url, storage_options)
-    emb, ids, valid = EmbeddingStore.open(text_store_url, storage_options=storage_options).read_shard(shard)
+    emb, ids, valid = open_rows(text_store_url, storage_options).read_shard(shard)
     read_s = time.perf_counter() - started
     out = np.zeros((emb.shape[0], emb.shape[1]), dtype=np.float32)
     if valid.any():
@@ -334,7 +362,7 @@ def gate_run(
     from .gates import centroid_metrics, evaluate_gates, sample_metrics, shard_table
 
     started = time.perf_counter()
-    text = EmbeddingStore.open(text_store_url, storage_options=storage_options)
+    text = open_rows(text_store_url, storage_options)
     subs = EmbeddingStore.open(subs_url, storage_options=storage_options)
     markers = subs.markers()
     same_shape = text.shape == subs.shape and text.shard_rows == subs.shard_rows
@@ -347,7 +375,7 @@ def gate_run(
         if same_shape else ((np.empty((0, text.dim)), None), (np.empty((0, text.dim)), None))
     t = None
     if image_store_url:
-        image = EmbeddingStore.open(image_store_url, storage_options=storage_options)
+        image = open_rows(image_store_url, storage_options)
         [(t, _)] = read_sample([image], settings.distribution_sample_rows, settings.seed + 7,
                                max_chunks=settings.sample_chunks)
     timings["read_sample"] = time.perf_counter() - started - sum(timings.values())

@@ -15,7 +15,8 @@ from ._common import map_shards
 
 
 def ingest_embeddings(url: str, modality: str, layout: DatasetLayout, settings: Settings) -> tuple[str, str]:
-    """Import one input (skipping shards already imported); returns ``(store_url, fingerprint)``."""
+    """Open one input for the later stages: ``.npy`` / clip-retrieval inputs are read in place
+    (a descriptor, no copy), aniso stores used as they are; returns ``(store_url, fingerprint)``."""
     options = settings.storage.fs_options()
     store_url, fingerprint, pending = pipeline.prepare_input(
         url, lambda fp: layout.embeddings(f"input-{fp[:16]}", modality), modality=modality,
@@ -23,6 +24,7 @@ def ingest_embeddings(url: str, modality: str, layout: DatasetLayout, settings: 
     )
     if pending:
         map_shards(import_shard, f"ingest {modality}", pending, url=url, store_url=store_url, storage_options=options)
+    if pending or pipeline.needs_id_check(store_url, options):
         check_unique_ids.submit(store_url, options, f"{modality} input {url}").result()
     return store_url, fingerprint
 

@@ -20,7 +20,7 @@ from aniso.gates import preload_in_background
 from aniso.inputs import is_embedding_input, open_embedding_source
 from aniso.layout import DatasetLayout, run_key
 from aniso.pipeline import _redact, write_json
-from aniso.store import EmbeddingStore
+from aniso.inplace import open_rows
 from aniso.tasks.gate import gate
 from aniso.tasks.publish import publish
 
@@ -84,8 +84,8 @@ def produce(text: str, image: str, settings: Settings | dict[str, Any]) -> dict[
     layout = DatasetLayout(settings.storage.root, settings.storage.dataset)
     text_store, text_fp = embeddings_for(text, "text", layout, settings)
     image_store, image_fp = embeddings_for(image, "image", layout, settings)
-    text_dim = EmbeddingStore.open(text_store, storage_options=options).dim
-    image_dim = EmbeddingStore.open(image_store, storage_options=options).dim
+    text_dim = open_rows(text_store, options).dim
+    image_dim = open_rows(image_store, options).dim
     if text_dim != image_dim:
         raise InputError(f"text embeddings ({text}) have d={text_dim} but image embeddings ({image}) have d={image_dim}")
 

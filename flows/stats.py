@@ -7,7 +7,7 @@ from typing import Any
 from prefect import flow
 
 from aniso._fs import join_url
-from aniso.store import EmbeddingStore
+from aniso.inplace import open_rows
 from aniso.tasks.stats import merge_moments, shard_moments
 
 from ._common import map_shards
@@ -19,7 +19,7 @@ SPLIT_EVERY = 8
 def compute_statistics(store_url: str, storage_options: dict[str, Any]) -> str:
     """Moments of every valid row of a store; returns the URL of the merged moments."""
     final = join_url(store_url, "_stats", "moments.npz")
-    n_shards = EmbeddingStore.open(store_url, storage_options=storage_options).n_shards
+    n_shards = open_rows(store_url, storage_options).n_shards
     parts = map_shards(shard_moments, f"statistics {store_url.rsplit('/', 1)[-1]}", range(n_shards),
                        store_url=store_url, storage_options=storage_options)
     level = 0

@@ -116,11 +116,23 @@ def test_concurrent_runs_leave_latest_complete(tmp_path, gap):
 
 
 def test_corrupted_store_gives_a_clear_error(tmp_path, gap):
+    """An aniso Zarr store given as input (used as it is) with a damaged chunk: a clear error
+    naming the store, and the previous publication untouched. (``.npy`` inputs are read in place
+    and have no Zarr copy to damage.)"""
+    from aniso.store import EmbeddingStore
+
     url = str(tmp_path / "corrupt")
     paths = _inputs(url, {}, gap)
+    text_url = str(tmp_path / "input" / "text.zarr")
+    store = EmbeddingStore.create(text_url, n_rows=len(gap.text), dim=gap.text.shape[1], chunk_rows=256,
+                                  shard_rows=1024)
+    for shard in range(store.n_shards):
+        start, stop = store.shard_range(shard)
+        store.write_shard(shard, gap.text[start:stop].astype(np.float32), [f"t{i}" for i in range(start, stop)])
+    paths = {**paths, "text": text_url}
     run(_settings(url, {}), paths)
     before = read_latest(DatasetLayout(url, "t"))
-    fs, base = filesystem(join_url(url, "t", "embeddings"))
+    fs, base = filesystem(text_url)
     shard = sorted(p for p in fs.find(base) if "/text.zarr/embedding/c/" in p)[0]
     with open(shard, "r+b") as f:
         f.truncate(100)
