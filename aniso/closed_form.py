@@ -1,27 +1,38 @@
-"""Stage II's global initialisation: a shrunk, bounded, evidence-adaptive second-moment map.
+"""AnisoAlign's closed form: centroid shift plus an evidence-adaptive, bounded per-direction
+second-moment correction.
 
-    y = μ_i + A (x − μ_t),   A = Σ̃_t V diag(s·e^{h}) Vᵀ,   Vᵀ Σ̃_t V = I,  Vᵀ Σ̃_i V = diag(w)
+    y = μ_i + A (x − μ_t),   A = Q diag(e^{h}) Qᵀ
 
-``V`` solves the generalised eigenproblem of the (shrunk) image and text covariances, so ``w_j``
-is the image/text variance ratio along direction ``j``; ``s`` is ReAlign's global trace ratio and
-``g_j = ½ log w_j − log s`` is how far direction ``j`` is from ReAlign's isotropic answer. The
-applied log-scale ``h_j`` is
+* **Base: the centroid shift** (``A = I``), not ReAlign's global trace rescale, which measured worse
+  than the plain shift on every real set we have (``docs/quality.md``).
+* **Direction and size of the correction.** ``T = Σ̃_t^{-½} (Σ̃_t^{½} Σ̃_i Σ̃_t^{½})^{½} Σ̃_t^{-½}`` is
+  the optimal-transport (Monge) map between Gaussians with the two (shrunk) covariances: the
+  symmetric map that transports ``Σ̃_t`` onto ``Σ̃_i`` with the least displacement, so it moves each
+  text row as little as a full second-moment match allows (no rotation, unlike whitening–colouring).
+  ``T = Q diag(e^{g}) Qᵀ``: ``g_j`` is the log-scale the text needs along direction ``q_j``.
+* **Evidence.** The covariances are shrunk towards isotropy with ``n₀ = prior_strength · d``
+  pseudo-rows (``Σ̃ = (N Σ + n₀ tr(Σ)/d I)/(N + n₀)``), so directions the sample cannot resolve
+  stay close to the shift. The applied correction is
 
-    h_j = sign(g_j) · ( e_j + δ · tanh(γ (|g_j| − e_j) / δ) ),   e_j = max(|g_j| − τ, 0)
+      h_j = sign(g_j) · min(max(bound, |g_j| − τ), γ_N · w_j · |g_j|),
+      γ_N = strength · N / (N + evidence · d),   w_j = g_j² / (g_j² + σ²),   σ² = ½(1/N_t + 1/N_i)
 
-* ``τ = log((1 + √(d/N_t))(1 + √(d/N_i)))`` is the Marchenko–Pastur spread of a variance ratio
-  estimated from ``N_t`` and ``N_i`` rows: the part of ``g_j`` beyond it cannot be sampling noise,
-  and is corrected in full (``e_j``); the part within it is corrected with strength ``γ`` and
-  bounded by ``δ``. The bound therefore adapts to the evidence (DESIGN.md §3, lesson 3): a strong,
-  well-sampled mismatch (a planted low-rank residual) is removed, a weak or poorly sampled one
-  (500 rows in 512-d) is only nudged.
-* Covariances are shrunk towards isotropy with ``n₀ = prior_strength · d`` pseudo-rows
-  (``Σ̃ = (N Σ + n₀ tr(Σ)/d I)/(N + n₀)``), so directions the sample cannot resolve stay close to
-  ReAlign's scalar.
+  with ``N`` the harmonic mean of the two row counts. ``γ_N`` is the share of the mismatch the
+  sample can support (0.44 at 400 rows in 512-d, 0.99 at 50,000); ``w_j`` drops a
+  direction whose mismatch is within the sampling error of a log-variance ratio. ``τ`` is the
+  Marchenko–Pastur spread of a log variance ratio from ``N_t``, ``N_i`` rows in ``d`` dimensions
+  (:func:`noise_spread`): the part of a mismatch beyond it cannot be sampling noise and may be
+  corrected, the rest is capped at ``bound`` (0.3 by default: at most a 35% rescale of a direction
+  the sample does not resolve). So the bound, too, adapts to the evidence: on a few hundred rows in
+  512-d (τ ≈ 1.5) every direction is capped, on a well-sampled low-rank residual the cap lifts.
+* **Calibration** is done by the aligner: the fixed-point centroid calibration after the final
+  renormalisation (``AnisoAlign._calibration_refinement``), in-sample residual ≤ 1e-3.
 
-Why not the circular-mean phase shift of method-spec §3.5(a): on own-centred data the phases are
-near-uniform, so that shift is noise and wrecks pairing (DESIGN.md §3, lesson 2). With ``γ = 0``
-(or ``δ = 0`` and no significant direction) ``A = s·I`` and the map is exactly ReAlign's.
+``strength = 0`` (or ``bound = 0``) gives ``A = I``: the plain centroid shift. ``bounded = False``
+is the "no bounds" ablation ``h = g`` (a full, shrunk optimal-transport match).
+
+Why not the circular-mean phase shift of the method notes: on own-centred data the phases are
+near-uniform, so that shift is noise and wrecks pairing.
 """
 
 from __future__ import annotations
@@ -31,12 +42,11 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.linalg
 
 from .errors import InputError
 from .moments import Moments
 
-__all__ = ["ClosedForm", "fit_closed_form"]
+__all__ = ["ClosedForm", "fit_closed_form", "noise_spread", "ot_log_scales"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,24 +55,23 @@ logger = logging.getLogger(__name__)
 class ClosedForm:
     """A fitted global map ``y = μ_i + (x − μ_t) Aᵀ`` (row form) and its diagnostics."""
 
-    A: np.ndarray  # (d, d)
-    scale: float  # ReAlign's s
-    g: np.ndarray  # (d,) raw log-scale mismatch per generalised direction
-    h: np.ndarray  # (d,) applied log-scale correction
-    tau: float  # noise threshold on |g|
+    A: np.ndarray  # (d, d), symmetric
+    g: np.ndarray  # (d,) log-scales of the full (shrunk) optimal-transport map
+    h: np.ndarray  # (d,) applied log-scales
+    gain: float  # γ_N, the evidence share
 
     def apply(self, x: np.ndarray, mu_text: np.ndarray, mu_image: np.ndarray) -> np.ndarray:
         """``μ_i + A(x − μ_t)`` for L2-normalised float64 rows (not renormalised)."""
         return mu_image + (x - mu_text) @ self.A.T
 
     def to_arrays(self, prefix: str = "cf_") -> dict[str, np.ndarray]:
-        return {f"{prefix}A": self.A, f"{prefix}scale": np.asarray(self.scale), f"{prefix}g": self.g,
-                f"{prefix}h": self.h, f"{prefix}tau": np.asarray(self.tau)}
+        return {f"{prefix}A": self.A, f"{prefix}g": self.g, f"{prefix}h": self.h,
+                f"{prefix}gain": np.asarray(self.gain)}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], prefix: str = "cf_") -> ClosedForm:
-        return cls(A=arrays[f"{prefix}A"], scale=float(arrays[f"{prefix}scale"]), g=arrays[f"{prefix}g"],
-                   h=arrays[f"{prefix}h"], tau=float(arrays[f"{prefix}tau"]))
+        return cls(A=arrays[f"{prefix}A"], g=arrays[f"{prefix}g"], h=arrays[f"{prefix}h"],
+                   gain=float(arrays[f"{prefix}gain"]))
 
 
 def _shrink(cov: np.ndarray, n: int, n0: float) -> np.ndarray:
@@ -73,61 +82,87 @@ def _shrink(cov: np.ndarray, n: int, n0: float) -> np.ndarray:
     return out
 
 
+def _sym_power(c: np.ndarray, power: float, floor: float) -> np.ndarray:
+    w, v = np.linalg.eigh(c)
+    return (v * np.clip(w, floor, None) ** power) @ v.T
+
+
+def ot_log_scales(cov_text: np.ndarray, cov_image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigen-decomposition ``(g, Q)`` of the Gaussian optimal-transport map ``T = Q diag(e^g) Qᵀ``
+    from ``cov_text`` to ``cov_image`` (both symmetric positive definite, float64)."""
+    d = cov_text.shape[0]
+    floor = 1e-12 * max(np.trace(cov_text), np.trace(cov_image)) / d
+    root = _sym_power(cov_text, 0.5, floor)
+    inv_root = _sym_power(cov_text, -0.5, floor)
+    middle = root @ cov_image @ root
+    t_map = inv_root @ _sym_power((middle + middle.T) / 2, 0.5, floor * floor) @ inv_root
+    lam, q = np.linalg.eigh((t_map + t_map.T) / 2)
+    return np.log(np.clip(lam, 1e-300, None)), q
+
+
+def noise_spread(n_text: int, n_image: int, d: int) -> float:
+    """``τ = log((1 + √(d/N_t))(1 + √(d/N_i)))``: the Marchenko–Pastur spread of a log variance
+    ratio estimated from ``N_t`` and ``N_i`` rows in ``d`` dimensions (pure noise stays within it)."""
+    return math.log((1 + math.sqrt(d / n_text)) * (1 + math.sqrt(d / n_image)))
+
+
 def fit_closed_form(
     text: Moments,
     image: Moments,
     *,
-    strength: float = 0.3,
-    bound: float = 0.25,
+    strength: float = 1.0,
+    evidence: float = 1.0,
+    bound: float = 0.3,
     prior_strength: float = 7.0,
     adaptive: bool = True,
     bounded: bool = True,
 ) -> ClosedForm:
-    """Fit the global initial map from the two modalities' moments (see the module docstring).
+    """Fit the global map from the two modalities' moments (see the module docstring).
 
     Parameters
     ----------
     strength
-        γ, the fraction of a within-noise mismatch that is corrected.
+        γ, the share of the (evidence-weighted) mismatch that is corrected; 0 is the centroid shift.
+    evidence
+        κ in ``γ_N = γ N / (N + κ d)``: rows per dimension needed for half the correction.
     bound
-        δ, the largest within-noise log-scale correction.
+        Largest applied log-scale of a direction whose mismatch is within the noise spread
+        (``|h_j| ≤ max(bound, |g_j| − τ)``).
     prior_strength
         Isotropic pseudo-rows per dimension used to shrink each covariance.
     adaptive
-        Correct mismatches beyond the sampling-noise threshold in full (``False``: every direction
-        gets the bounded, partial correction).
+        ``False``: ignore the evidence (``γ_N = γ``, ``w_j = 1``).
     bounded
-        ``False`` is the "no bounds" ablation: ``h = g`` (a full, shrunk CORAL match).
+        ``False`` is the "no bounds" ablation: ``h = g``.
     """
-    if strength < 0 or bound < 0 or prior_strength < 0:
-        raise InputError("closed form: strength, bound and prior_strength must be ≥ 0")
+    if min(strength, evidence, bound, prior_strength) < 0:
+        raise InputError("closed form: strength, evidence, bound and prior_strength must be ≥ 0")
     d = text.dim
     tr_t, tr_i = text.trace(), image.trace()
-    if tr_t <= 0 or tr_i <= 0:
-        raise InputError(f"closed form: a modality has no variance (trace text={tr_t}, image={tr_i})")
-    scale = math.sqrt(tr_i / (tr_t + 1e-10))
+    if not tr_t > 0 or not tr_i > 0:
+        raise InputError(
+            f"closed form: a modality has no variance (all rows identical?): trace text={tr_t:.3g}, "
+            f"image={tr_i:.3g}"
+        )
     n0 = prior_strength * d
     st = _shrink(text.covariance(), text.n, n0)
     si = _shrink(image.covariance(), image.n, n0)
-    ridge = 1e-9 * np.trace(st) / d  # keeps the pencil definite when N < d and n0 = 0
-    st[np.diag_indices(d)] += ridge
-    si[np.diag_indices(d)] += ridge
-    w, v = scipy.linalg.eigh(si, st)
-    g = 0.5 * np.log(np.clip(w, 1e-300, None)) - math.log(scale)
-    tau = math.log((1 + math.sqrt(d / text.n)) * (1 + math.sqrt(d / image.n)))
-    mag = np.abs(g)
+    g, q = ot_log_scales(st, si)
+    n_eff = 2.0 / (1.0 / text.n + 1.0 / image.n)
     if not bounded:
-        h = g.copy()
+        gain, h = 1.0, g.copy()
     else:
-        excess = np.maximum(mag - tau, 0.0) if adaptive else np.zeros_like(mag)
-        inner = mag - excess
-        partial = bound * np.tanh(strength * inner / bound) if bound > 0 else np.zeros_like(mag)
-        h = np.sign(g) * (excess + partial)
-    if np.all(h == 0):
-        a_mat = np.eye(d) * scale  # exactly ReAlign's map
-    else:
-        a_mat = (st @ v) * (scale * np.exp(h))[None, :] @ v.T
-    n_sig = int(np.sum(mag > tau)) if adaptive and bounded else 0
-    logger.info("closed form: s=%.4f, τ=%.3f, %d/%d direction(s) beyond noise, max|g|=%.3f, max|h|=%.3f",
-                scale, tau, n_sig, d, float(mag.max()), float(np.abs(h).max()))
-    return ClosedForm(A=a_mat, scale=scale, g=g, h=h, tau=tau)
+        if adaptive:
+            gain = strength * n_eff / (n_eff + evidence * d)
+            sigma2 = 0.5 * (1.0 / text.n + 1.0 / image.n)
+            weight = g * g / (g * g + sigma2)
+            cap = np.maximum(bound, np.abs(g) - noise_spread(text.n, image.n, d))
+        else:
+            gain, weight, cap = strength, np.ones_like(g), np.full_like(g, bound)
+        h = np.sign(g) * np.minimum(cap, gain * weight * np.abs(g))
+    a_mat = np.eye(d) if not np.any(h) else (q * np.exp(h)[None, :]) @ q.T
+    a_mat = (a_mat + a_mat.T) / 2
+    logger.info("closed form: N=%.0f, d=%d, evidence share γ_N=%.3f, max|g|=%.3f, max|h|=%.3f, %d at the bound",
+                n_eff, d, gain, float(np.abs(g).max()), float(np.abs(h).max()),
+                int(np.sum(np.abs(h) >= bound)) if bounded else 0)
+    return ClosedForm(A=a_mat, g=g, h=h, gain=float(gain))

@@ -5,7 +5,7 @@ import pytest
 
 from aniso.diagnostics import centroid_residual, domain_classifier_accuracy
 from aniso.errors import ConfigError
-from aniso.methods import AnisoAlign, ReAlign
+from aniso.methods import AnisoAlign, CentroidShift, ReAlign
 
 # Tiny learned configuration: the learned stages run, quickly, on the planted gap.
 LEARNED = dict(r=8, p=4, min_samples_learned=100, full_capacity_samples=100, hidden=32, prior_hidden=16,
@@ -45,15 +45,15 @@ def test_deterministic_and_chunk_invariant(gap, learned):
     np.testing.assert_array_equal(again.transform(x), whole)
 
 
-def test_closed_form_reduces_to_realign_and_calibrates(gap):
+def test_closed_form_reduces_to_centroid_shift_and_calibrates(gap):
     t, i = gap.text, gap.image
-    zero = AnisoAlign(strength=0.0, adaptive=False, r=8).fit(t, i)
-    np.testing.assert_allclose(zero.premap(t), ReAlign().fit(t, i).premap(t), atol=1e-12)
+    zero = AnisoAlign(strength=0.0, r=8).fit(t, i)
+    np.testing.assert_allclose(zero.premap(t), CentroidShift().fit(t, i).premap(t), atol=1e-12)
     model = AnisoAlign(r=8).fit(t, i)
     assert model.capacity == "closed_form"  # 2000 rows < the default threshold: reported
     assert centroid_residual(model.transform(t), i) < 1e-4
     # the strong, well-sampled planted residual is corrected (evidence-adaptive bound)
-    assert np.sum(np.abs(model.closed_form.g) > model.closed_form.tau) >= 3
+    assert model.closed_form.gain > 0.9 and np.sum(np.abs(model.closed_form.h) > 0.1) >= 3
     held = slice(1500, None)
     m2 = AnisoAlign(r=8).fit(t[:1500], i[:1500])
     acc_aniso = domain_classifier_accuracy(m2.transform(t[held]), i[held])

@@ -40,9 +40,10 @@ class AnisoAlignParams(BaseModel):
     mixing: Literal["haar", "identity"] = "haar"
     seed: int = 0
     # closed form
-    strength: float = Field(0.3, ge=0)
-    bound: float = Field(0.25, ge=0)
-    prior_strength: float = Field(7.0, ge=0)
+    strength: float = Field(1.0, ge=0, description="share of the evidence-weighted mismatch corrected; 0: centroid shift")
+    evidence: float = Field(1.0, ge=0, description="rows per dimension for half the correction")
+    bound: float = Field(0.3, ge=0, description="largest log-scale correction per direction")
+    prior_strength: float = Field(7.0, ge=0, description="isotropic pseudo-rows per dimension (covariance shrinkage)")
     adaptive: bool = True
     bounded: bool = True
     # learned stages
@@ -123,8 +124,8 @@ class AnisoAlign(Aligner):
         d = text_stats.dim
         r = None if ps.r is None else min(ps.r, d - d % 2)
         self.frame = fit_frame(text_stats, image_stats, r=r, p=ps.p, mixing=ps.mixing, seed=ps.seed)
-        self.closed_form = fit_closed_form(text_stats, image_stats, strength=ps.strength, bound=ps.bound,
-                                           prior_strength=ps.prior_strength, adaptive=ps.adaptive,
+        self.closed_form = fit_closed_form(text_stats, image_stats, strength=ps.strength, evidence=ps.evidence,
+                                           bound=ps.bound, prior_strength=ps.prior_strength, adaptive=ps.adaptive,
                                            bounded=ps.bounded)
         self.capacity = self._choose_capacity(min(text_sample.shape[0], image_sample.shape[0]))
         scale = 0.5 if self.capacity == "reduced" else 1.0
