@@ -140,13 +140,23 @@ def load_moments(url: str, options: dict[str, Any]) -> Moments:
             return Moments.from_arrays(dict(npz), "")
 
 
-def shard_moments(store_url: str, shard: int, storage_options: dict[str, Any]) -> str:
-    """Moments of one shard's valid rows, stored beside the data; returns their URL."""
-    url = _stats_url(store_url, f"moments-{shard:06d}")
+def statistics_kind(method: str) -> str:
+    """``"full"`` or ``"trace"``: the statistics ``method`` declares it needs."""
+    from .methods import aligner_class
+
+    cls = aligner_class(method)
+    return cls.statistics if cls is not None else "full"
+
+
+def shard_moments(store_url: str, shard: int, storage_options: dict[str, Any], kind: str = "full") -> str:
+    """Moments (``kind`` "full" or "trace") of one shard's valid rows, stored beside the data;
+    returns their URL. Float32 products with float64 accumulation (see :mod:`aniso.moments`)."""
+    url = _stats_url(store_url, f"moments-{kind}-{shard:06d}")
     if exists(url, storage_options):
         return url
     emb, valid = _embedding_of(open_rows(store_url, storage_options), shard)
-    _save_moments(url, Moments.from_chunk(emb[valid]), storage_options)
+    rows = emb if valid.all() else emb[valid]
+    _save_moments(url, Moments.from_chunk(rows, full=kind == "full", products="float32"), storage_options)
     return url
 
 

@@ -37,25 +37,40 @@ _COLORS = {"text": "#1f77b4", "image": "#d62728", "substitutes": "#2ca02c", "bef
 
 
 # -- numbers --------------------------------------------------------------------------------
-def _cov(x: np.ndarray) -> np.ndarray:
+def _factor(x: np.ndarray) -> np.ndarray:
+    """``F`` (n × d) with ``Σ = FᵀF``: the centred, L2-normalised rows over ``sqrt(n)``.
+
+    The spectra are computed from ``F`` through whichever of ``FFᵀ`` (n × n) and ``FᵀF`` (d × d)
+    is smaller, so the report's cost is bounded by the sample size, not by d.
+    """
     x = np.asarray(x, dtype=np.float64)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     x = x / np.where(norms > 0, norms, 1.0)
-    c = x - x.mean(axis=0)
-    return c.T @ c / x.shape[0]
+    return (x - x.mean(axis=0)) / np.sqrt(x.shape[0])
+
+
+def _cov(x: np.ndarray) -> np.ndarray:
+    f = _factor(x)
+    return f.T @ f
 
 
 def _usable(x: np.ndarray | None) -> bool:
     return x is not None and x.ndim == 2 and x.shape[0] >= 2 and bool(np.isfinite(x).all())
 
 
-def spectrum(x: np.ndarray | None, top: int = TOP_EIGEN, *, cov: np.ndarray | None = None) -> list[float]:
+def spectrum(x: np.ndarray | None, top: int = TOP_EIGEN, *, cov: np.ndarray | None = None,
+             factor: np.ndarray | None = None) -> list[float]:
     """Trace-normalised covariance eigenvalues (descending) of the L2-normalised rows of ``x``."""
-    if cov is None:
+    if cov is None and factor is None:
         if not _usable(x):
             return []
-        cov = _cov(x)
-    w = np.clip(np.linalg.eigvalsh(cov)[::-1], 0.0, None)
+        factor = _factor(x)
+    if cov is None:
+        assert factor is not None
+        gram = factor @ factor.T if factor.shape[0] < factor.shape[1] else factor.T @ factor
+        w = np.clip(np.linalg.eigvalsh(gram)[::-1], 0.0, None)
+    else:
+        w = np.clip(np.linalg.eigvalsh(cov)[::-1], 0.0, None)
     total = float(w.sum())
     return [] if total <= 0 else (w[:top] / total).tolist()
 
@@ -63,8 +78,28 @@ def spectrum(x: np.ndarray | None, top: int = TOP_EIGEN, *, cov: np.ndarray | No
 def residual_spectrum(
     a: np.ndarray | None, b: np.ndarray | None, top: int = TOP_EIGEN, *,
     cov_a: np.ndarray | None = None, cov_b: np.ndarray | None = None,
+    factor_a: np.ndarray | None = None, factor_b: np.ndarray | None = None,
 ) -> list[float]:
-    """Sorted ``|eig(Σ_b − Σ_a)|`` (descending): the second-order gap between two sets."""
+    """Sorted ``|eig(Σ_b − Σ_a)|`` (descending): the second-order gap between two sets.
+
+    From factors (``Σ = FᵀF``) with ``m = n_a + n_b < d``: ``Σ_b − Σ_a = Zᵀ S Z`` with
+    ``Z = [F_b; F_a]`` and ``S = diag(+1, −1)``. With ``ZZᵀ = VΛVᵀ`` (so ``Zᵀ = UΛ^½Vᵀ``), its
+    non-zero eigenvalues are those of the m × m matrix ``Λ^½ VᵀSV Λ^½``: one Gram product and two
+    m × m eigen-decompositions (cost O(d m² + m³), not O(d³)).
+    """
+    if cov_a is None and cov_b is None and (factor_a is not None or _usable(a)) and (factor_b is not None or _usable(b)):
+        fa = factor_a if factor_a is not None else _factor(a)
+        fb = factor_b if factor_b is not None else _factor(b)
+        m, d = fa.shape[0] + fb.shape[0], fa.shape[1]
+        if m < d:
+            z = np.concatenate([fb, fa])
+            lam, v = np.linalg.eigh(z @ z.T)
+            root = np.sqrt(np.clip(lam, 0.0, None))
+            signs = np.r_[np.ones(fb.shape[0]), -np.ones(fa.shape[0])]
+            inner = (v.T * signs) @ v
+            w = np.sort(np.abs(np.linalg.eigvalsh(root[:, None] * inner * root[None, :])))[::-1]
+            return w[:top].tolist()
+        cov_a, cov_b = fa.T @ fa, fb.T @ fb
     if cov_a is None:
         cov_a = _cov(a) if _usable(a) else None
     if cov_b is None:
@@ -86,11 +121,14 @@ def build_report(
 ) -> dict[str, Any]:
     """The report's content as JSON-able data (what ``report.json`` holds and the HTML renders)."""
     metrics = dict(gates.get("metrics", {}))
-    cov = {name: _cov(x) if _usable(x) else None for name, x in (("text", text), ("image", image), ("substitutes", subs))}
-    spectra = {name: [] if c is None else spectrum(None, cov=c) for name, c in cov.items()}
+    # factors, not d × d covariances: the cost is bounded by the sample sizes (d may be 8192)
+    fac = {name: _factor(x) if _usable(x) else None for name, x in (("text", text), ("image", image), ("substitutes", subs))}
+    spectra = {name: [] if f is None else spectrum(None, factor=f) for name, f in fac.items()}
     residual = {
-        "before": residual_spectrum(None, None, cov_a=cov["text"], cov_b=cov["image"]),
-        "after": residual_spectrum(None, None, cov_a=cov["substitutes"], cov_b=cov["image"]),
+        "before": [] if fac["text"] is None or fac["image"] is None else
+        residual_spectrum(None, None, factor_a=fac["text"], factor_b=fac["image"]),
+        "after": [] if fac["substitutes"] is None or fac["image"] is None else
+        residual_spectrum(None, None, factor_a=fac["substitutes"], factor_b=fac["image"]),
     }
     return {
         "title": title,

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from prefect import flow
@@ -19,16 +22,15 @@ from aniso.errors import GateFailed, InputError
 from aniso.gates import preload_in_background
 from aniso.inputs import is_embedding_input, open_embedding_source
 from aniso.layout import DatasetLayout, run_key
-from aniso.pipeline import _redact, write_json
+from aniso.pipeline import _redact, statistics_kind, write_json
 from aniso.inplace import open_rows
 from aniso.tasks.gate import gate
 from aniso.tasks.publish import publish
 
 from .apply import apply_model
-from .embed import embed_corpus
 from .fit import fit_and_calibrate
 from .ingest import ingest_embeddings
-from .stats import compute_statistics
+from .stats import compute_statistics_together
 
 logger = logging.getLogger(__name__)
 
@@ -39,9 +41,19 @@ def embeddings_for(url: str, modality: str, layout: DatasetLayout, settings: Set
     options = settings.storage.fs_options()
     if is_embedding_input(url, options):
         return ingest_embeddings(url, modality, layout, settings)
+    from .embed import embed_corpus  # torch/open_clip load only when a raw corpus is embedded
+
     store_url = embed_corpus(url, modality, settings)["store"]
     # the fingerprint of what was embedded: the stored rows' checksums (model + corpus content)
     return store_url, open_embedding_source(store_url, options).fingerprint
+
+
+@contextmanager
+def _stage(name: str) -> Iterator[None]:
+    """Log the wall time of a stage (``stage <name>: <s> s``; bench/scale.py reads these lines)."""
+    started = time.perf_counter()
+    yield
+    logger.info("stage %s: %.2f s", name, time.perf_counter() - started)
 
 
 def _run_name() -> str:
@@ -82,8 +94,9 @@ def produce(text: str, image: str, settings: Settings | dict[str, Any]) -> dict[
     preload_in_background()  # the gate library loads while the data stages run
     options = settings.storage.fs_options()
     layout = DatasetLayout(settings.storage.root, settings.storage.dataset)
-    text_store, text_fp = embeddings_for(text, "text", layout, settings)
-    image_store, image_fp = embeddings_for(image, "image", layout, settings)
+    with _stage("inputs"):
+        text_store, text_fp = embeddings_for(text, "text", layout, settings)
+        image_store, image_fp = embeddings_for(image, "image", layout, settings)
     text_dim = open_rows(text_store, options).dim
     image_dim = open_rows(image_store, options).dim
     if text_dim != image_dim:
@@ -99,15 +112,19 @@ def produce(text: str, image: str, settings: Settings | dict[str, Any]) -> dict[
     }
     write_json(f"{layout.run(key)}/run.json", {"run_key": key, "config": semantic_config(settings), **lineage}, options)
 
-    text_stats = compute_statistics(text_store, options)
-    image_stats = compute_statistics(image_store, options)
-    model_url = fit_and_calibrate(layout.model(key), text_store, image_store, text_stats, image_stats, settings)
+    with _stage("statistics"):
+        text_stats, image_stats = compute_statistics_together(
+            [text_store, image_store], options, statistics_kind(settings.method.name))
+    with _stage("fit"):
+        model_url = fit_and_calibrate(layout.model(key), text_store, image_store, text_stats, image_stats, settings)
     subs_url = layout.substitutes(key)
-    apply_model(model_url, text_store, subs_url, settings,
-                attrs={"run_key": key, "method": settings.method.name, "config_hash": config_hash(settings)})
+    with _stage("apply"):
+        apply_model(model_url, text_store, subs_url, settings,
+                    attrs={"run_key": key, "method": settings.method.name, "config_hash": config_hash(settings)})
 
-    gates = gate.submit(model_url, text_store, subs_url, layout.quality(key), settings.gates, options,
-                        image_store_url=image_store).result()
+    with _stage("gates"):
+        gates = gate.submit(model_url, text_store, subs_url, layout.quality(key), settings.gates, options,
+                            image_store_url=image_store).result()
     _gate_artifacts(key, gates)
     if not gates["passed"]:
         failed = [{"name": r["name"], "observed": r["observed"], "bound": r["bound"]}
@@ -117,7 +134,8 @@ def produce(text: str, image: str, settings: Settings | dict[str, Any]) -> dict[
             + "; ".join(f"{r['name']} observed {r['observed']} (required {r['bound']})" for r in failed),
             failures=failed,
         )
-    pointer = publish.submit(settings.storage.root, layout.dataset, key, gates, lineage, options).result()
+    with _stage("publish"):
+        pointer = publish.submit(settings.storage.root, layout.dataset, key, gates, lineage, options).result()
     create_markdown_artifact(
         markdown=f"Published **{layout.dataset}** version `{pointer['version']}` (run `{key}`).",
         key="aniso-published",

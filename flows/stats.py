@@ -1,4 +1,8 @@
-"""Statistics stage: per-shard moments on Dask, merged by a tree of merge tasks."""
+"""Statistics stage: per-shard moments on Dask, merged by a tree of merge tasks.
+
+Every shard of every store (text and image) is submitted at once, so both modalities' shards
+share the workers; each store's tree reduction then runs, the trees side by side.
+"""
 
 from __future__ import annotations
 
@@ -8,36 +12,49 @@ from prefect import flow
 
 from aniso._fs import join_url
 from aniso.inplace import open_rows
+from aniso.progress import report
 from aniso.tasks.stats import merge_moments, shard_moments
-
-from ._common import map_shards
 
 #: Fan-in of the tree reduction (dask's split_every).
 SPLIT_EVERY = 8
 
 
-def compute_statistics(store_url: str, storage_options: dict[str, Any]) -> str:
-    """Moments of every valid row of a store; returns the URL of the merged moments."""
-    final = join_url(store_url, "_stats", "moments.npz")
-    n_shards = open_rows(store_url, storage_options).n_shards
-    parts = map_shards(shard_moments, f"statistics {store_url.rsplit('/', 1)[-1]}", range(n_shards),
-                       store_url=store_url, storage_options=storage_options)
+def compute_statistics_together(store_urls: list[str], storage_options: dict[str, Any], kind: str = "full") -> list[str]:
+    """Moments (``kind``: "full" or "trace") of every valid row of each store; returns, per store,
+    the URL of its merged moments."""
+    requested, store_urls = store_urls, list(dict.fromkeys(store_urls))
+    shards = [(url, s) for url in store_urls for s in range(open_rows(url, storage_options).n_shards)]
+    futures = [shard_moments.submit(url, s, storage_options, kind) for url, s in shards]
+    parts: dict[str, list[str]] = {url: [] for url in store_urls}
+    report("statistics", 0, len(futures))
+    for done, ((url, _), future) in enumerate(zip(shards, futures), start=1):
+        parts[url].append(future.result())
+        report("statistics", done, len(futures))
+    finals = {url: join_url(url, "_stats", f"moments-{kind}.npz") for url in store_urls}
     level = 0
-    while len(parts) > 1:
-        groups = [parts[i : i + SPLIT_EVERY] for i in range(0, len(parts), SPLIT_EVERY)]
-        futures = [
-            merge_moments.submit(group, join_url(store_url, "_stats", f"merge-{level}-{i:06d}.npz") if len(groups) > 1 else final,
-                                 storage_options)
-            for i, group in enumerate(groups)
-        ]
-        parts = [f.result() for f in futures]
+    while any(len(p) > 1 or p[0] != finals[url] for url, p in parts.items()):
+        pending = {}
+        for url, p in parts.items():
+            if len(p) == 1 and p[0] == finals[url]:
+                continue
+            groups = [p[i : i + SPLIT_EVERY] for i in range(0, len(p), SPLIT_EVERY)]
+            pending[url] = [
+                merge_moments.submit(group, finals[url] if len(groups) == 1 else
+                                     join_url(url, "_stats", f"merge-{kind}-{level}-{i:06d}.npz"), storage_options)
+                for i, group in enumerate(groups)
+            ]
+        for url, futs in pending.items():
+            parts[url] = [f.result() for f in futs]
         level += 1
-    if parts[0] != final:  # a single shard: its moments are the total
-        parts = [merge_moments.submit(parts, final, storage_options).result()]
-    return parts[0]
+    return [parts[url][0] for url in requested]
+
+
+def compute_statistics(store_url: str, storage_options: dict[str, Any], kind: str = "full") -> str:
+    """Moments of every valid row of one store; returns the URL of the merged moments."""
+    return compute_statistics_together([store_url], storage_options, kind)[0]
 
 
 @flow(name="statistics")
-def statistics(store_url: str, storage_options: dict[str, Any] | None = None) -> str:
+def statistics(store_url: str, storage_options: dict[str, Any] | None = None, kind: str = "full") -> str:
     """Standalone statistics flow over one embedding store."""
-    return compute_statistics(store_url, storage_options or {})
+    return compute_statistics(store_url, storage_options or {}, kind)

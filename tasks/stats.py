@@ -12,8 +12,8 @@ from ._retry import TASK_OPTIONS
 
 
 @task(name="shard-moments", **TASK_OPTIONS)
-def shard_moments(store_url: str, shard: int, storage_options: dict[str, Any]) -> str:
-    return pipeline.shard_moments(store_url, shard, storage_options)
+def shard_moments(store_url: str, shard: int, storage_options: dict[str, Any], kind: str = "full") -> str:
+    return pipeline.shard_moments(store_url, shard, storage_options, kind)
 
 
 @task(name="merge-moments", **TASK_OPTIONS)

@@ -82,6 +82,8 @@ class Aligner(ABC):
     name: ClassVar[str] = ""
     #: Rows of each modality the fit wants beyond the moments (0: moments suffice).
     sample_size: ClassVar[int] = 0
+    #: Statistics the fit needs: ``"full"`` (mean + d×d co-moment) or ``"trace"`` (mean + tr Σ).
+    statistics: ClassVar[str] = "full"
     #: Default for ``calibrate`` (faithful to each baseline's definition).
     default_calibrate: ClassVar[bool] = True
 
@@ -117,8 +119,9 @@ class Aligner(ABC):
         Makes one statistics pass over each input, draws row samples if the method needs them,
         and, when ``calibrate`` is on, one calibration pass over the text.
         """
-        text_stats = moments_of(text, what="text")
-        image_stats = moments_of(image, what="image")
+        full = self.statistics == "full"
+        text_stats = moments_of(text, what="text", full=full)
+        image_stats = moments_of(image, what="image", full=full)
         text_sample = image_sample = None
         if self.sample_size > 0:
             text_sample = collect_rows(text, sample_indices(text_stats.n, self.sample_size, seed))

@@ -20,6 +20,7 @@ class Identity(Aligner):
     """No alignment: ``x* = normalize(x_t)`` (the lower bound)."""
 
     name = "identity"
+    statistics = "trace"
     default_calibrate = False
 
     def _fit(self, text_stats: Moments, image_stats: Moments, text_sample: Any, image_sample: Any) -> None:
@@ -33,6 +34,7 @@ class CentroidShift(Aligner):
     """Global centroid shift: ``x* = normalize(x_t − μ_t + μ_i)`` (ReAlign's anchor step)."""
 
     name = "centroid"
+    statistics = "trace"
     default_calibrate = False
 
     def _fit(self, text_stats: Moments, image_stats: Moments, text_sample: Any, image_sample: Any) -> None:
@@ -50,6 +52,7 @@ class ReAlign(Aligner):
     """
 
     name = "realign"
+    statistics = "trace"
     default_calibrate = True
 
     def __init__(self, calibrate: bool | None = None) -> None:
@@ -80,6 +83,7 @@ class C3(Aligner):
     """
 
     name = "c3"
+    statistics = "trace"
     default_calibrate = False
     #: C3's own noise level, ``--noise_level`` default in its ``run.py``.
     TRAIN_NOISE = math.sqrt(0.016)
