@@ -53,7 +53,7 @@ def test_view_reads_what_the_copy_holds(root, n_rows, chunk_rows, shard_rows):
     merged = [Moments.from_chunk(e) for e in view]
     assert sum(m.n for m in merged) == n_rows
     stats = pipeline.load_moments(pipeline.shard_moments(view_url, 0, options), options)
-    np.testing.assert_allclose(stats.mean, Moments.from_chunk(copy.read_shard(0)[0]).mean, rtol=0, atol=1e-15)
+    np.testing.assert_array_equal(stats.mean, Moments.from_chunk(copy.read_shard(0)[0], products="float32").mean)
 
 
 def test_clip_retrieval_parts_and_ids_in_place(root):
