@@ -154,6 +154,8 @@ class ClusterSettings(_Section):
     n_workers: int = Field(2, gt=0)
     threads_per_worker: int = Field(1, gt=0)
     processes: bool = False
+    #: Address of the Dask dashboard of a local cluster (e.g. ``":8787"``); off when unset.
+    dashboard: str | None = None
     cluster_kwargs: dict[str, Any] = Field(default_factory=dict)
 
 

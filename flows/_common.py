@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from typing import Any
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from prefect import Task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -12,9 +13,13 @@ from prefect.context import FlowRunContext
 from prefect_dask import DaskTaskRunner
 
 from aniso.config import ClusterSettings
-from aniso.progress import report
+from aniso.progress import ProgressEvent, format_event, report
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Seconds between two updates of a stage's Prefect progress artifact (start and end always).
+ARTIFACT_INTERVAL = 2.0
 
 
 def make_task_runner(cluster: ClusterSettings) -> DaskTaskRunner:
@@ -26,31 +31,113 @@ def make_task_runner(cluster: ClusterSettings) -> DaskTaskRunner:
     if cluster_class.rsplit(".", 1)[-1] in ("LocalCluster", "LocalCUDACluster"):
         # Only the local clusters take these; KubeCluster/SLURMCluster size themselves from
         # their own specs in cluster_kwargs.
-        kwargs = {"n_workers": cluster.n_workers, "threads_per_worker": cluster.threads_per_worker,
-                  "dashboard_address": None}
+        kwargs = {"n_workers": cluster.n_workers, "threads_per_worker": cluster.threads_per_worker}
+        if cluster.dashboard:
+            kwargs["dashboard_address"] = cluster.dashboard
+        else:
+            # No dashboard; the scheduler's own HTTP endpoint (health, metrics) on a free
+            # loopback port, so a busy :8787 never produces a warning.
+            kwargs["dashboard_address"] = None
+            kwargs["scheduler_kwargs"] = {"dashboard": False, "dashboard_address": "127.0.0.1:0"}
         if cluster_class.endswith(".LocalCluster"):
             kwargs["processes"] = cluster.processes
     kwargs.update(cluster.cluster_kwargs)
     return DaskTaskRunner(cluster_class=cluster_class, cluster_kwargs=kwargs)
 
 
-def map_shards(task: Task, stage: str, shards: Sequence[Any], **kwargs: Any) -> list[Any]:
+class StageProgress:
+    """Progress of one stage in rows: :func:`aniso.progress.report` plus a Prefect progress
+    artifact with the same figures (rows done, rows/s, ETA) when running inside a flow."""
+
+    def __init__(self, stage: str, total_rows: int) -> None:
+        self.stage, self.total, self.done = stage, int(total_rows), 0
+        self._artifact = None
+        self._last = 0.0
+        if FlowRunContext.get() is not None:
+            try:
+                self._artifact = create_progress_artifact(progress=0.0, description=f"{stage}: starting")
+            except Exception as exc:  # noqa: BLE001 - progress must never fail a run
+                logger.debug("no progress artifact for %s: %s", stage, exc)
+        self._emit(report(stage, 0, self.total))
+
+    def advance(self, rows: int) -> None:
+        """Count ``rows`` more rows as done."""
+        self.done = min(self.done + int(rows), self.total)
+        self._emit(report(self.stage, self.done, self.total))
+
+    def finish(self) -> None:
+        """Mark the stage complete (every row done)."""
+        if self.done < self.total or self.total == 0:
+            self.done = self.total
+            self._emit(report(self.stage, self.done, self.total))
+
+    def _emit(self, event: ProgressEvent) -> None:
+        now = time.monotonic()
+        if self._artifact is None or (not event.finished and now - self._last < ARTIFACT_INTERVAL and event.done):
+            return
+        self._last = now
+        try:
+            update_progress_artifact(artifact_id=self._artifact, progress=100.0 * event.fraction,
+                                     description=format_event(event))
+        except Exception as exc:  # noqa: BLE001
+            logger.debug("progress artifact of %s not updated: %s", self.stage, exc)
+
+
+def run_stage(stage: str, rows: int, work: Callable[[], T]) -> T:
+    """Run a one-task stage (fit, gates, publish) reporting ``rows`` as its size."""
+    progress = StageProgress(stage, rows)
+    result = work()
+    progress.finish()
+    return result
+
+
+def store_shard_rows(store_url: str, storage_options: dict[str, Any], shards: Sequence[int] | None = None) -> list[int]:
+    """Rows of each shard of an embedding store (every shard when ``shards`` is ``None``)."""
+    from aniso.inplace import open_rows
+
+    store = open_rows(store_url, storage_options)
+    indices = range(store.n_shards) if shards is None else shards
+    return [stop - start for start, stop in (store.shard_range(int(s)) for s in indices)]
+
+
+def announce_dashboard() -> str | None:
+    """Log the Dask dashboard link of the running flow's cluster, when it serves one."""
+    context = FlowRunContext.get()
+    client = getattr(getattr(context, "task_runner", None), "_client", None)
+    link = None
+    try:
+        if client is not None and "dashboard" in client.scheduler_info().get("services", {}):
+            link = client.dashboard_link
+    except Exception as exc:  # noqa: BLE001 - informational only
+        logger.debug("no dashboard link: %s", exc)
+    workers = None
+    try:
+        workers = len(client.scheduler_info().get("workers", {})) if client is not None else None
+    except Exception:  # noqa: BLE001
+        pass
+    logging.getLogger("aniso.notice").info(
+        "flow run started; Dask cluster ready%s, dashboard %s", "" if workers is None else f" ({workers} worker(s))",
+        link or "off (cluster.dashboard=':8787' turns it on)")
+    return link
+
+
+def map_shards(task: Task, stage: str, shards: Sequence[Any], rows: Sequence[int] | None = None,
+               **kwargs: Any) -> list[Any]:
     """Submit ``task(shard=s, **kwargs)`` for every shard (a number or a shard spec); wait in
-    order, reporting progress.
+    order, reporting progress in rows (``rows[i]`` rows for ``shards[i]``; one per shard when
+    not given).
 
     Results come back in shard order, so every reduction over them is deterministic.
     """
-    total = len(shards)
-    artifact_id = None
-    if total and FlowRunContext.get() is not None:
-        artifact_id = create_progress_artifact(progress=0.0, description=f"{stage}: shards done")
+    sizes = [1] * len(shards) if rows is None else [int(r) for r in rows]
+    if len(sizes) != len(shards):
+        raise ValueError(f"{stage}: {len(sizes)} row counts for {len(shards)} shards")
+    progress = StageProgress(stage, sum(sizes))
     futures = [task.submit(shard=s, **kwargs) for s in shards]
     results = []
-    report(stage, 0, total)
-    for done, future in enumerate(futures, start=1):
+    for future, size in zip(futures, sizes):
         results.append(future.result())
-        report(stage, done, total)
-        if artifact_id is not None:
-            update_progress_artifact(artifact_id=artifact_id, progress=100.0 * done / total)
-    logger.info("%s: %d shard(s) done", stage, total)
+        progress.advance(size)
+    progress.finish()
+    logger.info("%s: %d shard(s), %d rows done", stage, len(shards), sum(sizes))
     return results

@@ -10,7 +10,7 @@ from aniso import pipeline
 from aniso.config import Settings
 from aniso.tasks.apply import apply_shard
 
-from ._common import map_shards
+from ._common import map_shards, store_shard_rows
 
 
 def apply_model(model_url: str, text_store: str, subs_url: str, settings: Settings, attrs: dict[str, Any]) -> list[int]:
@@ -18,7 +18,7 @@ def apply_model(model_url: str, text_store: str, subs_url: str, settings: Settin
     options = settings.storage.fs_options()
     pending = pipeline.prepare_substitutes(subs_url, text_store, attrs=attrs, dtype=settings.store.output_dtype,
                                            compressor=settings.store.compressor, storage_options=options)
-    map_shards(apply_shard, "apply", pending, model_url=model_url, text_store_url=text_store, subs_url=subs_url,
+    map_shards(apply_shard, "apply", pending, rows=store_shard_rows(text_store, options, pending), model_url=model_url, text_store_url=text_store, subs_url=subs_url,
                storage_options=options)
     return pending
 

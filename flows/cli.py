@@ -20,6 +20,9 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Usage telemetry off, as in the Makefile (Prefect, Dask and the other libraries honour these).
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_CLI_TELEMETRY", "false")
 # Quiet by default (``--verbose`` raises the levels again): Prefect and Dask log every task.
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")  # failures are reported by the CLI itself
 os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
@@ -32,15 +35,62 @@ if TYPE_CHECKING:  # settings (pydantic), Prefect and the library load only when
     from aniso.config import Settings  # so ``aniso --help`` stays fast
 
 
+from ._console import configure_logging, install_help_style, notice, progress_display  # noqa: E402
+from ._output import DIAGNOSE_FORMATS, diagnose_output, result_lines, show_summary  # noqa: E402
+
+install_help_style()
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Substitute image embeddings from text.")
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from aniso._version import __version__, code_version
+
+        typer.echo(f"aniso {__version__} (code {code_version()})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version_callback, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Substitute image embeddings from text: embed, fit, gate and publish (docs/ explains each step)."""
+
+
 logger = logging.getLogger("aniso.cli")
 
+
+def _setting_default(path: str) -> str:
+    """What a setting is when its option is not given, as ``conf/default.yaml`` sets it (read
+    with PyYAML only, so ``--help`` stays fast; a profile or environment variable may differ)."""
+    try:
+        if _DEFAULTS[0] is None:
+            import yaml
+
+            import aniso
+
+            package = Path(aniso.__file__).resolve().parent
+            conf = package / "conf" if (package / "conf" / "default.yaml").exists() else package.parent / "conf"
+            _DEFAULTS[0] = yaml.safe_load((conf / "default.yaml").read_text()) or {}
+        value: object = _DEFAULTS[0]
+        for part in path.split("."):
+            value = value[part]  # type: ignore[index]
+        return f"(default: {value}, from {path} in the profile)"
+    except Exception:  # noqa: BLE001 - help must print whatever the files hold
+        return f"(default: the profile's {path})"
+
+
+_DEFAULTS: list = [None]
+
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML settings file layered over the profile.")]
-ProfileOpt = Annotated[Optional[str], typer.Option("--profile", help="conf/<profile>.yaml (default, local, s3, ci).")]
+ProfileOpt = Annotated[Optional[str], typer.Option("--profile", help="conf/<profile>.yaml (default, local, s3, ci). "
+                                                                    "(default: $ANISO_PROFILE, else default)")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting: section.field=value (repeatable).")]
-OutOpt = Annotated[Optional[str], typer.Option(help="Storage root URL (local path or s3://...).")]
-DatasetOpt = Annotated[Optional[str], typer.Option(help="Dataset name under the root.")]
-VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v")]
+OutOpt = Annotated[Optional[str], typer.Option(help=f"Storage root URL (local path or s3://...). {_setting_default('storage.root')}")]
+DatasetOpt = Annotated[Optional[str], typer.Option(help=f"Dataset name under the root. {_setting_default('storage.dataset')}")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Also log each step (aniso, Prefect, Dask) at INFO.")]
 
 
 def _fail(exc: BaseException) -> None:
@@ -58,44 +108,41 @@ def _settings(profile: str | None, config: Path | None, overrides: list[str] | N
 
 
 def _configure_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # Prefect's and Dask's own INFO chatter would drown the progress bar.
-    for name in ("prefect", "distributed", "httpx", "great_expectations",
-                 "great_expectations.data_context.types.base"):
-        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+    configure_logging(verbose)
+    _VERBOSE[0] = verbose
 
 
-@contextmanager
-def _progress_bar() -> Iterator[None]:
-    """A rich progress bar fed by :mod:`aniso.progress` while the block runs."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+_VERBOSE = [False]
 
-    from aniso.progress import set_callback
 
-    columns = (TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, transient=False) as bar:
-        tasks: dict[str, int] = {}
+def _announce(command: str, settings: Settings, what: str) -> None:
+    """The first line of a run: what it is about to do, where."""
+    notice("%s: %s -> %s/%s (method %s, %d Dask worker(s))", command, what, settings.storage.root,
+           settings.storage.dataset, settings.method.name, settings.cluster.n_workers)
 
-        def on_progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=max(total, 1))
-            bar.update(tasks[stage], completed=done if total else 1)
 
-        previous = set_callback(on_progress)
-        try:
-            yield
-        finally:
-            set_callback(previous)
+def _flow_with_runner(flow, settings: Settings):
+    """``flow`` on the settings' Dask cluster (Prefect imported here: its import resets logging)."""
+    from aniso.flows._common import make_task_runner
+
+    configure_logging(_VERBOSE[0])
+    return flow.with_options(task_runner=make_task_runner(settings.cluster))
+
+
+def _announce_start(settings: Settings) -> None:
+    cluster = settings.cluster
+    where = f"the Dask scheduler at {cluster.address}" if cluster.address else \
+        f"a {(cluster.cluster_class or 'distributed.LocalCluster').rsplit('.', 1)[-1]} of {cluster.n_workers} worker(s)"
+    notice("starting the Prefect flow run (local server unless PREFECT_API_URL is set) on %s", where)
 
 
 def run_produce(text: str, image: str, settings: Settings) -> dict:
-    """Run the ``produce`` flow with the settings' Dask cluster and a progress bar."""
-    from aniso.flows._common import make_task_runner
+    """Run the ``produce`` flow with the settings' Dask cluster and the progress display."""
     from aniso.flows.produce import produce
 
-    flow = produce.with_options(task_runner=make_task_runner(settings.cluster))
-    with _progress_bar():
+    flow = _flow_with_runner(produce, settings)
+    _announce_start(settings)
+    with progress_display():
         return flow(text=text, image=image, settings=settings)
 
 
@@ -105,7 +152,8 @@ def produce(
     image: Annotated[str, typer.Option(help="Image embeddings: .npy, clip-retrieval folder or Zarr store URL.")],
     out: OutOpt = None,
     dataset: DatasetOpt = None,
-    method: Annotated[Optional[str], typer.Option(help="identity, centroid, realign, c3, moment, anisoalign.")] = None,
+    method: Annotated[Optional[str], typer.Option(help="identity, centroid, realign, c3, moment, anisoalign. "
+                                                      f"{_setting_default('method.name')}")] = None,
     config: ConfigOpt = None,
     profile: ProfileOpt = None,
     set_: SetOpt = None,
@@ -115,6 +163,7 @@ def produce(
     _configure_logging(verbose)
     try:
         settings = _settings(profile, config, set_, **{"storage.root": out, "storage.dataset": dataset, "method.name": method})
+        _announce("produce", settings, f"text {text} + image {image}: ingest or embed, fit, gates, publish")
         result = run_produce(text, image, settings)
     except AnisoError as exc:
         _fail(exc)
@@ -122,19 +171,14 @@ def produce(
 
 
 def _print_result(result: dict, settings: Settings) -> None:
-    pointer = result["published"]
-    typer.echo(f"published {settings.storage.dataset} version {pointer['version']} (run {result['run_key']})")
-    typer.echo(f"  root:     {settings.storage.root}")
-    typer.echo(f"  manifest: {settings.storage.root}/{settings.storage.dataset}/{pointer['manifest']}")
-    for gate in result["gates"]["results"]:
-        typer.echo(f"  gate {gate['name']:<20} {'PASS' if gate['passed'] else 'FAIL'}  observed {gate['observed']}  ({gate['bound']})")
+    typer.echo("\n".join(result_lines(result, settings.storage.root, settings.storage.dataset)))
 
 
 @app.command()
 def demo(
     out: Annotated[str, typer.Option(help="Storage root for the demo.")] = ".aniso-demo",
     items: Annotated[int, typer.Option(help="Captions and images to generate (unpaired: different seeds).")] = 4000,
-    method: Annotated[Optional[str], typer.Option(help="Alignment method (default: the profile's, anisoalign).")] = None,
+    method: Annotated[Optional[str], typer.Option(help=f"Alignment method. {_setting_default('method.name')}")] = None,
     set_: SetOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -146,16 +190,19 @@ def demo(
     _configure_logging(verbose)
     try:
         settings = _settings(None, None, set_, **{"storage.root": out, "method.name": method})
+        _announce("demo", settings, f"{items} generated captions and {items} rendered images, embedded with "
+                                    f"{settings.embed.model}, then fit, gates, publish")
         corpus = join_url(out, "corpus")
         # Captions and images come from different seeds: like production, the corpora are unpaired.
         paths = {}
         for name, seed in (("text", 1), ("images", 2)):
             folder = join_url(corpus, f"{name}-{items}")
             if not exists(join_url(folder, "captions.jsonl")):
+                notice("demo: writing the %s corpus (%d items) to %s", name, items, folder)
                 write_demo_corpus(folder, n=items, seed=seed)
             paths[name] = join_url(folder, "captions.jsonl") if name == "text" else join_url(folder, "images")
-        typer.echo(f"demo corpus: {items} captions and {items} rendered images (unpaired) in {corpus}; "
-                   f"model {settings.embed.model} ({settings.embed.pretrained})")
+        notice("demo corpus: %d captions and %d rendered images (unpaired) in %s; model %s (%s)",
+               items, items, corpus, settings.embed.model, settings.embed.pretrained)
         result = run_produce(paths["text"], paths["images"], settings)
     except AnisoError as exc:
         _fail(exc)
@@ -168,15 +215,15 @@ def embed(
     text: Annotated[Optional[str], typer.Option(help="Text corpus URL (jsonl, parquet, csv, txt, tars).")] = None,
     images: Annotated[Optional[str], typer.Option(help="Image corpus URL (folder tree or webdataset tars).")] = None,
     dataset: DatasetOpt = None,
-    model: Annotated[Optional[str], typer.Option(help="open_clip model name, e.g. ViT-B-32.")] = None,
-    pretrained: Annotated[Optional[str], typer.Option(help="Pretrained tag (e.g. laion2b_s34b_b79k) or checkpoint path.")] = None,
+    model: Annotated[Optional[str], typer.Option(help=f"open_clip model name, e.g. ViT-B-32. {_setting_default('embed.model')}")] = None,
+    pretrained: Annotated[Optional[str], typer.Option(help="Pretrained tag (e.g. laion2b_s34b_b79k) or checkpoint path. "
+                                                       f"{_setting_default('embed.pretrained')}")] = None,
     config: ConfigOpt = None,
     profile: ProfileOpt = None,
     set_: SetOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Embed a raw corpus into a Zarr embedding store (resumable; per-item failures recorded)."""
-    from aniso.flows._common import make_task_runner
     from aniso.flows.embed import embed as embed_flow
 
     _configure_logging(verbose)
@@ -186,8 +233,11 @@ def embed(
     try:
         settings = _settings(profile, config, set_, **{"storage.root": out, "storage.dataset": dataset,
                                                        "embed.model": model, "embed.pretrained": pretrained})
-        flow = embed_flow.with_options(task_runner=make_task_runner(settings.cluster))
-        with _progress_bar():
+        notice("embed: %s corpus %s with %s -> %s/%s", "text" if text else "image", text or images,
+               settings.embed.model, settings.storage.root, settings.storage.dataset)
+        flow = _flow_with_runner(embed_flow, settings)
+        _announce_start(settings)
+        with progress_display():
             result = flow(url=text or images, modality="text" if text else "image", settings=settings)
     except AnisoError as exc:
         _fail(exc)
@@ -202,17 +252,23 @@ def diagnose(
     substitutes: Annotated[Optional[str], typer.Option(help="Substitutes for the text (row-aligned).")] = None,
     pairs: Annotated[bool, typer.Option("--pairs", help="Text and image rows are pairs (adds A_r, R@k, ...).")] = False,
     max_rows: Annotated[int, typer.Option(help="Deterministic row sample per input.")] = 5000,
+    format_: Annotated[str, typer.Option("--format", metavar="|".join(DIAGNOSE_FORMATS),
+                                         help="table: one line per metric with its meaning (fits 100 columns); "
+                                              "markdown: one row per input; json; csv.")] = "table",
     config: ConfigOpt = None,
     profile: ProfileOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Print the geometric diagnostics (DESIGN.md §4) as one table: raw text and, if given, substitutes."""
+    """Print the geometric diagnostics of raw text and, if given, substitutes against the images
+    (what each value means: docs/diagnostics.md)."""
     from aniso.diagnostics import diagnose as run_diagnostics
-    from aniso.diagnostics import format_table
     from aniso.inputs import open_embedding_source
     from aniso.sampling import collect_rows, sample_indices
 
     _configure_logging(False)
+    if format_ not in DIAGNOSE_FORMATS:
+        typer.echo(f"aniso: error: --format {format_!r} is not one of {', '.join(DIAGNOSE_FORMATS)}", err=True)
+        raise typer.Exit(2)
     try:
         options = _settings(profile, config, set_).storage.fs_options()
         sources = {"text": open_embedding_source(text, options, what="text"),
@@ -231,25 +287,30 @@ def diagnose(
             rows["substitutes"] = run_diagnostics(arrays["text"], arrays["image"], arrays["substitutes"], paired=pairs)
     except AnisoError as exc:
         _fail(exc)
-    typer.echo(f"rows sampled: text {len(arrays['text'])}, image {len(arrays['image'])} (of "
-               f"{sources['text'].n_rows} and {sources['image'].n_rows})")
-    typer.echo(format_table(rows))
+    if format_ in ("table", "markdown"):
+        typer.echo(f"rows sampled: text {len(arrays['text'])}, image {len(arrays['image'])} (of "
+                   f"{sources['text'].n_rows} and {sources['image'].n_rows})")
+    typer.echo(diagnose_output(rows, format_))
 
 
 @app.command()
 def show(
     out: Annotated[str, typer.Option(help="Storage root URL.")],
     dataset: Annotated[str, typer.Option(help="Dataset name.")] = "demo",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full manifest as JSON (what a training team reads).")] = False,
 ) -> None:
-    """Print the manifest of the published version (what a training team reads)."""
+    """Summarise the published version: rows, method, gates, where the data and the report are."""
     from aniso.publish import open_published
 
+    _configure_logging(False)
     try:
         published = open_published(out, dataset)
     except AnisoError as exc:
         _fail(exc)
-    manifest = {k: v for k, v in published.manifest.items() if k != "shards"}
-    typer.echo(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+    if as_json:
+        typer.echo(json.dumps(published.manifest, indent=2, sort_keys=True, default=str))
+        return
+    typer.echo("\n".join(show_summary(published.manifest, out, dataset)))
 
 
 @app.command()
@@ -289,7 +350,15 @@ def verify(
 
 
 def main() -> None:  # pragma: no cover - console entry point
-    app()
+    """The ``aniso`` console script: run the command, then leave without tearing down the
+    interpreter (see :func:`aniso.flows._console.fast_exit`)."""
+    from ._console import fast_exit
+
+    try:
+        app(standalone_mode=True)
+    except SystemExit as exc:
+        fast_exit(exc.code)
+    fast_exit(0)
 
 
 if __name__ == "__main__":  # pragma: no cover

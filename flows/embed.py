@@ -57,7 +57,8 @@ def embed_corpus(url: str, modality: str, settings: Settings) -> dict[str, Any]:
     done = store.completed_shards()
     pending = [s for s in specs if s.index not in done]
     logger.info("embed %s: %d shard(s), %d already complete", modality, len(specs), len(specs) - len(pending))
-    results = map_shards(embed_corpus_shard, f"embed {modality}", pending, store_url=store_url, settings=settings)
+    results = map_shards(embed_corpus_shard, f"embed {modality}", pending, rows=[s.n_items for s in pending],
+                         store_url=store_url, settings=settings)
     records = [read_records(join_url(store_url, "_records", f"{s.index:06d}.parquet"), options) for s in specs]
     import pandas as pd
 

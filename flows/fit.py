@@ -9,7 +9,7 @@ from aniso.config import Settings
 from aniso.inplace import open_rows
 from aniso.tasks.fit import calibration_shard, finish_calibration, fit_model
 
-from ._common import map_shards
+from ._common import map_shards, run_stage, store_shard_rows
 
 
 def fit_and_calibrate(model_url: str, text_store: str, image_store: str, text_stats: str, image_stats: str,
@@ -18,11 +18,15 @@ def fit_and_calibrate(model_url: str, text_store: str, image_store: str, text_st
     options = settings.storage.fs_options()
     if pipeline.model_is_final(model_url, options):
         return model_url
-    fit_model.submit(model_url, settings.method.name, settings.method.params, text_stats, image_stats,
-                     text_store, image_store, settings.fit.seed, settings.fit.sample_size, options).result()
+    text_rows = open_rows(text_store, options).n_rows
+    image_rows = open_rows(image_store, options).n_rows
+    # the fit reads the statistics of every row of both inputs (plus a sample of them)
+    run_stage(f"fit {settings.method.name}", text_rows + image_rows, lambda: fit_model.submit(
+        model_url, settings.method.name, settings.method.params, text_stats, image_stats,
+        text_store, image_store, settings.fit.seed, settings.fit.sample_size, options).result())
     n_shards = open_rows(text_store, options).n_shards
-    partials = map_shards(calibration_shard, "calibrate", range(n_shards), model_url=model_url,
-                          text_store_url=text_store, storage_options=options)
+    partials = map_shards(calibration_shard, "calibrate", range(n_shards), rows=store_shard_rows(text_store, options),
+                          model_url=model_url, text_store_url=text_store, storage_options=options)
     return finish_calibration.submit(model_url, partials, options).result()
 
 

@@ -11,7 +11,7 @@ from aniso.config import Settings
 from aniso.layout import DatasetLayout
 from aniso.tasks.ingest import check_unique_ids, import_shard
 
-from ._common import map_shards
+from ._common import map_shards, store_shard_rows
 
 
 def ingest_embeddings(url: str, modality: str, layout: DatasetLayout, settings: Settings) -> tuple[str, str]:
@@ -23,7 +23,8 @@ def ingest_embeddings(url: str, modality: str, layout: DatasetLayout, settings: 
         chunk_rows=settings.store.chunk_rows, shard_rows=settings.store.shard_rows, storage_options=options,
     )
     if pending:
-        map_shards(import_shard, f"ingest {modality}", pending, url=url, store_url=store_url, storage_options=options)
+        map_shards(import_shard, f"ingest {modality}", pending, rows=store_shard_rows(store_url, options, pending),
+                   url=url, store_url=store_url, storage_options=options)
     if pending or pipeline.needs_id_check(store_url, options):
         check_unique_ids.submit(store_url, options, f"{modality} input {url}").result()
     return store_url, fingerprint

@@ -27,6 +27,7 @@ from aniso.inplace import open_rows
 from aniso.tasks.gate import gate
 from aniso.tasks.publish import publish
 
+from ._common import announce_dashboard, run_stage
 from .apply import apply_model
 from .fit import fit_and_calibrate
 from .ingest import ingest_embeddings
@@ -92,6 +93,7 @@ def produce(text: str, image: str, settings: Settings | dict[str, Any]) -> dict[
     if isinstance(settings, dict):
         settings = Settings.model_validate(settings)
     preload_in_background()  # the gate library loads while the data stages run
+    announce_dashboard()
     options = settings.storage.fs_options()
     layout = DatasetLayout(settings.storage.root, settings.storage.dataset)
     with _stage("inputs"):
@@ -122,9 +124,10 @@ def produce(text: str, image: str, settings: Settings | dict[str, Any]) -> dict[
         apply_model(model_url, text_store, subs_url, settings,
                     attrs={"run_key": key, "method": settings.method.name, "config_hash": config_hash(settings)})
 
+    rows = open_rows(text_store, options).n_rows
     with _stage("gates"):
-        gates = gate.submit(model_url, text_store, subs_url, layout.quality(key), settings.gates, options,
-                            image_store_url=image_store).result()
+        gates = run_stage("gates", rows, lambda: gate.submit(model_url, text_store, subs_url, layout.quality(key),
+                                                             settings.gates, options, image_store_url=image_store).result())
     _gate_artifacts(key, gates)
     if not gates["passed"]:
         failed = [{"name": r["name"], "observed": r["observed"], "bound": r["bound"]}
@@ -135,7 +138,8 @@ def produce(text: str, image: str, settings: Settings | dict[str, Any]) -> dict[
             failures=failed,
         )
     with _stage("publish"):
-        pointer = publish.submit(settings.storage.root, layout.dataset, key, gates, lineage, options).result()
+        pointer = run_stage("publish", rows, lambda: publish.submit(settings.storage.root, layout.dataset, key, gates,
+                                                                    lineage, options).result())
     create_markdown_artifact(
         markdown=f"Published **{layout.dataset}** version `{pointer['version']}` (run `{key}`).",
         key="aniso-published",

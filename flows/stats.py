@@ -12,8 +12,9 @@ from prefect import flow
 
 from aniso._fs import join_url
 from aniso.inplace import open_rows
-from aniso.progress import report
 from aniso.tasks.stats import merge_moments, shard_moments
+
+from ._common import StageProgress, store_shard_rows
 
 #: Fan-in of the tree reduction (dask's split_every).
 SPLIT_EVERY = 8
@@ -24,12 +25,14 @@ def compute_statistics_together(store_urls: list[str], storage_options: dict[str
     the URL of its merged moments."""
     requested, store_urls = store_urls, list(dict.fromkeys(store_urls))
     shards = [(url, s) for url in store_urls for s in range(open_rows(url, storage_options).n_shards)]
+    rows = [n for url in store_urls for n in store_shard_rows(url, storage_options)]
+    progress = StageProgress("statistics", sum(rows))
     futures = [shard_moments.submit(url, s, storage_options, kind) for url, s in shards]
     parts: dict[str, list[str]] = {url: [] for url in store_urls}
-    report("statistics", 0, len(futures))
-    for done, ((url, _), future) in enumerate(zip(shards, futures), start=1):
+    for (url, _), future, n in zip(shards, futures, rows):
         parts[url].append(future.result())
-        report("statistics", done, len(futures))
+        progress.advance(n)
+    progress.finish()
     finals = {url: join_url(url, "_stats", f"moments-{kind}.npz") for url in store_urls}
     level = 0
     while any(len(p) > 1 or p[0] != finals[url] for url, p in parts.items()):

@@ -29,7 +29,9 @@ def test_produce_publishes_and_exits_zero(inputs):
     assert result.exit_code == 0, result.output
     assert "published cli version" in result.output and "centroid_residual" in result.output
     shown = CliRunner().invoke(app, ["show", "--out", str(inputs / "out"), "--dataset", "cli"])
-    assert shown.exit_code == 0 and '"n_rows": 2000' in shown.output
+    assert shown.exit_code == 0 and "2000 x 64" in shown.output and "gates:" in shown.output
+    full = CliRunner().invoke(app, ["show", "--out", str(inputs / "out"), "--dataset", "cli", "--json"])
+    assert full.exit_code == 0 and '"n_rows": 2000' in full.output
 
 
 def test_bad_input_exits_two_with_one_line(inputs, gap):
@@ -55,10 +57,42 @@ def test_diagnose_prints_one_table(inputs, gap):
 
     np.save(inputs / "subs.npy", get_aligner("realign").fit(gap.text, gap.image).transform(gap.text))
     result = CliRunner().invoke(app, ["diagnose", "--text", str(inputs / "text.npy"), "--image", str(inputs / "image.npy"),
-                                      "--substitutes", str(inputs / "subs.npy"), "--pairs", "--max-rows", "800"])
+                                      "--substitutes", str(inputs / "subs.npy"), "--pairs", "--max-rows", "800",
+                                      "--format", "markdown"])
     assert result.exit_code == 0, result.output
     header, _, raw, subs = result.output.strip().splitlines()[-4:]
     assert "centroid_residual" in header and "A_r_baseline" in header and "R@1" in header
     gap_raw = float(raw.split("|")[2])
     gap_subs = float(subs.split("|")[2])
     assert gap_raw > 0.5 and gap_subs < 0.05  # the planted gap, then closed (up to sampling noise)
+
+
+def test_diagnose_default_table_fits_100_columns_and_other_formats(inputs):
+    import csv
+    import io
+    import json
+
+    args = ["diagnose", "--text", str(inputs / "text.npy"), "--image", str(inputs / "image.npy"), "--max-rows", "300"]
+    table = CliRunner().invoke(app, args)
+    assert table.exit_code == 0, table.output
+    lines = table.output.rstrip("\n").splitlines()
+    assert max(len(line) for line in lines) <= 100
+    row = next(line for line in lines if line.startswith("centroid_residual"))
+    assert float(row.split()[1]) > 0.5 and "gap left" in row  # the planted gap, with its meaning
+    as_json = json.loads(CliRunner().invoke(app, [*args, "--format", "json"]).output)
+    assert as_json["raw text"]["centroid_residual"] == pytest.approx(float(row.split()[1]), rel=1e-2)
+    rows = list(csv.DictReader(io.StringIO(CliRunner().invoke(app, [*args, "--format", "csv"]).output)))
+    assert {r["metric"] for r in rows} == set(as_json["raw text"]) and all(r["input"] == "raw text" for r in rows)
+    bad = CliRunner().invoke(app, [*args, "--format", "xml"])
+    assert bad.exit_code == 2 and "xml" in bad.output
+
+
+def test_help_shows_defaults_without_placeholders_and_version():
+    import re
+
+    result = CliRunner().invoke(app, ["produce", "--help"], env={"COLUMNS": "100"})
+    assert result.exit_code == 0
+    assert "<bool>" not in result.output and "<str>" not in result.output
+    assert "default: anisoalign" in re.sub(r"\s+", " ", result.output.replace("│", " "))
+    version = CliRunner().invoke(app, ["--version"])
+    assert version.exit_code == 0 and re.match(r"aniso \d+\.\d+\.\d+ \(code ", version.output)
