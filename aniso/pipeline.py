@@ -42,6 +42,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: Rows transformed at a time inside a shard: the methods' float64 temporaries stay at a few MiB
+#: per block instead of several copies of the whole shard (the maps are row-wise, so the result
+#: does not depend on it).
+APPLY_BLOCK = 8192
+
 
 # -- ingest of precomputed embeddings ----------------------------------------------------------
 def prepare_input(
@@ -213,7 +218,12 @@ def calibration_shard(model_url: str, text_store_url: str, shard: int, storage_o
     emb, valid = _embedding_of(open_rows(text_store_url, storage_options), shard)
     if not valid.any():
         return {"sum": [0.0] * aligner.dim, "n": 0}
-    total, count = aligner.premap_sum(emb[valid])
+    rows = emb if valid.all() else emb[valid]
+    total, count = np.zeros(aligner.dim or rows.shape[1]), 0
+    for start in range(0, rows.shape[0], APPLY_BLOCK):  # bounded float64 temporaries
+        part_sum, part_n = aligner.premap_sum(rows[start : start + APPLY_BLOCK])
+        total += part_sum
+        count += part_n
     return {"sum": total.tolist(), "n": count}
 
 
@@ -264,9 +274,15 @@ def apply_shard(
     read_s = time.perf_counter() - started
     out = np.zeros((emb.shape[0], emb.shape[1]), dtype=np.float32)
     if valid.any():
-        out[valid] = aligner.transform(emb[valid])
+        every = bool(valid.all())
+        rows = emb if every else emb[valid]
+        target = out if every else np.empty((rows.shape[0], emb.shape[1]), np.float32)
+        for i in range(0, rows.shape[0], APPLY_BLOCK):
+            target[i : i + APPLY_BLOCK] = aligner.transform(rows[i : i + APPLY_BLOCK])
+        if not every:
+            out[valid] = target
     compute_s = time.perf_counter() - started - read_s
-    stats = shard_quality(out[valid], list(ids[valid]))
+    stats = shard_quality(out if valid.all() else out[valid], list(ids[valid]))
     stats.update(read_seconds=read_s, compute_seconds=compute_s)
     marker = subs.write_shard(shard, out, list(ids), valid=valid, stats=stats)
     marker["stats"]["write_seconds"] = time.perf_counter() - started - read_s - compute_s

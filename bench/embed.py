@@ -1,6 +1,10 @@
 """Benchmark the embed path against a bare loop calling the same model on the same batches.
 
     python bench/embed.py [--n 2048] [--items-per-shard 512] [--batch-size 128] [--model aniso-demo-tiny]
+        [--device cpu|cuda|auto] [--precision auto|fp32|fp16|bf16]
+
+On a GPU (``--device cuda``; see docs/performance.md, "GPU plan") the bare loop moves each batch
+to the device in the model's dtype, exactly as the pipeline's encoder does.
 
 Writes a demo captioned corpus to a temporary folder, then for images and texts:
 
@@ -62,7 +66,8 @@ def _bare_images(paths: list[Path], settings: EmbedSettings) -> float:
     with torch.inference_mode():
         for start in range(0, len(paths), settings.batch_size):
             batch = [preprocess(Image.open(io.BytesIO(p.read_bytes())).convert("RGB")) for p in paths[start : start + settings.batch_size]]
-            F.normalize(model.encode_image(torch.stack(batch)).float(), dim=-1).numpy()
+            pixels = torch.stack(batch).to(enc.key.device, dtype=next(model.parameters()).dtype, non_blocking=True)
+            F.normalize(model.encode_image(pixels).float(), dim=-1).cpu().numpy()
     return time.perf_counter() - t0
 
 
@@ -72,8 +77,8 @@ def _bare_texts(jsonl: Path, settings: EmbedSettings) -> float:
     texts = [json.loads(line)["text"] for line in jsonl.read_text().splitlines()]
     with torch.inference_mode():
         for start in range(0, len(texts), settings.batch_size):
-            tokens = enc.tokenizer(texts[start : start + settings.batch_size])
-            F.normalize(enc.model.encode_text(tokens).float(), dim=-1).numpy()
+            tokens = enc.tokenizer(texts[start : start + settings.batch_size]).to(enc.key.device)
+            F.normalize(enc.model.encode_text(tokens).float(), dim=-1).cpu().numpy()
     return time.perf_counter() - t0
 
 
@@ -86,10 +91,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--model", default="aniso-demo-tiny")
     parser.add_argument("--pretrained", default="demo")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     embed = EmbedSettings(model=args.model, pretrained=args.pretrained or None, batch_size=args.batch_size,
-                          decode_workers=args.decode_workers)
+                          decode_workers=args.decode_workers, device=args.device, precision=args.precision)
     settings = Settings(embed=embed, corpus=CorpusSettings(items_per_shard=args.items_per_shard))
     enc = get_encoder(embed)
     print(f"model {enc.key.model}/{enc.key.pretrained} on {enc.key.device} ({enc.key.precision}), "

@@ -36,16 +36,20 @@ def load(folder: Path) -> tuple[list[str], np.ndarray, list[int]]:
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    x /= np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]
     return x
+
+
+def trace(x: np.ndarray, mu: np.ndarray) -> float:
+    """``E‖x − μ‖²`` without an n × d temporary (the baseline is kept lean in memory)."""
+    return float(np.einsum("ij,ij->", x, x) / x.shape[0] - mu @ mu)
 
 
 def realign(text: np.ndarray, image: np.ndarray) -> np.ndarray:
     """ReAlign in float64 on whole arrays (in place on ``text``)."""
     text, image = normalize(text), normalize(image)
     mu_t, mu_i = text.mean(0), image.mean(0)
-    trace_t = float(np.mean(np.sum((text - mu_t) ** 2, axis=1)))
-    trace_i = float(np.mean(np.sum((image - mu_i) ** 2, axis=1)))
+    trace_t, trace_i = trace(text, mu_t), trace(image, mu_i)
     scale = np.sqrt(trace_i / (trace_t + 1e-10))
     text -= mu_t
     text *= scale

@@ -23,6 +23,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Usage telemetry off, as in the Makefile (Prefect, Dask and the other libraries honour these).
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_CLI_TELEMETRY", "false")
+# One BLAS thread per Dask worker thread: the workers already use every core (cluster.n_workers ×
+# threads_per_worker), and BLAS threads on top of them oversubscribe it. Set before numpy loads.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 # Quiet by default (``--verbose`` raises the levels again): Prefect and Dask log every task.
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")  # failures are reported by the CLI itself
 os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
