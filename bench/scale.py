@@ -211,9 +211,16 @@ def main() -> None:
     for n in args.rows:
         paths = write_inputs(args.workdir, n, args.dim)
         ref, ours = [], []
+        # the reference holds both corpora as float64 (+ fp16 copies while loading): never run it
+        # without that much memory free plus a margin (this machine is shared)
+        need = 2 * n * args.dim * (8 + 2) * 1.15 + 3 * 2**30
         for _ in range(args.repeat):
-            if not args.no_reference:
+            available = psutil.virtual_memory().available
+            if not args.no_reference and available > need:
                 ref.append(run_reference(paths, args.workdir))
+            elif not args.no_reference:
+                print(f"(reference skipped at {n:,} rows: needs ≈ {need / 2**30:.1f} GiB with margin, "
+                      f"{available / 2**30:.1f} GiB available)")
             ours.append(run_produce(paths, args.workdir, "realign"))
         entry = {"reference": ref, "produce_realign": ours, "load_after": os.getloadavg()[0]}
         results["sizes"][n] = entry
