@@ -418,9 +418,11 @@ def gate_run(
     if settings.report:
         from .report import write_report
 
+        t64 = None if t is None else t.astype(np.float64)
         result["report"] = write_report(
             quality_url, result, table, text=x, subs=s, image=t, storage_options=storage_options,
             title=f"aniso run {quality_url.rstrip('/').rsplit('/', 2)[-2]}",
+            reference_metrics=lambda ref: sample_metrics(x.astype(np.float64), ref, t64, settings=settings),
         )
         timings["report"] = time.perf_counter() - started - sum(timings.values())
     result["timings"] = timings

@@ -1,39 +1,53 @@
 """The run report: one self-contained HTML file (inline SVG plots, no scripts) plus ``report.json``.
 
-Written by :func:`aniso.pipeline.gate_run` to ``runs/<key>/quality/``:
+Written by :func:`aniso.pipeline.gate_run` to ``runs/<key>/quality/`` and, once the run is
+published, again beside the manifest (``published/<version>/report.html``, see
+:func:`publish_report`). It holds:
+
+* the run's identity (dataset, method, run key, version, settings, inputs, date, code version),
+  read from ``runs/<key>/run.json``;
+* every gate with its verdict, observed value and bound; every metric with its meaning
+  (:mod:`aniso.metric_info`) and reference values: the raw text and a fitted baseline (centroid
+  shift), computed on the same samples;
+* plots drawn with matplotlib (:mod:`aniso.report_plots`), inlined as SVG:
 
 * covariance spectra (trace-normalised eigenvalues, log scale) of text, image and substitutes on
   the gate's samples;
 * the residual spectrum: eigenvalue magnitudes of ``Σ_image − Σ_text`` (before) and
   ``Σ_image − Σ_substitutes`` (after), i.e. how much second-order gap is left;
 * the centroid gap before/after (from the per-shard sums over *all* rows);
-* the metric table and the gate table (observed value, bound, pass/fail).
+* the per-direction correction: along the text sample's top principal directions, the spread of
+  substitutes and images relative to the text.
 
-Nothing here reads storage options or settings, so no credential can reach the report.
+Nothing here reads storage options, so no credential can reach the report; the settings shown
+are the semantic settings of ``run.json`` (no storage section).
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import html
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from ._fs import join_url, open_url
+from ._fs import exists, join_url, open_url
+from .metric_info import METRICS
 
-__all__ = ["spectrum", "residual_spectrum", "build_report", "render_html", "write_report", "svg_lines", "svg_bars"]
+__all__ = ["spectrum", "residual_spectrum", "direction_ratios", "centroid_baseline", "build_report", "render_html",
+           "write_report", "publish_report", "read_identity"]
 
 logger = logging.getLogger(__name__)
 
 #: How many leading eigenvalues the plots and report.json keep.
 TOP_EIGEN = 128
-
-_COLORS = {"text": "#1f77b4", "image": "#d62728", "substitutes": "#2ca02c", "before": "#1f77b4", "after": "#2ca02c"}
+#: Principal directions of the text sample shown in the per-direction plot.
+TOP_DIRECTIONS = 32
 
 
 # -- numbers --------------------------------------------------------------------------------
@@ -110,6 +124,48 @@ def residual_spectrum(
     return w[:top].tolist()
 
 
+def direction_ratios(text: np.ndarray | None, subs: np.ndarray | None, image: np.ndarray | None,
+                     top: int = TOP_DIRECTIONS) -> dict[str, list[float]]:
+    """Along the top principal directions ``u_k`` of the (normalised) text sample: ``std(S·u_k) /
+    std(X·u_k)`` and ``std(T·u_k) / std(X·u_k)`` — the spread a method applied per direction, and
+    the spread the images have there."""
+    if not _usable(text):
+        return {}
+    f = _factor(text)
+    k = min(top, min(f.shape) - 1)
+    if k < 1:
+        return {}
+    # top right singular vectors of the text factor (cost bounded by the sample size)
+    _, sv, vt = np.linalg.svd(f, full_matrices=False)
+    u = vt[:k].T
+    base = sv[:k]
+    out: dict[str, list[float]] = {}
+    for name, x in (("substitutes", subs), ("image", image)):
+        if _usable(x) and x.shape[1] == text.shape[1]:
+            proj = _factor(x) @ u
+            out[name] = (np.linalg.norm(proj, axis=0) / np.where(base > 0, base, 1.0)).tolist()
+    return out
+
+
+def centroid_baseline(text: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """The simplest fitted baseline on samples: shift the text by ``mean(T) − mean(X)`` and
+    renormalise (what the ``centroid`` method does), to judge a method's metrics against."""
+    from .arrays import l2_normalize
+
+    x, t = l2_normalize(text), l2_normalize(image)
+    return l2_normalize(x - x.mean(axis=0) + t.mean(axis=0))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
 def build_report(
     gates: Mapping[str, Any],
     shards: pd.DataFrame,
@@ -118,8 +174,19 @@ def build_report(
     subs: np.ndarray | None,
     image: np.ndarray | None,
     title: str = "aniso run",
+    identity: Mapping[str, Any] | None = None,
+    references: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The report's content as JSON-able data (what ``report.json`` holds and the HTML renders)."""
+    """The report's content as JSON-able data (what ``report.json`` holds and the HTML renders).
+
+    Parameters
+    ----------
+    identity
+        Run identity (``run.json``: run key, method, params, config, inputs, code version).
+    references
+        Reference metrics by name (e.g. ``"raw text"``, ``"baseline (centroid shift)"``), each
+        ``{metric: value}`` computed on the same samples as the run's metrics.
+    """
     metrics = dict(gates.get("metrics", {}))
     # factors, not d × d covariances: the cost is bounded by the sample sizes (d may be 8192)
     fac = {name: _factor(x) if _usable(x) else None for name, x in (("text", text), ("image", image), ("substitutes", subs))}
@@ -138,6 +205,10 @@ def build_report(
         "gap": {"before": metrics.get("gap_before"), "after": metrics.get("centroid_residual")},
         "spectra": spectra,
         "residual_spectrum": residual,
+        "directions": direction_ratios(text, subs, image),
+        "identity": _plain(dict(identity or {})),
+        "references": {k: _plain(dict(v)) for k, v in (references or {}).items()},
+        "generated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "shards": {
             "count": int(len(shards)),
             "rows": int(shards["rows"].sum()) if len(shards) else 0,
@@ -147,146 +218,121 @@ def build_report(
     }
 
 
-# -- SVG ------------------------------------------------------------------------------------
+# -- HTML -----------------------------------------------------------------------------------
 def _esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def svg_lines(
-    series: Mapping[str, Sequence[float]], *, title: str, log_y: bool = True, width: int = 520, height: int = 300,
-    x_label: str = "index", y_label: str = "value",
-) -> str:
-    """A line chart as an inline ``<svg>`` (log-scale y by default; non-positive values dropped)."""
-    left, right, top, bottom = 62, 120, 28, 40
-    pw, ph = width - left - right, height - top - bottom
-    clean = {}
-    for name, values in series.items():
-        pts = [(i + 1, float(v)) for i, v in enumerate(values) if math.isfinite(float(v)) and (float(v) > 0 or not log_y)]
-        if pts:
-            clean[name] = pts
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
-             f'aria-label="{_esc(title)}" font-family="sans-serif" font-size="11">',
-             f'<text x="{width / 2:.0f}" y="16" text-anchor="middle" font-size="13">{_esc(title)}</text>',
-             f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>']
-    if not clean:
-        parts.append(f'<text x="{left + pw / 2:.0f}" y="{top + ph / 2:.0f}" text-anchor="middle">no data</text></svg>')
-        return "".join(parts)
-    xmax = max(p[0] for pts in clean.values() for p in pts)
-    ys = [p[1] for pts in clean.values() for p in pts]
-    tf = (lambda v: math.log10(v)) if log_y else (lambda v: v)
-    lo, hi = tf(min(ys)), tf(max(ys))
-    if hi - lo < 1e-12:
-        lo, hi = lo - 1, hi + 1
-
-    def px(i: float) -> float:
-        return left + (i - 1) / max(xmax - 1, 1) * pw
-
-    def py(v: float) -> float:
-        return top + ph - (tf(v) - lo) / (hi - lo) * ph
-
-    for k in range(5):  # y ticks
-        val = lo + (hi - lo) * k / 4
-        y = top + ph - ph * k / 4
-        label = f"1e{val:.1f}" if log_y else f"{val:.3g}"
-        parts.append(f'<line x1="{left - 4}" y1="{y:.1f}" x2="{left}" y2="{y:.1f}" stroke="#999"/>'
-                     f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{label}</text>')
-    parts.append(f'<text x="{left}" y="{height - 8}" >1</text>'
-                 f'<text x="{left + pw}" y="{height - 8}" text-anchor="end">{xmax}</text>'
-                 f'<text x="{left + pw / 2:.0f}" y="{height - 8}" text-anchor="middle">{_esc(x_label)}</text>'
-                 f'<text x="14" y="{top + ph / 2:.0f}" transform="rotate(-90 14 {top + ph / 2:.0f})" '
-                 f'text-anchor="middle">{_esc(y_label)}</text>')
-    for n, (name, pts) in enumerate(clean.items()):
-        color = _COLORS.get(name, ["#9467bd", "#8c564b", "#e377c2"][n % 3])
-        path = " ".join(f"{px(i):.1f},{py(v):.1f}" for i, v in pts)
-        parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.6" points="{path}"/>')
-        ly = top + 14 + 16 * n
-        parts.append(f'<line x1="{left + pw + 10}" y1="{ly - 4}" x2="{left + pw + 28}" y2="{ly - 4}" '
-                     f'stroke="{color}" stroke-width="2"/><text x="{left + pw + 32}" y="{ly}">{_esc(name)}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def svg_bars(values: Mapping[str, float | None], *, title: str, width: int = 360, height: int = 240) -> str:
-    """A bar chart as an inline ``<svg>`` (missing values shown as "n/a")."""
-    left, top, bottom = 40, 28, 40
-    pw, ph = width - left - 20, height - top - bottom
-    finite = [float(v) for v in values.values() if v is not None and math.isfinite(float(v))]
-    vmax = max(finite) if finite and max(finite) > 0 else 1.0
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
-             f'aria-label="{_esc(title)}" font-family="sans-serif" font-size="11">',
-             f'<text x="{width / 2:.0f}" y="16" text-anchor="middle" font-size="13">{_esc(title)}</text>',
-             f'<line x1="{left}" y1="{top + ph}" x2="{left + pw}" y2="{top + ph}" stroke="#999"/>']
-    n = max(len(values), 1)
-    slot = pw / n
-    for k, (name, v) in enumerate(values.items()):
-        x = left + k * slot + slot * 0.2
-        bw = slot * 0.6
-        color = _COLORS.get(name, "#7f7f7f")
-        ok = v is not None and math.isfinite(float(v))
-        h = 0.0 if not ok else max(float(v), 0.0) / vmax * ph
-        parts.append(f'<rect x="{x:.1f}" y="{top + ph - h:.1f}" width="{bw:.1f}" height="{h:.1f}" fill="{color}"/>')
-        label = f"{float(v):.3g}" if ok else "n/a"
-        parts.append(f'<text x="{x + bw / 2:.1f}" y="{top + ph - h - 4:.1f}" text-anchor="middle">{label}</text>'
-                     f'<text x="{x + bw / 2:.1f}" y="{top + ph + 16:.1f}" text-anchor="middle">{_esc(name)}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-# -- HTML -----------------------------------------------------------------------------------
 def _fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float):
         if not math.isfinite(value):
             return str(value)
+        if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e6):
+            return f"{value:.2e}"
         return f"{value:.4g}"
+    if value is None:
+        return "–"
     return str(value)
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], row_class: Sequence[str] | None = None) -> str:
     out = ["<table><thead><tr>", *(f"<th>{_esc(h)}</th>" for h in header), "</tr></thead><tbody>"]
     for k, row in enumerate(rows):
-        cls = f' class="{row_class[k]}"' if row_class else ""
+        cls = f' class="{row_class[k]}"' if row_class and row_class[k] else ""
         out.append(f"<tr{cls}>" + "".join(f"<td>{_esc(_fmt(c))}</td>" for c in row) + "</tr>")
     out.append("</tbody></table>")
     return "".join(out)
 
 
+def _identity_rows(content: Mapping[str, Any]) -> list[list[Any]]:
+    ident = content.get("identity") or {}
+    inputs = ident.get("inputs") or {}
+    rows = [
+        ["dataset", ident.get("dataset")],
+        ["method", ident.get("method")],
+        ["published version", ident.get("version") or "not published (yet)"],
+        ["run key", ident.get("run_key")],
+        ["code version", ident.get("code_version")],
+        ["config hash", ident.get("config_hash")],
+        ["embedding model", ident.get("embed_model")],
+        *[[f"input: {name}", (v or {}).get("fingerprint", v) if isinstance(v, Mapping) else v] for name, v in inputs.items()],
+        ["report generated", content.get("generated")],
+    ]
+    return [r for r in rows if r[1] not in (None, "", {})]
+
+
+def _metric_rows(content: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    refs = content.get("references") or {}
+    header = ["metric", "this run", *refs, "better", "meaning"]
+    rows = []
+    for name, value in sorted(content["metrics"].items()):
+        info = METRICS.get(name)
+        rows.append([name, value, *[r.get(name) for r in refs.values()], info.better if info else "",
+                     info.meaning if info else ""])
+    return header, rows
+
+
 def render_html(content: Mapping[str, Any]) -> str:
     """The report as one self-contained HTML page (inline CSS and SVG; no scripts, no links out)."""
+    from .report_plots import direction_plot, gap_plot, residual_plot, spectra_plot
+
     status = "PASSED" if content["passed"] else "FAILED"
     gates = content["gates"]
-    gate_rows = [[g["name"], g.get("table", ""), g["observed"], g["bound"], "pass" if g["passed"] else "FAIL"] for g in gates]
-    metric_rows = [[k, v] for k, v in sorted(content["metrics"].items())]
-    spectra = content["spectra"]
-    residual = content["residual_spectrum"]
-    plots = [
-        svg_lines(spectra, title="Covariance spectra (sample, trace-normalised)", x_label="eigenvalue rank",
-                  y_label="λ / tr Σ"),
-        svg_lines(residual, title="Residual spectrum |eig(Σ_image − Σ_·)|", x_label="rank", y_label="|λ|"),
-        svg_bars(content["gap"], title="Centroid gap to the image mean (all rows)"),
-    ]
+    gate_rows = [[g["name"], "pass" if g["passed"] else "FAIL", g["observed"], g["bound"], g.get("table", ""),
+                  (METRICS[g["name"]].meaning if g["name"] in METRICS else "")] for g in gates]
+    metric_header, metric_rows = _metric_rows(content)
+    plots = [spectra_plot(content), residual_plot(content), gap_plot(content), direction_plot(content)]
     shards = content["shards"]
+    ident = content.get("identity") or {}
+    config = ident.get("config")
+    settings = (f"<details><summary>settings (semantic; these and the inputs define the run key)</summary>"
+                f"<pre>{_esc(json.dumps(config, indent=2, sort_keys=True, default=str))}</pre></details>") if config else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{_esc(content['title'])}</title>
 <style>
-body {{ font-family: sans-serif; margin: 2em; color: #222; }}
+body {{ font-family: sans-serif; margin: 2em; color: #222; max-width: 1200px; }}
 h1 .PASSED {{ color: #2a7a2a; }} h1 .FAILED {{ color: #b22222; }}
 table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; }}
-th, td {{ border: 1px solid #ccc; padding: 3px 8px; text-align: left; font-size: 13px; }}
+th, td {{ border: 1px solid #ccc; padding: 3px 8px; text-align: left; font-size: 13px; vertical-align: top; }}
 tr.fail td {{ background: #fde0e0; }}
-.plots svg {{ margin: 0 1em 1em 0; vertical-align: top; }}
+.plots svg {{ margin: 0 1em 1em 0; vertical-align: top; max-width: 100%; height: auto; }}
+pre {{ font-size: 12px; background: #f6f6f6; padding: 0.5em; }}
+p.note {{ color: #555; font-size: 13px; }}
 </style></head><body>
 <h1>{_esc(content['title'])}: <span class="{status}">{status}</span></h1>
 <p>{shards['count']} shards, {shards['rows']} substitute rows; norms in [{_esc(_fmt(shards['norm_min']))}, {_esc(_fmt(shards['norm_max']))}].</p>
+<h2>Run</h2>
+{_table(["", ""], _identity_rows(content))}
+{settings}
 <h2>Gates</h2>
-{_table(["gate", "table", "observed", "bound", "result"], gate_rows, ["" if g["passed"] else "fail" for g in gates])}
+<p class="note">A run is published only when every gate passes; the bound is what the gate suite requires.</p>
+{_table(["gate", "verdict", "observed", "bound", "table", "meaning"], gate_rows, ["" if g["passed"] else "fail" for g in gates])}
 <h2>Plots</h2>
 <div class="plots">{"".join(plots)}</div>
 <h2>Metrics</h2>
-<p>Semantic preservation and distribution compatibility are computed on deterministic samples;
-distribution metrics (mmd2, knn_precision/recall, domain_acc) are reported, not gated.</p>
-{_table(["metric", "value"], metric_rows)}
+<p class="note">Semantic preservation (knn_overlap, spearman) is gated; distribution metrics (mmd2,
+knn_precision/recall, domain_acc) are reported. The reference columns are computed on the same
+samples: <b>raw text</b> is the text without correction, <b>baseline</b> shifts the text centroid onto
+the image centroid. A method is useful where it beats the baseline on distribution metrics while keeping
+semantic preservation close to the raw text's (1.0). docs/diagnostics.md explains every metric.</p>
+{_table(metric_header, metric_rows)}
 </body></html>
 """
+
+
+def read_identity(quality_url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The run identity from ``runs/<key>/run.json`` beside ``quality/`` ({} when absent)."""
+    run_json = join_url(quality_url.rstrip("/").rsplit("/", 1)[0], "run.json")
+    try:
+        if not exists(run_json, storage_options or {}):
+            return {}
+        with open_url(run_json, "r", storage_options or {}) as f:
+            return json.load(f)
+    except Exception as exc:  # noqa: BLE001 - the report is informational; never fail the gate on it
+        logger.warning("run identity not read from %s: %s", run_json, exc)
+        return {}
 
 
 def write_report(
@@ -299,9 +345,22 @@ def write_report(
     image: np.ndarray | None,
     storage_options: dict[str, Any] | None = None,
     title: str = "aniso run",
+    reference_metrics: Callable[[np.ndarray], Mapping[str, Any]] | None = None,
 ) -> dict[str, str]:
-    """Write ``report.json`` and ``report.html`` under ``quality_url``; returns their URLs."""
-    content = build_report(gates, shards, text=text, subs=subs, image=image, title=title)
+    """Write ``report.json`` and ``report.html`` under ``quality_url``; returns their URLs.
+
+    ``reference_metrics(s)`` computes the sample metrics for a stand-in ``s`` of the substitutes;
+    it is called for the raw text and the centroid baseline (when an image sample is given).
+    """
+    identity = read_identity(quality_url, storage_options)
+    references: dict[str, Mapping[str, Any]] = {}
+    if reference_metrics is not None and _usable(text):
+        references["raw text"] = {"centroid_residual": gates.get("metrics", {}).get("gap_before"),
+                                  **reference_metrics(np.asarray(text, np.float64))}
+        if _usable(image):
+            references["baseline (centroid shift)"] = dict(reference_metrics(centroid_baseline(text, image)))
+    content = build_report(gates, shards, text=text, subs=subs, image=image, title=title, identity=identity,
+                           references=references)
     urls = {"html": join_url(quality_url, "report.html"), "json": join_url(quality_url, "report.json")}
     with open_url(urls["json"], "w", storage_options or {}) as f:
         json.dump(content, f, indent=2, sort_keys=True, default=str)
@@ -309,3 +368,18 @@ def write_report(
         f.write(render_html(content))
     logger.info("report written to %s", urls["html"])
     return urls
+
+
+def publish_report(quality_url: str, version_url: str, version: str, dataset: str,
+                   storage_options: dict[str, Any] | None = None) -> str:
+    """Render the run's report again with its published version and write it beside the
+    manifest (``<version_url>/report.html``); returns its URL."""
+    with open_url(join_url(quality_url, "report.json"), "r", storage_options or {}) as f:
+        content = json.load(f)
+    content["identity"] = {**content.get("identity", {}), "version": version, "dataset": dataset}
+    content["title"] = f"aniso {dataset} {version}"
+    url = join_url(version_url, "report.html")
+    with open_url(url, "w", storage_options or {}) as f:
+        f.write(render_html(content))
+    logger.info("report published to %s", url)
+    return url

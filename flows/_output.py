@@ -38,7 +38,7 @@ def result_lines(result: Mapping[str, Any], root: str, dataset: str) -> list[str
     return lines
 
 
-def show_summary(manifest: Mapping[str, Any], root: str, dataset: str) -> list[str]:
+def show_summary(manifest: Mapping[str, Any], root: str, dataset: str, report: str | None = None) -> list[str]:
     """A short human summary of a published manifest (``aniso show``)."""
     lineage = manifest.get("lineage") or {}
     gates = manifest.get("gates") or {}
@@ -60,7 +60,7 @@ def show_summary(manifest: Mapping[str, Any], root: str, dataset: str) -> list[s
     if manifest.get("path"):
         lines.append(f"  data:      {base}/{manifest['path']}")
     lines.append(f"  manifest:  {base}/published/{manifest.get('version', '?')}/manifest.json")
-    report = manifest.get("report") or (gates.get("report") or {}).get("html")
+    report = report or (gates.get("report") or {}).get("html")
     if report:
         lines.append(f"  report:    {report}")
     lines.append("  (--json prints the full manifest)")

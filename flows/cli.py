@@ -314,7 +314,11 @@ def show(
     if as_json:
         typer.echo(json.dumps(published.manifest, indent=2, sort_keys=True, default=str))
         return
-    typer.echo("\n".join(show_summary(published.manifest, out, dataset)))
+    from aniso._fs import exists, join_url
+
+    version_dir = join_url(out, dataset, "published", str(published.manifest.get("version", "")))
+    report = join_url(version_dir, "report.html")
+    typer.echo("\n".join(show_summary(published.manifest, out, dataset, report if exists(report) else None)))
 
 
 @app.command()

@@ -28,6 +28,7 @@ from aniso.tasks.gate import gate
 from aniso.tasks.publish import publish
 
 from ._common import announce_dashboard, run_stage
+from ._console import fmt_value
 from .apply import apply_model
 from .fit import fit_and_calibrate
 from .ingest import ingest_embeddings
@@ -112,7 +113,7 @@ def produce(text: str, image: str, settings: Settings | dict[str, Any]) -> dict[
         "inputs": {"text": {"fingerprint": text_fp}, "image": {"fingerprint": image_fp}},
         "text_store": text_store.removeprefix(layout.base).lstrip("/"),
     }
-    write_json(f"{layout.run(key)}/run.json", {"run_key": key, "config": semantic_config(settings), **lineage}, options)
+    write_json(f"{layout.run(key)}/run.json", {"run_key": key, "dataset": layout.dataset, "config": semantic_config(settings), **lineage}, options)
 
     with _stage("statistics"):
         text_stats, image_stats = compute_statistics_together(
@@ -140,11 +141,40 @@ def produce(text: str, image: str, settings: Settings | dict[str, Any]) -> dict[
     with _stage("publish"):
         pointer = run_stage("publish", rows, lambda: publish.submit(settings.storage.root, layout.dataset, key, gates,
                                                                     lineage, options).result())
+    report_url = _publish_report(layout, pointer, gates, options)
+    if report_url:
+        pointer = {**pointer, "report": report_url}
+        create_link_artifact(link=_link(report_url), link_text=f"report of {layout.dataset} {pointer['version']}",
+                             key="aniso-report", description=f"quality report of run {key}, beside its manifest")
     create_markdown_artifact(
-        markdown=f"Published **{layout.dataset}** version `{pointer['version']}` (run `{key}`).",
+        markdown=f"Published **{layout.dataset}** version `{pointer['version']}` (run `{key}`)"
+                 + (f"; report: {_link(report_url)}" if report_url else "") + ".",
         key="aniso-published",
     )
     return {"run_key": key, "published": pointer, "gates": gates, "substitutes": subs_url, "model": model_url}
+
+
+def _publish_report(layout: DatasetLayout, pointer: dict[str, Any], gates: dict[str, Any],
+                    options: dict[str, Any]) -> str | None:
+    """Write the run report beside the published manifest; ``None`` when the run wrote none."""
+    from aniso.report import publish_report
+
+    quality_html = (gates.get("report") or {}).get("html")
+    if not quality_html:
+        return None
+    version_url = f"{layout.base.rstrip('/')}/{pointer['manifest'].rsplit('/', 1)[0]}"
+    try:
+        return publish_report(quality_html.rsplit("/", 1)[0], version_url, pointer["version"], layout.dataset, options)
+    except Exception as exc:  # noqa: BLE001 - the data is published; a missing copy of the report is not fatal
+        logger.warning("report not written beside the manifest (%s): %s", version_url, exc)
+        return None
+
+
+def _link(url: str) -> str:
+    """The report's real URL for a Prefect link artifact: ``s3://bucket/key`` on object storage,
+    ``file:///abs/path`` on a local root; any ``user:password@`` dropped."""
+    link = _redact(url)
+    return link if "://" in link else "file://" + os.path.abspath(link)
 
 
 def _gate_artifacts(key: str, gates: dict[str, Any]) -> None:
@@ -160,17 +190,15 @@ def _gate_artifacts(key: str, gates: dict[str, Any]) -> None:
     )
     metrics = gates.get("metrics", {})
     lines = [f"### Run `{key}`: gates {'passed' if gates['passed'] else '**FAILED**'}", ""]
-    lines += [f"- {'✅' if r['passed'] else '❌'} `{r['name']}`: observed {r['observed']} (required {r['bound']})"
+    lines += [f"- {'✅' if r['passed'] else '❌'} `{r['name']}`: observed {fmt_value(r['observed'])} (required {r['bound']})"
               for r in gates["results"]]
     shown = ("gap_before", "centroid_residual", "knn_overlap_10", "spearman", "mmd2", "knn_precision",
              "knn_recall", "domain_acc")
     lines += ["", "| metric | value |", "|---|---|"]
-    lines += [f"| {m} | {metrics[m]} |" for m in shown if m in metrics]
+    lines += [f"| {m} | {fmt_value(metrics[m])} |" for m in shown if m in metrics]
     lines += ["", f"gate stage: {gates.get('seconds', 0.0):.2f} s"]
     create_markdown_artifact(markdown="\n".join(lines), key="aniso-gate-summary", description=f"gate summary of run {key}")
     report = (gates.get("report") or {}).get("html")
     if report:
-        link = _redact(report)
-        if "://" not in link:
-            link = "file://" + os.path.abspath(link)
+        link = _link(report)
         create_link_artifact(link=link, link_text=f"quality report of run {key}", key="aniso-report")

@@ -57,6 +57,15 @@ def test_produce_publishes_substitutes(root, gap):
     assert list(published.ids[:3]) == ["0", "1", "2"]
     # centroid gap closed, as the gate says
     assert np.linalg.norm(subs.astype(np.float64).mean(0) - gap.image.astype(np.float64).mean(0)) < 1e-3
+    # the run report sits beside the manifest (on S3 when the root is), naming this version
+    from aniso._fs import open_url
+
+    report = result["published"]["report"]
+    manifest_dir = f"{url.rstrip('/')}/t/{result['published']['manifest'].rsplit('/', 1)[0]}"
+    assert report == f"{manifest_dir}/report.html"
+    with open_url(report, "r", options) as f:
+        page = f.read()
+    assert published.manifest["version"] in page and "realign" in page and page.count("<svg") == 4
 
 
 def test_rerun_is_resumed_and_identical(tmp_path, gap, monkeypatch):

@@ -1,4 +1,5 @@
-"""The run report: self-contained HTML with inline SVG plots, report.json, no credentials."""
+"""The run report: self-contained HTML with matplotlib plots inlined as SVG, report.json, run
+identity, metric meanings and references, the copy beside the manifest, no credentials."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import pandas as pd
 import pytest
 
 from aniso.gates import shard_table
-from aniso.report import build_report, render_html, residual_spectrum, spectrum, svg_bars, svg_lines, write_report
+from aniso.report import (build_report, centroid_baseline, direction_ratios, publish_report, render_html,
+                          residual_spectrum, spectrum, write_report)
+from aniso.report_plots import svg_is_inline_safe
 
 
 def _gates(passed=True):
@@ -41,14 +44,57 @@ def test_spectra_are_trace_normalised_and_descending(gap):
     assert before[0] > 0
 
 
-def test_svg_plots_are_wellformed():
-    svg = svg_lines({"text": [0.5, 0.2, 0.1], "image": [0.4, 0.3, 0.0, -1.0]}, title="a <b> & c")
-    root = ET.fromstring(svg)
-    assert root.tag.endswith("svg")
-    assert len(root.findall("{http://www.w3.org/2000/svg}polyline")) == 2
-    assert "a &lt;b&gt; &amp; c" in svg
-    assert "no data" in svg_lines({"x": []}, title="empty")
-    ET.fromstring(svg_bars({"before": 0.6, "after": None}, title="gap"))
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def _svgs(page: str) -> list[ET.Element]:
+    """Every inline <svg> of the page, parsed as XML (fails on a malformed one)."""
+    blocks = re.findall(r"<svg\b.*?</svg>", page, flags=re.S)
+    return [ET.fromstring(b) for b in blocks]
+
+
+def _check_page(page: str) -> list[ET.Element]:
+    """The page is well-formed enough for a browser: one html/head/body, balanced tables, every
+    image an inline SVG that parses, draws something, and references nothing outside the page."""
+    from html.parser import HTMLParser
+
+    class Checker(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.stack, self.tags = [], []
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append(tag)
+            if tag in ("html", "head", "body", "table", "tr", "td", "th", "details", "pre", "div", "h1", "h2", "p"):
+                self.stack.append(tag)
+
+        def handle_endtag(self, tag):
+            if tag in ("html", "head", "body", "table", "tr", "td", "th", "details", "pre", "div", "h1", "h2", "p"):
+                assert self.stack and self.stack[-1] == tag, (tag, self.stack[-5:])
+                self.stack.pop()
+
+    checker = Checker()
+    checker.feed(page)
+    checker.close()
+    assert checker.stack == [] and checker.tags.count("html") == 1 and checker.tags.count("body") == 1
+    assert "<script" not in page and "<img" not in page
+    assert not re.search(r"""(src|href)=["']?(https?:|//|file:)""", page)
+    svgs = _svgs(page)
+    for svg in svgs:
+        assert svg.tag == f"{SVG}svg"
+        assert svg.findall(f".//{SVG}path") or svg.findall(f".//{SVG}use"), "an empty plot"
+    assert all(svg_is_inline_safe(b) for b in re.findall(r"<svg\b.*?</svg>", page, flags=re.S))
+    return svgs
+
+
+def test_direction_ratios_and_centroid_baseline(gap):
+    ratios = direction_ratios(gap.text[:300], gap.text[:300], gap.image[:300], top=8)
+    assert ratios["substitutes"] == pytest.approx([1.0] * 8)  # the identity changes no direction
+    assert len(ratios["image"]) == 8 and all(r > 0 for r in ratios["image"])
+    base = centroid_baseline(gap.text[:300], gap.image[:300])
+    assert np.linalg.norm(base.mean(0) - (gap.image[:300] / np.linalg.norm(gap.image[:300], axis=1,
+                                                                           keepdims=True)).mean(0)) < 0.05
+    assert direction_ratios(None, None, None) == {}
 
 
 def test_report_html_is_self_contained(gap, tmp_path):
@@ -59,11 +105,14 @@ def test_report_html_is_self_contained(gap, tmp_path):
     page = (tmp_path / "quality" / "report.html").read_text()
     assert urls["html"].endswith("report.html") and urls["json"].endswith("report.json")
     assert page.startswith("<!DOCTYPE html>") and "FAILED" in page
-    assert page.count("<svg") == 3
-    assert "<script" not in page and not re.search(r"""(src|href)=["']?(https?:|//)""", page)
+    svgs = _check_page(page)
+    assert len(svgs) == 4
+    # the plots are real charts: the spectra plot has a log axis with tick labels and a legend
+    text_of = ["".join(t.itertext()) for t in svgs]
+    assert "Covariance spectra" in text_of[0] and "substitutes" in text_of[0] and "1e-1.5" not in page
     # the gate table names the failed expectation with its observed value and bound
     row = re.search(r'<tr class="fail">(.*?)</tr>', page).group(1)
-    assert "centroid_residual" in row and "0.3" in row and "&lt;= 0.001" in row
+    assert "centroid_residual" in row and "0.3" in row and "&lt;= 0.001" in row and "gap left" in row
     content = json.loads((tmp_path / "quality" / "report.json").read_text())
     assert content["gap"] == {"before": 0.6, "after": 0.3}
     assert set(content["spectra"]) == {"text", "image", "substitutes"}
@@ -75,7 +124,7 @@ def test_report_without_image_sample():
     content = build_report(_gates(), _shards(), text=None, subs=None, image=None)
     assert content["spectra"]["image"] == [] and content["residual_spectrum"]["after"] == []
     page = render_html(content)
-    assert "PASSED" in page and page.count("<svg") == 3
+    assert "PASSED" in page and len(_check_page(page)) == 4 and "no data" in page
 
 
 def test_report_from_a_gate_run_holds_no_secret(tmp_path, gap, monkeypatch):
@@ -104,3 +153,38 @@ def test_report_from_a_gate_run_holds_no_secret(tmp_path, gap, monkeypatch):
     for path in (base / "quality").iterdir():
         assert secret not in path.read_bytes().decode("utf-8", "replace"), path
     assert pd.read_parquet(base / "quality" / "shard_stats.parquet").shape[0] == 2
+
+
+def test_report_has_identity_references_and_a_copy_beside_the_manifest(gap, tmp_path):
+    """run.json supplies the identity; the reference columns come from the same metric function
+    applied to the raw text and the centroid baseline; publish_report adds the version."""
+    from aniso.diagnostics import centroid_residual
+
+    run = tmp_path / "runs" / "k1"
+    (run / "quality").mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"run_key": "k1", "dataset": "coco", "method": "realign",
+                                              "code_version": "0.1.0+abc", "config": {"method": {"name": "realign"}},
+                                              "inputs": {"text": {"fingerprint": "f-text"}}}))
+    text, image = gap.text[:300], gap.image[:300]
+    calls = []
+
+    def metric(s):
+        calls.append(s.shape)
+        return {"centroid_residual_sample": centroid_residual(s, image)}
+
+    write_report(str(run / "quality"), _gates(), _shards(), text=text, subs=image, image=image,
+                 reference_metrics=metric)
+    content = json.loads((run / "quality" / "report.json").read_text())
+    assert len(calls) == 2 and set(content["references"]) == {"raw text", "baseline (centroid shift)"}
+    raw = content["references"]["raw text"]["centroid_residual_sample"]
+    base = content["references"]["baseline (centroid shift)"]["centroid_residual_sample"]
+    assert raw > 0.5 and base < 0.1 * raw  # the planted gap, closed by the baseline
+    assert content["identity"]["run_key"] == "k1"
+    page = (run / "quality" / "report.html").read_text()
+    for needle in ("coco", "realign", "k1", "0.1.0+abc", "f-text", "not published", "raw text", "baseline"):
+        assert needle in page, needle
+    url = publish_report(str(run / "quality"), str(tmp_path / "published" / "v1"), "v1", "coco")
+    published = (tmp_path / "published" / "v1" / "report.html").read_text()
+    assert url.endswith("published/v1/report.html") and "not published" not in published
+    assert re.search(r"published version</td><td>v1<", published)
+    _check_page(published)
