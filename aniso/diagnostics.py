@@ -1,4 +1,4 @@
-"""Geometric diagnostics of DESIGN.md §4 (method-spec §5), on arrays, in float64.
+"""Geometric diagnostics (docs/diagnostics.md), on arrays, in float64.
 
 Notation: ``X`` source text, ``S`` substitutes (a method's output for ``X``), ``T`` image
 embeddings. Every function L2-normalises its inputs first. Sets larger than ``max_rows`` are
@@ -239,7 +239,7 @@ def domain_classifier_accuracy(
     """Held-out accuracy of a kNN classifier telling ``S`` from ``T`` (0.5 = indistinguishable).
 
     Non-linear on purpose: after centroid calibration a linear probe sees no difference between
-    methods (DESIGN.md §4). Balanced classes; half of each class trains, half tests; averaged
+    methods (docs/diagnostics.md). Balanced classes; half of each class trains, half tests; averaged
     over ``repeats`` random splits.
     """
     s, t = _balanced(_unit(s, "S"), _unit(t, "T"), seed)
@@ -303,7 +303,7 @@ def diagnose(
     seed: int = 0,
     max_rows: int = 5000,
 ) -> dict[str, float]:
-    """Every diagnostic of DESIGN.md §4 for one method, as a flat ``{metric: value}`` dict.
+    """Every diagnostic of docs/diagnostics.md for one method, as a flat ``{metric: value}`` dict.
 
     Parameters
     ----------

@@ -1,4 +1,4 @@
-"""The joint frame (method-spec §3.1–§3.2): Σ = Σ_t + Σ_i + λI, dominant U, complement, R.
+"""The joint frame (docs/method.md §2): Σ = Σ_t + Σ_i + λI, dominant U, complement, R.
 
 Each modality is centred on its own mean before the covariances are summed, so Σ holds the shared
 semantic variation rather than the gap direction. The complement ``V`` is never formed: its
@@ -31,7 +31,7 @@ def haar_orthogonal(r: int, seed: int) -> np.ndarray:
 
 
 def energy_rank(eigenvalues: np.ndarray, energy: float = 0.8, lo: int = 32, hi: int = 256) -> int:
-    """Smallest even r with cumulative energy ≥ ``energy``, clipped to ``[lo, hi]`` (method-spec §3.1)."""
+    """Smallest even r with cumulative energy ≥ ``energy``, clipped to ``[lo, hi]`` (docs/method.md §2)."""
     w = np.clip(np.sort(eigenvalues)[::-1], 0, None)
     cum = np.cumsum(w) / w.sum()
     r = int(np.searchsorted(cum, energy) + 1)

@@ -1,4 +1,4 @@
-"""Where everything lives under a storage root (DESIGN.md §5) and how runs are keyed.
+"""Where everything lives under a storage root (docs/storage.md) and how runs are keyed.
 
 ::
 

@@ -1,4 +1,4 @@
-"""Blockwise 2-D polar coordinates (method-spec §3.3) and their exact inverse, numpy and torch.
+"""Blockwise 2-D polar coordinates (docs/method.md §3) and their exact inverse, numpy and torch.
 
 ``z`` (n, r) with r even is split into K = r/2 blocks ``(z_{2k}, z_{2k+1})`` (0-based):
 

@@ -1,4 +1,4 @@
-"""Stage I: a periodic phase prior on image embeddings only (method-spec §3.4).
+"""Stage I: a periodic phase prior on image embeddings only (docs/method.md §4).
 
 Energy on the torus T^K, 2π-periodic in every phase by construction::
 
@@ -104,7 +104,7 @@ def fit_prior(
     torch.manual_seed(seed)
     n, k = theta.shape
     prior = PhasePrior(k, order=order, rank=rank, hidden=hidden)
-    # Anchors start at the circular statistics (method-spec §3.4): β = circmean, κ ≈ R̄(2−R̄²)/(1−R̄²).
+    # Anchors start at the circular statistics (docs/method.md §4): β = circmean, κ ≈ R̄(2−R̄²)/(1−R̄²).
     res = np.exp(1j * theta).mean(0)
     rbar = np.clip(np.abs(res), 0, 0.95)
     kappa = rbar * (2 - rbar**2) / (1 - rbar**2)

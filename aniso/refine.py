@@ -1,4 +1,4 @@
-"""Stage II: the instance-conditioned, tanh-bounded refinement and its fit (method-spec §3.5).
+"""Stage II: the instance-conditioned, tanh-bounded refinement and its fit (docs/method.md §5).
 
 The map starts from the closed-form point ``y = μ_i + A(x − μ_t)`` (:mod:`aniso.closed_form`).
 In the joint frame, ``a = Uᵀ(y − μ_i)``, ``z = Rᵀ a`` and the blocks of ``z`` in polar form give

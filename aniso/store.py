@@ -12,7 +12,7 @@ Every array's chunk codecs end with ``crc32c``, so any zarr-python 3 reader rais
 chunk. The completion markers live beside the group, not inside it: readers listing the group
 see only Zarr nodes.
 
-Rules (DESIGN.md §5): the chunk is the read unit and the shard the write unit; one task owns
+Rules (docs/storage.md): the chunk is the read unit and the shard the write unit; one task owns
 whole shards, and a write that does not cover whole shards raises
 :class:`~aniso.errors.ShardAlignmentError` (concurrent partial-shard writes silently lose data,
 zarr-python #3682). A shard counts as written only once its marker exists, so a rerun skips it.

@@ -4,7 +4,7 @@
 Written from the published description of ReVision's ``embed_ReAlign.py``: the embeddings come
 as pickle files of 200,000 fp16 rows each, every file is loaded and the whole corpus is held in
 memory as float64 numpy, ReAlign is computed in float64 (L2-normalise; anchor, trace and
-centroid steps, method-spec §4.4), and the substitutes are written as pickle files of the same
+centroid steps, docs/method.md §7), and the substitutes are written as pickle files of the same
 row counts.
 
 Run: ``python bench/reference_realign.py --text DIR --image DIR --out DIR``; prints one JSON line

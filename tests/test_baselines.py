@@ -20,7 +20,7 @@ def _ref_normalize(x):
 
 
 def _realign_reference(text, image):
-    """Direct transcription of method-spec §4.4 / §7.1 (passes 1-4)."""
+    """Direct transcription of ReAlign's published steps (passes 1-4; docs/method.md §7)."""
     t, i = _ref_normalize(text), _ref_normalize(image)
     mu_t = t.mean(0).astype(np.float32).astype(np.float64)  # the reference casts means to fp32
     mu_i = i.mean(0).astype(np.float32).astype(np.float64)

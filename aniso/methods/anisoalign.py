@@ -1,4 +1,4 @@
-"""AnisoAlign behind the aligner interface (method-spec §3, DESIGN.md §3).
+"""AnisoAlign behind the aligner interface (docs/method.md).
 
 Fit: joint frame → closed-form global map (shrunk, bounded, evidence-adaptive second-moment
 correction) → [Stage I prior on image phases → Stage II bounded MLP], then the centroid

@@ -13,7 +13,7 @@ Fitting is split in three steps so that an orchestrator can distribute the passe
 2. :meth:`Aligner.fit_statistics`: the model proper, from the moments plus, for methods with
    ``sample_size > 0``, row samples drawn with :func:`aniso.sampling.sample_indices`;
 3. calibration: :meth:`Aligner.premap_sum` per chunk, summed, then
-   :meth:`Aligner.set_calibration` (the centroid calibration of method-spec §3.6).
+   :meth:`Aligner.set_calibration` (the centroid calibration of docs/method.md §6).
 
 :meth:`Aligner.fit` runs the three steps in one process.
 """

@@ -1,4 +1,4 @@
-"""Training-free baselines: Identity, CentroidShift, C3, ReAlign and MomentMatch (method-spec §4)."""
+"""Training-free baselines: Identity, CentroidShift, C3, ReAlign and MomentMatch (docs/method.md §7)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ class CentroidShift(Aligner):
 
 
 class ReAlign(Aligner):
-    """ReAlign: anchor → trace → centroid (method-spec §4.4, eqs. 26–30).
+    """ReAlign: anchor → trace → centroid (docs/method.md §7).
 
     ``s = sqrt(E‖x_i − μ_i‖² / (E‖x_t − μ_t‖² + 1e-10))``, ``x' = normalize(μ_i + s(x_t − μ_t))``,
     then the centroid calibration ``x* = normalize(x' − μ' + μ_i)``.
@@ -73,7 +73,7 @@ class ReAlign(Aligner):
 
 
 class C3(Aligner):
-    """C3 (Zhang et al., ICLR 2024), variant (b) of method-spec §4.3, into raw image space.
+    """C3 (Zhang et al., ICLR 2024), variant (b) (docs/method.md §7), into raw image space.
 
     ``x* = normalize(normalize(x_t) − μ_t + μ_i + σξ)``, ``ξ ~ N(0, I)``. C3 adds noise only while
     *training* a downstream model, so ``noise`` is 0 by default (evaluation); set it to
@@ -118,7 +118,7 @@ def _sym_power(cov: np.ndarray, power: float) -> np.ndarray:
 
 
 class MomentMatch(Aligner):
-    """Moment matching (CORAL / whitening–colouring), method-spec §4.6.
+    """Moment matching (CORAL / whitening–colouring), docs/method.md §7.
 
     ``x* = normalize(μ_i + Σ_i^{1/2} (Σ_t + λI)^{-1/2} (x_t − μ_t))`` with ``λ = 1e-6·tr(Σ_t+Σ_i)/d``
     and float64 eigen-square-roots. ``shrinkage`` ∈ [0, 1] optionally shrinks both covariances
