@@ -108,24 +108,25 @@ class EmbeddingStore:
             raise InputError(f"cannot create an embedding store of shape ({n_rows}, {dim}) at {url}")
         if shard_rows % chunk_rows:
             raise InputError(f"shard_rows ({shard_rows}) must be a multiple of chunk_rows ({chunk_rows})")
+        chunk_rows, shard_rows_eff = cls.geometry(n_rows, chunk_rows, shard_rows)
         options = storage_options or {}
         try:
             existing = cls.open(url, storage_options=options, mode="r+")
         except StoreNotFound:
             existing = None
         if existing is not None:
-            want = ((n_rows, dim), shard_rows, np.dtype(dtype))
-            have = (existing.shape, existing.shard_rows, existing.embedding.dtype)
+            # compare with the geometry this call would create (shards shrink to small inputs),
+            # so reopening a store made from the same settings resumes it at every size
+            want = ((n_rows, dim), shard_rows_eff, chunk_rows, np.dtype(dtype))
+            have = (existing.shape, existing.shard_rows, existing.chunk_rows, existing.embedding.dtype)
             if want != have:
                 raise StoreCorrupt(
-                    f"a store already exists at {url} with shape/shard/dtype {have}, expected {want}; "
+                    f"a store already exists at {url} with shape/shard/chunk/dtype {have}, expected {want}; "
                     "remove it or choose another location"
                 )
             if attrs:
                 existing.group.attrs.update(attrs)
             return existing
-        chunk_rows = min(chunk_rows, shard_rows)
-        shard_rows_eff = min(shard_rows, max(chunk_rows, n_rows + (-n_rows) % chunk_rows))
         store = zarr_store(url, options)
         group = zarr.open_group(store, mode="w", attributes=dict(attrs or {}))
         compressors = _chunk_codecs(compressor)
@@ -144,6 +145,16 @@ class EmbeddingStore:
         )
         logger.info("created store %s: (%d, %d) %s, shards of %d rows", url, n_rows, dim, dtype, shard_rows_eff)
         return cls(url, options, group)
+
+    @staticmethod
+    def geometry(n_rows: int, chunk_rows: int, shard_rows: int) -> tuple[int, int]:
+        """``(chunk_rows, shard_rows)`` a store of ``n_rows`` rows is created with.
+
+        The shard shrinks to the input (rounded up to whole chunks) so a small input is one
+        small shard; the chunk never exceeds the shard.
+        """
+        chunk = min(chunk_rows, shard_rows)
+        return chunk, min(shard_rows, max(chunk, n_rows + (-n_rows) % chunk))
 
     @classmethod
     def open(cls, url: str, *, storage_options: dict[str, Any] | None = None, mode: str = "r") -> EmbeddingStore:

@@ -85,3 +85,20 @@ def test_missing_and_corrupt_stores_raise_clear_errors(tmp_path):
         EmbeddingStore.open(store.url)
     with pytest.raises(InputError):
         EmbeddingStore.create(str(tmp_path / "f.zarr"), n_rows=0, dim=4, chunk_rows=1, shard_rows=1)
+
+
+@pytest.mark.parametrize("n", [1, 63, 64, 100, 255, 256, 257, 1000])
+def test_create_reopens_at_every_size(root, n):
+    """Smaller than a chunk, than a shard, not a multiple of either: create() again resumes."""
+    url, options = root
+    store = _make(join_url(url, f"n{n}.zarr"), options, n=n)
+    assert store.shard_rows <= 256 and store.shard_rows % store.chunk_rows == 0
+    assert store.shard_rows >= min(n, 256)
+    store.write_shard(0, *_rows(store, 0))
+    for _ in range(2):
+        reopened = _make(store.url, options, n=n)
+        assert (reopened.shard_rows, reopened.chunk_rows) == (store.shard_rows, store.chunk_rows)
+        assert reopened.completed_shards() == {0}
+    np.testing.assert_array_equal(reopened.read_shard(0)[0], _rows(store, 0)[0])
+    with pytest.raises(StoreCorrupt, match="already exists"):
+        _make(store.url, options, n=n + 1)
