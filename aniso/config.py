@@ -10,8 +10,14 @@ Sources, lowest precedence first:
 
 The same :class:`Settings` model is the Prefect flow parameter, so deployments pass JSON that is
 validated exactly like a CLI run. :func:`config_hash` hashes only the *semantic* part (fields that
-change the result); execution details (workers, batch sizes, storage credentials) are excluded,
-so a run resumes when only those change.
+change the result); execution details (workers, threads, devices, batch sizes, storage) are
+excluded, so a run resumes when only those change.
+
+Secrets never enter the settings: credential keys in ``storage.storage_options`` (and URLs with
+``user:password@``) are rejected, because the settings are a flow parameter and Prefect stores
+flow parameters in its database. Credentials come from where s3fs/botocore read them:
+``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``, ``AWS_PROFILE`` with
+``~/.aws/credentials``, or an instance/pod role.
 """
 
 from __future__ import annotations
@@ -24,10 +30,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .errors import ConfigError
+from .method_params import semantic_params, validate_method
 
 __all__ = [
     "Settings",
@@ -65,20 +72,71 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+#: storage_options keys (at any depth, case-insensitive) that hold credentials.
+CREDENTIAL_KEYS = frozenset({
+    "key", "secret", "token", "password", "passwd", "session_token", "access_key", "secret_key",
+    "aws_access_key_id", "aws_secret_access_key", "aws_session_token", "account_key", "sas_token",
+    "client_secret", "credentials", "token_file",
+})
+
+
+def _credential_paths(value: Any, prefix: str) -> list[str]:
+    if isinstance(value, Mapping):
+        out = []
+        for key, item in value.items():
+            name = f"{prefix}.{key}"
+            lowered = str(key).lower()
+            if lowered in CREDENTIAL_KEYS or "secret" in lowered or "password" in lowered:
+                out.append(name)
+            else:
+                out.extend(_credential_paths(item, name))
+        return out
+    return []
+
+
+def _url_has_userinfo(url: str) -> bool:
+    return "://" in url and "@" in url.split("://", 1)[1].split("/", 1)[0]
+
+
 class StorageSettings(_Section):
-    """Where data lives. ``root`` is any fsspec URL; credentials never leave this section."""
+    """Where data lives. ``root`` is any fsspec URL; credentials are never settings."""
 
     root: str = Field(".aniso-demo", json_schema_extra=EXECUTION)
     dataset: str = "demo"
     storage_options: dict[str, Any] = Field(default_factory=dict, json_schema_extra=EXECUTION)
-    aws_secret_access_key: SecretStr | None = Field(None, json_schema_extra=EXECUTION)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secret_field(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "aws_secret_access_key" in data:
+            raise ValueError(
+                "storage.aws_secret_access_key: credentials are not settings (settings are stored as "
+                "Prefect flow parameters); export AWS_SECRET_ACCESS_KEY or use AWS_PROFILE instead"
+            )
+        return data
+
+    @field_validator("storage_options")
+    @classmethod
+    def _no_credentials(cls, value: dict[str, Any]) -> dict[str, Any]:
+        found = _credential_paths(value, "storage.storage_options")
+        if found:
+            raise ValueError(
+                f"{', '.join(found)}: credentials are not accepted in settings (they would be stored in "
+                "the Prefect database); export AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY "
+                "(/ AWS_SESSION_TOKEN) or use AWS_PROFILE, which s3fs reads itself"
+            )
+        return value
+
+    @field_validator("root")
+    @classmethod
+    def _no_userinfo(cls, value: str) -> str:
+        if _url_has_userinfo(value):
+            raise ValueError("storage.root: a URL with user:password@ is not accepted; use AWS_* variables or a profile")
+        return value
 
     def fs_options(self) -> dict[str, Any]:
-        """``storage_options`` for fsspec, with the secret field merged in (never logged)."""
-        options = dict(self.storage_options)
-        if self.aws_secret_access_key is not None:
-            options.setdefault("secret", self.aws_secret_access_key.get_secret_value())
-        return options
+        """``storage_options`` for fsspec (credentials come from the environment)."""
+        return dict(self.storage_options)
 
 
 class StoreSettings(_Section):
@@ -112,10 +170,19 @@ class EmbedSettings(_Section):
 
 
 class MethodSettings(_Section):
-    """Which aligner runs and its hyper-parameters (passed to its constructor)."""
+    """Which aligner runs and its hyper-parameters, validated against the method's own
+    parameter model (:mod:`aniso.method_params`) when the settings load."""
 
     name: str = "anisoalign"
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_method(self) -> MethodSettings:
+        try:
+            validate_method(self.name, self.params)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return self
 
 
 class FitSettings(_Section):
@@ -254,8 +321,13 @@ def load_settings(
     config_file: str | Path | None = None,
     overrides: Iterable[str] = (),
     environ: Mapping[str, str] | None = None,
+    values: Mapping[str, Any] | None = None,
 ) -> Settings:
-    """Resolve the settings from profiles, a file, the environment and ``--set`` overrides."""
+    """Resolve the settings from profiles, a file, the environment and ``--set`` overrides.
+
+    ``values`` (a nested mapping, e.g. a deployment's ``settings`` parameter) is layered like the
+    ``config_file``, after it and before the environment.
+    """
     environ = os.environ if environ is None else environ
     data = read_yaml(CONF_DIR / "default.yaml") if (CONF_DIR / "default.yaml").exists() else {}
     profile = profile or environ.get("ANISO_PROFILE")
@@ -263,15 +335,25 @@ def load_settings(
         data = _deep_merge(data, read_yaml(CONF_DIR / f"{profile}.yaml"))
     if config_file:
         data = _deep_merge(data, read_yaml(Path(config_file)))
+    if values:
+        data = _deep_merge(data, values)
     data = _deep_merge(data, _env_overrides(environ))
     data = _deep_merge(data, parse_overrides(overrides))
     try:
         return Settings(**data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"invalid settings: {problems}") from None
+        raise ConfigError(f"invalid settings: {describe_errors(exc)}") from None
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """One line for a settings ValidationError; each problem names its ``section.field``."""
+    problems = []
+    for err in exc.errors():
+        if err["type"] == "value_error" and "error" in err.get("ctx", {}):
+            problems.append(str(err["ctx"]["error"]))  # our validators name the field themselves
+        else:
+            problems.append(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}")
+    return "; ".join(problems)
 
 
 # -- hashing --------------------------------------------------------------------------------
@@ -287,8 +369,14 @@ def _semantic(model: BaseModel) -> dict[str, Any]:
 
 
 def semantic_config(settings: Settings) -> dict[str, Any]:
-    """The part of the settings that determines the result (no execution details, no secrets)."""
-    return _semantic(settings)
+    """The part of the settings that determines the result (no execution details, no secrets).
+
+    Fields marked ``EXECUTION`` are left out, and so are a method's execution-only parameters
+    (:data:`aniso.method_params.EXECUTION_PARAMS`, e.g. AnisoAlign's ``torch_threads``).
+    """
+    out = _semantic(settings)
+    out["method"]["params"] = semantic_params(settings.method.name, settings.method.params)
+    return out
 
 
 def config_hash(settings: Settings, length: int = 16) -> str:

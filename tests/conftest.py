@@ -81,10 +81,14 @@ def moto_server():
 
 @pytest.fixture
 def s3_root(moto_server):
-    """A fresh bucket on the loopback server: ``(url, storage_options)``."""
+    """A fresh bucket on the loopback server: ``(url, storage_options)``.
+
+    Credentials come from ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` (set above), as in
+    production: settings refuse credential keys in ``storage_options``.
+    """
     import s3fs
 
-    options = {"endpoint_url": moto_server, "key": "testing", "secret": "testing"}
+    options = {"endpoint_url": moto_server}
     bucket = f"aniso-{uuid.uuid4().hex[:12]}"
     fs = s3fs.S3FileSystem(**options)
     fs.mkdir(bucket)

@@ -11,12 +11,13 @@ stored (``capacity`` in the state, visible as ``aligner.capacity``).
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from ..arrays import l2_normalize
+from ..method_params import AnisoAlignParams
 from ..closed_form import ClosedForm, fit_closed_form
 from ..errors import ConfigError, InputError
 from ..frame import Frame, fit_frame
@@ -28,45 +29,6 @@ from .base import Aligner
 __all__ = ["AnisoAlign", "AnisoAlignParams"]
 
 logger = logging.getLogger(__name__)
-
-
-class AnisoAlignParams(BaseModel):
-    """Validated hyper-parameters of :class:`AnisoAlign` (all JSON-able)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    r: int | None = Field(64, description="dominant rank (even); None: energy rule")
-    p: int = Field(64, ge=0, description="leading complement directions corrected by Stage II")
-    mixing: Literal["haar", "identity"] = "haar"
-    seed: int = 0
-    # closed form
-    strength: float = Field(1.0, ge=0, description="share of the evidence-weighted mismatch corrected; 0: centroid shift")
-    evidence: float = Field(1.0, ge=0, description="rows per dimension for half the correction")
-    bound: float = Field(0.3, ge=0, description="largest log-scale correction per direction")
-    prior_strength: float = Field(7.0, ge=0, description="isotropic pseudo-rows per dimension (covariance shrinkage)")
-    adaptive: bool = True
-    bounded: bool = True
-    # learned stages
-    closed_form_only: bool = False
-    use_prior: bool = True
-    min_samples_learned: int = Field(5000, ge=2)
-    full_capacity_samples: int = Field(20000, ge=2)
-    hidden: int = Field(512, gt=0)
-    prior_hidden: int = Field(256, gt=0)
-    prior_steps: int = Field(1000, ge=0)
-    refine_steps: int = Field(1000, ge=0)
-    batch_size: int = Field(1024, gt=1)
-    delta_theta: float = Field(float(np.pi / 8), ge=0)
-    delta_ell: float = Field(0.25, ge=0)
-    delta_v: float = Field(0.5, ge=0)
-    w_prior: float = 1.0
-    w_dist: float = 1.0
-    w_rel: float = 1.0
-    w_inst: float = 0.5
-    w_reg: float = 1e-3
-    device: str | None = None
-    torch_threads: int | None = Field(None, gt=0, description="CPU threads for training (None: torch's default)")
-    calibration_rounds: int = Field(8, ge=1, description="fixed-point rounds of §3.6 on the text sample")
 
 
 class AnisoAlign(Aligner):
@@ -82,6 +44,7 @@ class AnisoAlign(Aligner):
     """
 
     name = "anisoalign"
+    Params = AnisoAlignParams
     sample_size = 20000
     default_calibrate = True
 

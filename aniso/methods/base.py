@@ -31,6 +31,7 @@ import numpy as np
 from .._fs import join_url, open_url
 from .._version import __version__
 from ..arrays import ArrayLike2D, iter_chunks, l2_normalize
+from ..method_params import MethodParams, NoParams
 from ..errors import AnisoError, InputError, NotFittedError, StoreCorrupt, StoreNotFound
 from ..moments import Moments, moments_of
 from ..sampling import collect_rows, sample_indices
@@ -80,6 +81,9 @@ class Aligner(ABC):
     """
 
     name: ClassVar[str] = ""
+    #: The method's hyper-parameter model (everything but ``calibrate``), validated when the
+    #: settings load; see :mod:`aniso.method_params`.
+    Params: ClassVar[type[MethodParams]] = NoParams
     #: Rows of each modality the fit wants beyond the moments (0: moments suffice).
     sample_size: ClassVar[int] = 0
     #: Statistics the fit needs: ``"full"`` (mean + d×d co-moment) or ``"trace"`` (mean + tr Σ).

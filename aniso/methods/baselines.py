@@ -10,6 +10,7 @@ import numpy as np
 
 from ..arrays import l2_normalize
 from ..errors import InputError
+from ..method_params import C3Params, MomentMatchParams
 from ..moments import Moments
 from .base import Aligner
 
@@ -84,6 +85,7 @@ class C3(Aligner):
 
     name = "c3"
     statistics = "trace"
+    Params = C3Params
     default_calibrate = False
     #: C3's own noise level, ``--noise_level`` default in its ``run.py``.
     TRAIN_NOISE = math.sqrt(0.016)
@@ -126,6 +128,7 @@ class MomentMatch(Aligner):
     """
 
     name = "moment"
+    Params = MomentMatchParams
     default_calibrate = False
 
     def __init__(self, calibrate: bool | None = None, shrinkage: float = 0.0) -> None:
