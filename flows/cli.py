@@ -33,7 +33,7 @@ os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
 
 import typer  # noqa: E402
 
-from aniso.errors import AnisoError, ConfigError, GateFailed, InputError  # noqa: E402
+from aniso.errors import AnisoError, ConfigError, FailureRateExceeded, GateFailed, InputError  # noqa: E402
 
 if TYPE_CHECKING:  # settings (pydantic), Prefect and the library load only when a command runs,
     from aniso.config import Settings  # so ``aniso --help`` stays fast
@@ -99,7 +99,7 @@ VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Also log each
 
 def _fail(exc: BaseException) -> None:
     """Print a one-line reason and exit with the code of its error class."""
-    code = 3 if isinstance(exc, GateFailed) else 2 if isinstance(exc, (InputError, ConfigError)) else 1
+    code = 3 if isinstance(exc, GateFailed) else 2 if isinstance(exc, (InputError, ConfigError, FailureRateExceeded)) else 1
     typer.echo(f"aniso: error: {exc}", err=True)
     raise typer.Exit(code)
 
@@ -141,13 +141,17 @@ def _announce_start(settings: Settings) -> None:
 
 
 def run_produce(text: str, image: str, settings: Settings) -> dict:
-    """Run the ``produce`` flow with the settings' Dask cluster and the progress display."""
+    """Check inputs and storage (fast, no Prefect server yet), then run the ``produce`` flow, which
+    builds its Dask task runner from ``settings.cluster``, with the progress display."""
+    from aniso.preflight import preflight
+
+    preflight(text, image, settings)
     from aniso.flows.produce import produce
 
-    flow = _flow_with_runner(produce, settings)
+    configure_logging(_VERBOSE[0])  # Prefect's import resets logging
     _announce_start(settings)
     with progress_display():
-        return flow(text=text, image=image, settings=settings)
+        return produce(text=text, image=image, settings=settings)
 
 
 @app.command()

@@ -8,8 +8,10 @@
 The same deployment for a work pool lives in ``infra/prefect.yaml`` (``prefect deploy``).
 Schedules are defined here and there only, never in flow modules. Settings are resolved once,
 like a CLI run (profiles, ``--config``, ``ANISO_*`` variables, ``--set``), and passed to every
-scheduled run as the ``settings`` parameter; storage credentials are *not* part of them: the
-serving process' environment (``AWS_*``) provides those at run time.
+scheduled run as the ``settings`` parameter; storage credentials are *not* part of them (the
+settings refuse them): the serving process' environment (``AWS_*``) provides those at run time.
+The deployment's entrypoint is the module path ``aniso.flows.produce:produce``, so it runs from
+an installed package in any working directory.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
+from prefect.deployments.runner import EntrypointType
 from prefect.schedules import Cron
 
 from aniso.config import load_settings
@@ -30,15 +33,12 @@ DEFAULT_CRON = "0 3 * * *"
 
 
 def settings_parameter(settings: Any) -> dict[str, Any]:
-    """The settings as a JSON-able flow parameter, without secret fields or storage options.
+    """The settings as a JSON-able flow parameter.
 
-    Credentials never enter the Prefect database: ``storage_options`` and
-    ``aws_secret_access_key`` are dropped, so a scheduled run takes them from its environment.
+    They hold no credentials (:class:`aniso.config.StorageSettings` refuses them), so nothing
+    secret enters the Prefect database; a scheduled run takes credentials from its environment.
     """
-    data = settings.model_dump(mode="json")
-    data["storage"].pop("aws_secret_access_key", None)
-    data["storage"].pop("storage_options", None)
-    return data
+    return settings.model_dump(mode="json")
 
 
 def build_deployment(
@@ -48,6 +48,7 @@ def build_deployment(
     """A ``RunnerDeployment`` of :func:`aniso.flows.produce.produce` on a cron schedule."""
     return produce.to_deployment(
         name=name,
+        entrypoint_type=EntrypointType.MODULE_PATH,
         parameters={"text": text, "image": image, "settings": settings_parameter(settings)},
         schedules=[Cron(cron, timezone=timezone)],
         tags=["aniso"],

@@ -17,17 +17,18 @@ from prefect import flow
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from aniso._version import code_version
-from aniso.config import Settings, config_hash, semantic_config
-from aniso.errors import GateFailed, InputError
+from aniso.config import Settings, config_hash, load_settings, semantic_config
+from aniso.errors import ConfigError, GateFailed, InputError
 from aniso.gates import preload_in_background
 from aniso.inputs import is_embedding_input, open_embedding_source
 from aniso.layout import DatasetLayout, run_key
 from aniso.pipeline import _redact, statistics_kind, write_json
 from aniso.inplace import open_rows
+from aniso.preflight import preflight
 from aniso.tasks.gate import gate
 from aniso.tasks.publish import publish
 
-from ._common import announce_dashboard, run_stage
+from ._common import announce_dashboard, make_task_runner, run_stage
 from ._console import fmt_value
 from .apply import apply_model
 from .fit import fit_and_calibrate
@@ -62,8 +63,22 @@ def _run_name() -> str:
     from prefect.runtime import flow_run
 
     settings = flow_run.parameters.get("settings")
-    dataset = settings["storage"]["dataset"] if isinstance(settings, dict) else settings.storage.dataset
+    if isinstance(settings, dict):
+        dataset = (settings.get("storage") or {}).get("dataset") or "default"
+    else:
+        dataset = getattr(getattr(settings, "storage", None), "dataset", "default")
     return f"produce-{dataset}"
+
+
+def resolve_settings(settings: Settings | dict[str, Any]) -> Settings:
+    """The validated settings from a flow parameter: the model itself, or (a deployment's) JSON,
+    which is layered like a CLI run's ``--config`` file over ``conf/default.yaml``, the profile
+    in ``ANISO_PROFILE`` and ``ANISO_*`` variables of the process running the flow."""
+    if isinstance(settings, Settings):
+        return settings
+    if not isinstance(settings, dict):
+        raise ConfigError(f"settings: expected a mapping, got {type(settings).__name__}")
+    return load_settings(values=settings)
 
 
 # Parameters are validated by hand below: deployments pass ``settings`` as JSON, CLI runs pass
@@ -72,6 +87,11 @@ def _run_name() -> str:
 def produce(text: str, image: str, settings: Settings | dict[str, Any]) -> dict[str, Any]:
     """Produce and publish substitute image embeddings for a text corpus.
 
+    The flow checks the settings, inputs and output root first (:func:`aniso.preflight.preflight`),
+    then runs the stages as a subflow on the Dask task runner built from ``settings.cluster``
+    (``address``: an existing scheduler; else a temporary ``cluster_class`` cluster), so a CLI
+    run, ``serve`` and a ``prefect deploy`` deployment all execute on the configured cluster.
+
     Parameters
     ----------
     text, image
@@ -79,7 +99,9 @@ def produce(text: str, image: str, settings: Settings | dict[str, Any]) -> dict[
         corpora (text: jsonl/parquet/csv/txt; images: a folder tree or webdataset tars), which
         are embedded first with ``settings.embed``.
     settings
-        The resolved settings tree (``aniso.config.load_settings``), or its JSON form.
+        The resolved settings tree (``aniso.config.load_settings``), or its JSON form. It never
+        holds credentials (refused when the settings load); those come from ``AWS_*`` variables
+        or profiles in the environment of the process that runs the flow.
 
     Returns
     -------
@@ -88,11 +110,22 @@ def produce(text: str, image: str, settings: Settings | dict[str, Any]) -> dict[
 
     Raises
     ------
+    ConfigError, InputError
+        Before any heavy work, when the settings, an input or the output root are unusable.
     GateFailed
         When any gate fails; nothing is published and the run's staging data stays.
     """
-    if isinstance(settings, dict):
-        settings = Settings.model_validate(settings)
+    settings = resolve_settings(settings)
+    preflight(text, image, settings)
+    runner = make_task_runner(settings.cluster)
+    logger.info("task runner: %s", settings.cluster.address or settings.cluster.cluster_class or "distributed.LocalCluster")
+    return run_stages.with_options(task_runner=runner)(text=text, image=image, settings=settings)
+
+
+@flow(name="produce-stages", validate_parameters=False)
+def run_stages(text: str, image: str, settings: Settings) -> dict[str, Any]:
+    """The stages of :func:`produce` (its subflow, on the settings' Dask task runner)."""
+    settings = resolve_settings(settings)
     preload_in_background()  # the gate library loads while the data stages run
     announce_dashboard()
     options = settings.storage.fs_options()

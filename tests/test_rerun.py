@@ -1,0 +1,95 @@
+"""Reruns and resume at awkward sizes: inputs smaller than one chunk, than one shard, and not a
+multiple of either, on a local directory and on the loopback S3 server.
+
+Before the fix, a second ``produce`` on any input under one full shard failed with "a store
+already exists ... expected 65536" (the store's shard shrinks to a small input, the check
+compared it with the setting).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from aniso import pipeline
+from aniso._fs import join_url, open_url
+from aniso.config import load_settings
+from aniso.layout import DatasetLayout
+from aniso.publish import open_published, read_latest
+from aniso.store import EmbeddingStore
+from aniso.flows.produce import produce
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+#: (profile, rows): ci has chunks of 256 and shards of 1024 rows, default 4096 and 65536.
+SIZES = [
+    ("ci", 200),  # smaller than one chunk
+    ("ci", 700),  # smaller than one shard, not a multiple of the chunk
+    ("ci", 2500),  # several shards, the last one partial
+    ("default", 3000),  # the issue's case: under one default chunk and shard
+]
+
+
+def _settings(profile, url, options, *sets):
+    settings = load_settings(profile=profile, overrides=[f"storage.root={url}", "storage.dataset=r",
+                                                         "method.name=anisoalign", *sets], environ={})
+    settings.storage.storage_options = options
+    return settings
+
+
+def _inputs(url, options, gap, n):
+    rng = np.random.default_rng(n)
+    text = gap.text[rng.integers(0, len(gap.text), n)] if n > len(gap.text) else gap.text[:n]
+    paths = {}
+    for name, array in (("text", text), ("image", gap.image[: min(n, len(gap.image))])):
+        paths[name] = join_url(url, "in", f"{name}.npy")
+        with open_url(paths[name], "wb", options) as f:
+            np.save(f, array)
+    return paths
+
+
+def _run(settings, paths):
+    return produce(text=paths["text"], image=paths["image"], settings=settings)
+
+
+@pytest.mark.parametrize("profile, n", SIZES, ids=[f"{p}-{n}" for p, n in SIZES])
+def test_rerun_same_and_other_method_at_every_size(root, gap, profile, n):
+    url, options = root
+    paths = _inputs(url, options, gap, n)
+    first = _run(_settings(profile, url, options), paths)
+    again = _run(_settings(profile, url, options), paths)
+    assert again["run_key"] == first["run_key"]
+    assert again["published"]["version"] == first["published"]["version"]
+    other = _run(_settings(profile, url, options, "method.params.strength=0.2"), paths)
+    assert other["run_key"] != first["run_key"]
+    published = open_published(url, "r", storage_options=options)
+    assert published.manifest["run_key"] == other["run_key"] and published.manifest["n_rows"] == n
+    published.verify()
+    subs = EmbeddingStore.open(first["substitutes"], storage_options=options)
+    assert subs.n_rows == n and subs.is_complete()
+
+
+@pytest.mark.parametrize("n", [200, 700])
+def test_resume_after_a_crash_below_one_shard(root, gap, monkeypatch, n):
+    url, options = root
+    paths = _inputs(url, options, gap, n)
+    settings = _settings("ci", url, options)
+    real_apply = pipeline.apply_shard
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("injected crash in apply")
+
+    monkeypatch.setattr(pipeline, "apply_shard", crash)
+    with pytest.raises(RuntimeError, match="injected crash"):
+        _run(settings, paths)
+    assert read_latest(DatasetLayout(url, "r"), storage_options=options) is None
+    monkeypatch.setattr(pipeline, "apply_shard", real_apply)
+    resumed = _run(settings, paths)
+
+    clean_url = join_url(url, "clean")
+    clean = _run(_settings("ci", clean_url, options), _inputs(clean_url, options, gap, n))
+    assert resumed["run_key"] == clean["run_key"]
+    a = open_published(url, "r", storage_options=options)
+    b = open_published(clean_url, "r", storage_options=options)
+    assert a.manifest["shards"] == b.manifest["shards"]
+    np.testing.assert_array_equal(a.embedding[:], b.embedding[:])
