@@ -13,10 +13,12 @@ export DO_NOT_TRACK = 1
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# pyproject.toml carries lower bounds and extras (pipeline, embed, test); constraints.txt the
+# exact pins this set was tested with.
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade "pip>=24"
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[all,test]"
 	touch $(STAMP)
 
 ## The main job on the embedded default: local storage, local Dask cluster, CPU.

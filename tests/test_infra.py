@@ -150,5 +150,47 @@ def test_dockerfile_installs_pinned_project():
     assert "AWS_SECRET_ACCESS_KEY=" not in text and "ENV AWS_" not in text
     import tomllib
 
-    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    assert all("==" in d for d in deps)  # what the image installs is exactly pinned
+    assert "-c constraints.txt" in text  # what the image installs is exactly pinned
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    pins = _constraints()
+    for dep in project["dependencies"] + project["optional-dependencies"]["pipeline"] + project["optional-dependencies"]["embed"]:
+        assert _name(dep) in pins, f"{dep} has no exact pin in constraints.txt"
+
+
+def _name(requirement: str) -> str:
+    import re
+
+    return re.split(r"[\[<>=!~; ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def _constraints() -> dict[str, str]:
+    pins = {}
+    for line in (REPO / "constraints.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            assert version, f"constraints.txt: {line!r} is not an exact pin"
+            pins[_name(name)] = version
+    return pins
+
+
+def test_dependencies_have_lower_bounds_and_extras_split_library_pipeline_embed():
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    core = {_name(d) for d in project["dependencies"]}
+    extras = project["optional-dependencies"]
+    assert all(">=" in d and "==" not in d for d in project["dependencies"])
+    assert all(">=" in d for e in ("pipeline", "embed", "test") for d in extras[e])
+    # the library needs no orchestrator and no image encoder; the extras carry them
+    assert not core & {"prefect", "prefect-dask", "distributed", "great-expectations", "typer"}
+    assert {"prefect", "prefect-dask", "distributed", "great-expectations"} <= {_name(d) for d in extras["pipeline"]}
+    assert {"open-clip-torch", "torchvision", "pillow"} <= {_name(d) for d in extras["embed"]}
+    # every pin satisfies its lower bound
+    from packaging.requirements import Requirement
+
+    pins = _constraints()
+    for dep in project["dependencies"] + [d for e in ("pipeline", "embed", "test") for d in extras[e]]:
+        req = Requirement(dep)
+        assert req.specifier.contains(pins[_name(req.name)], prereleases=True), (dep, pins[_name(req.name)])
+    assert "constraints.txt" in (REPO / "Makefile").read_text()

@@ -165,3 +165,30 @@ def test_s3_profile_honours_aws_endpoint_url(inputs, moto_server, monkeypatch):
     published = open_published(f"s3://{bucket}/store", "recipe", storage_options={"endpoint_url": moto_server})
     assert published.manifest["n_rows"] == 2000
     s3fs.S3FileSystem.clear_instance_cache()
+
+
+# -- failures inside the flow: still one line, no traceback (a real process, real stderr) --------
+@pytest.mark.slow
+def test_failure_inside_the_flow_prints_no_traceback(inputs, gap):
+    """Duplicate ids are found by the ingest stage (inside the flow): exit 2, one line on stderr."""
+    import subprocess
+    import sys
+
+    ids = np.tile(np.arange(len(gap.text) // 2), 2).astype(str)
+    folder = inputs / "dup"
+    (folder / "text_emb").mkdir(parents=True)
+    (folder / "metadata").mkdir()
+    np.save(folder / "text_emb" / "text_emb_0.npy", gap.text)
+    import pandas as pd
+
+    pd.DataFrame({"id": ids}).to_parquet(folder / "metadata" / "metadata_0.parquet")
+    result = subprocess.run(
+        [sys.executable, "-m", "aniso.flows.cli", "produce", "--text", str(folder / "text_emb"),
+         "--image", str(inputs / "image.npy"), "--out", str(inputs / "out"), "--profile", "ci",
+         "--set", "method.name=realign"],
+        capture_output=True, text=True, timeout=600, cwd=inputs,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr + result.stdout, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("aniso: error: ")]
+    assert len(errors) == 1 and "appears at rows" in errors[0], result.stderr[-3000:]
