@@ -21,13 +21,22 @@ from aniso.flows.produce import produce
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
-#: (profile, rows): ci has chunks of 256 and shards of 1024 rows, default 4096 and 65536.
+#: (backend, profile, rows): ci has chunks of 256 and shards of 1024 rows, default 4096 and 65536.
 SIZES = [
-    ("ci", 200),  # smaller than one chunk
-    ("ci", 700),  # smaller than one shard, not a multiple of the chunk
-    ("ci", 2500),  # several shards, the last one partial
-    ("default", 3000),  # the case: under one default chunk and shard
+    ("local", "ci", 200),  # smaller than one chunk
+    ("s3", "ci", 200),
+    ("local", "ci", 700),  # smaller than one shard, not a multiple of the chunk
+    ("local", "ci", 2500),  # several shards, the last one partial
+    ("local", "default", 3000),  # the case: under one default chunk and shard
+    ("s3", "default", 3000),
 ]
+
+
+def _root(request, tmp_path, backend):
+    if backend == "local":
+        return str(tmp_path / "root"), {}
+    request.applymarker(pytest.mark.s3)
+    return request.getfixturevalue("s3_root")
 
 
 def _settings(profile, url, options, *sets):
@@ -52,9 +61,9 @@ def _run(settings, paths):
     return produce(text=paths["text"], image=paths["image"], settings=settings)
 
 
-@pytest.mark.parametrize("profile, n", SIZES, ids=[f"{p}-{n}" for p, n in SIZES])
-def test_rerun_same_and_other_method_at_every_size(root, gap, profile, n):
-    url, options = root
+@pytest.mark.parametrize("backend, profile, n", SIZES, ids=[f"{b}-{p}-{n}" for b, p, n in SIZES])
+def test_rerun_same_and_other_method_at_every_size(request, tmp_path, gap, backend, profile, n):
+    url, options = _root(request, tmp_path, backend)
     paths = _inputs(url, options, gap, n)
     first = _run(_settings(profile, url, options), paths)
     again = _run(_settings(profile, url, options), paths)
@@ -69,9 +78,9 @@ def test_rerun_same_and_other_method_at_every_size(root, gap, profile, n):
     assert subs.n_rows == n and subs.is_complete()
 
 
-@pytest.mark.parametrize("n", [200, 700])
-def test_resume_after_a_crash_below_one_shard(root, gap, monkeypatch, n):
-    url, options = root
+@pytest.mark.parametrize("backend, n", [("local", 200), ("s3", 700)])
+def test_resume_after_a_crash_below_one_shard(request, tmp_path, gap, monkeypatch, backend, n):
+    url, options = _root(request, tmp_path, backend)
     paths = _inputs(url, options, gap, n)
     settings = _settings("ci", url, options)
     real_apply = pipeline.apply_shard
