@@ -48,7 +48,7 @@ def test_wheel_contents(wheel):
         assert module in names
     assert any(n.startswith("aniso/demo/weights/") for n in names)
     assert not any(n.startswith(("tests/", "infra/", "bench/", "flows/", "tasks/", "conf/")) for n in names)
-    assert "aniso = aniso.flows.cli:app" in entry_points
+    assert "aniso = aniso.flows.cli:main" in entry_points
     for extra in ("pipeline", "embed", "test"):
         assert f"Provides-Extra: {extra}" in metadata
     assert 'Requires-Dist: prefect<3.9,>=3.8.8; extra == "pipeline"' in metadata
