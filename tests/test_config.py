@@ -93,6 +93,7 @@ FIELDS = {
     "cluster.threads_per_worker": (3, False),
     "cluster.processes": (True, False),
     "cluster.cluster_kwargs": ({"memory_limit": "1GB"}, False),
+    "cluster.dashboard": (":8787", False),
 }
 
 #: AnisoAlign's parameters that only change how the fit runs.
