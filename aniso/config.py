@@ -153,6 +153,8 @@ class CorpusSettings(_Section):
 
     text_field: str = "text"
     id_field: str | None = "id"
+    #: clip-retrieval metadata: "auto" (id, key, image_path, url), a column name, or "row-number"
+    embedding_ids: str = "auto"
     items_per_shard: int = Field(4096, gt=0)
     max_failure_rate: float = Field(0.01, ge=0.0, le=1.0, json_schema_extra=EXECUTION)
 

@@ -142,7 +142,7 @@ class NpyView:
     # -- descriptor ----------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
         parts = [{"url": p.url, "rows": p.rows, "dim": p.dim, "dtype": p.dtype.str, "data_offset": p.data_offset,
-                  "first_row": p.first_row, "ids_url": p.ids_url} for p in self.source.parts]
+                  "first_row": p.first_row, "ids_url": p.ids_url, "id_column": p.id_column} for p in self.source.parts]
         return {"format": "aniso-npy-view/1", "source": self.source.url, "fingerprint": self.source.fingerprint,
                 "n_rows": self.n_rows, "dim": self.dim, "chunk_rows": self.chunk_rows, "shard_rows": self.shard_rows,
                 "parts": parts}
@@ -151,7 +151,7 @@ class NpyView:
     def from_json(cls, url: str, payload: dict[str, Any], storage_options: dict[str, Any]) -> NpyView:
         try:
             parts = [NpyPart(p["url"], int(p["rows"]), int(p["dim"]), np.dtype(p["dtype"]), int(p["data_offset"]),
-                             int(p["first_row"]), p.get("ids_url")) for p in payload["parts"]]
+                             int(p["first_row"]), p.get("ids_url"), p.get("id_column")) for p in payload["parts"]]
             source = EmbeddingSource(payload["source"], "npy", int(payload["n_rows"]), int(payload["dim"]),
                                      storage_options, parts=parts, fingerprint=payload["fingerprint"])
             return cls(url, source, int(payload["chunk_rows"]), int(payload["shard_rows"]), storage_options)

@@ -6,7 +6,11 @@ that enters the run key. Accepted forms:
 
 * a single ``.npy`` file (any float dtype; read by byte ranges, so it works on object storage);
 * a folder of ``.npy`` files in clip-retrieval's layout (``text_emb/text_emb_0.npy``, ...), with
-  ids from the sibling ``metadata/metadata_<i>.parquet`` when present, row numbers otherwise;
+  ids from the sibling ``metadata/metadata_<i>.parquet`` when present (its first column among
+  ``id``, ``key``, ``image_path``, ``url``, or the column named by ``ids``; a metadata file with
+  none of them is an error naming its columns, unless ``ids="row-number"``), row numbers when
+  there is no metadata. Metadata files are part of the fingerprint, so corrected ids start a new
+  run;
 * an aniso Zarr embedding store (see :mod:`aniso.store`).
 """
 
@@ -29,6 +33,8 @@ from .store import EmbeddingStore
 __all__ = ["EmbeddingSource", "NpyPart", "open_embedding_source", "is_embedding_input"]
 
 _ID_COLUMNS = ("id", "key", "image_path", "url")
+#: ``ids`` value that takes row numbers as ids even when metadata exist.
+ROW_NUMBER = "row-number"
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,7 @@ class NpyPart:
     data_offset: int
     first_row: int
     ids_url: str | None = None
+    id_column: str | None = None
 
 
 @dataclass
@@ -109,8 +116,14 @@ class EmbeddingSource:
             yield self.read_rows(start, min(start + step, self.n_rows))[0]
 
 
-def open_embedding_source(url: str, storage_options: dict[str, Any] | None = None, *, what: str = "input") -> EmbeddingSource:
-    """Open ``url`` as an embedding input; errors name the file and the problem."""
+def open_embedding_source(
+    url: str, storage_options: dict[str, Any] | None = None, *, what: str = "input", ids: str = "auto",
+) -> EmbeddingSource:
+    """Open ``url`` as an embedding input; errors name the file and the problem.
+
+    ``ids`` chooses the id column of clip-retrieval metadata: ``"auto"`` (the first of ``id``,
+    ``key``, ``image_path``, ``url``), a column name, or ``"row-number"``.
+    """
     options = storage_options or {}
     fs, path = filesystem(url, options)
     if not fs.exists(path):
@@ -139,10 +152,14 @@ def open_embedding_source(url: str, storage_options: dict[str, Any] | None = Non
     first = 0
     for part_url in urls:
         part = _npy_header(part_url, options, first_row=first)
-        part = NpyPart(**{**part.__dict__, "ids_url": _metadata_for(part_url, options)})
+        meta_url = _metadata_for(part_url, options)
+        column = _id_column(meta_url, ids, options, what) if meta_url else None
+        part = NpyPart(**{**part.__dict__, "ids_url": meta_url if column else None, "id_column": column})
         if parts and part.dim != parts[0].dim:
             raise InputError(f"{what}: {part_url} has dimension {part.dim}, but {parts[0].url} has {parts[0].dim}")
         digest.update(f"{posixpath.basename(part_url)}|{_content_tag(part_url, options)}".encode())
+        if meta_url:  # the ids are part of the input: corrected metadata is a different input
+            digest.update(f"|{posixpath.basename(meta_url)}|{column}|{_content_tag(meta_url, options)}".encode())
         parts.append(part)
         first += part.rows
     if first == 0:
@@ -237,6 +254,27 @@ def _metadata_for(npy_url: str, options: dict[str, Any]) -> str | None:
     return candidate if fs.exists(path) else None
 
 
+def _id_column(meta_url: str, ids: str, options: dict[str, Any], what: str) -> str | None:
+    """The id column of a metadata file (None: row numbers); an unrecognised one is an error."""
+    if ids == ROW_NUMBER:
+        return None
+    fs, path = filesystem(meta_url, options)
+    with fs.open(path, "rb") as f:
+        try:
+            names = pq.ParquetFile(f).schema_arrow.names
+        except Exception as exc:  # pyarrow raises several types for a damaged footer
+            raise InputError(f"{what}: {meta_url} is not a readable parquet file: {exc}") from exc
+    wanted = _ID_COLUMNS if ids == "auto" else (ids,)
+    column = next((c for c in wanted if c in names), None)
+    if column is None:
+        looked = f"none of the id columns {list(_ID_COLUMNS)}" if ids == "auto" else f"no column {ids!r}"
+        raise InputError(
+            f"{what}: {meta_url} has {looked} (columns found: {names}); name the id column with "
+            f"corpus.embedding_ids=<column>, or set corpus.embedding_ids={ROW_NUMBER} to use row numbers"
+        )
+    return column
+
+
 def _part_ids(part: NpyPart, start: int, stop: int, options: dict[str, Any]) -> list[str]:
     if part.ids_url is None:
         return [str(part.first_row + i) for i in range(start, stop)]
@@ -249,8 +287,8 @@ def _part_ids(part: NpyPart, start: int, stop: int, options: dict[str, Any]) -> 
             raise InputError(
                 f"ids do not match embeddings: {part.ids_url} has {rows} rows, {part.url} has {part.rows}"
             )
-        column = next((c for c in _ID_COLUMNS if c in meta.schema_arrow.names), None)
-        if column is None:
-            return [str(part.first_row + i) for i in range(start, stop)]
+        column = part.id_column or next((c for c in _ID_COLUMNS if c in meta.schema_arrow.names), None)
+        if column is None:  # a part described before id columns were recorded; checked at open now
+            raise InputError(f"{part.ids_url} has none of the id columns {list(_ID_COLUMNS)}")
         values = meta.read(columns=[column]).column(0).slice(start, stop - start).to_pylist()
     return [str(v) for v in values]

@@ -52,6 +52,7 @@ APPLY_BLOCK = 8192
 def prepare_input(
     url: str, store_url_for: Any, *, modality: str, chunk_rows: int, shard_rows: int,
     storage_options: dict[str, Any], attrs: dict[str, Any] | None = None, in_place: bool = True,
+    ids: str = "auto",
 ) -> tuple[str, str, list[int]]:
     """Open an input and create (or reopen) what the later stages read it through.
 
@@ -62,7 +63,7 @@ def prepare_input(
     shard by shard (:func:`import_shard`). Returns ``(store_url, fingerprint, shards still to
     import)``.
     """
-    source = open_embedding_source(url, storage_options, what=f"{modality} input {url}")
+    source = open_embedding_source(url, storage_options, what=f"{modality} input {url}", ids=ids)
     if source.store is not None:
         return source.url, source.fingerprint, []
     store_url = store_url_for(source.fingerprint)
@@ -80,12 +81,12 @@ def prepare_input(
     return store_url, source.fingerprint, pending
 
 
-def import_shard(url: str, store_url: str, shard: int, storage_options: dict[str, Any]) -> dict[str, Any]:
+def import_shard(url: str, store_url: str, shard: int, storage_options: dict[str, Any], ids: str = "auto") -> dict[str, Any]:
     """Copy one shard of rows from an input into its store (validated: finite, right width)."""
     store = EmbeddingStore.open(store_url, storage_options=storage_options, mode="r+")
     if shard in store.completed_shards():
         return store.marker(shard)
-    source = open_embedding_source(url, storage_options)
+    source = open_embedding_source(url, storage_options, ids=ids)
     start, stop = store.shard_range(shard)
     emb, ids = source.read_rows(start, stop)
     norms = row_norms(emb.astype(np.float64))

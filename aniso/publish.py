@@ -22,6 +22,7 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -274,6 +275,17 @@ class PublishedDataset:
         found = self.problems()
         if found:
             raise StoreCorrupt(f"{len(found)} damaged shard(s): " + "; ".join(found))
+
+    def iter_batches(self, batch_size: int, **kwargs: Any) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Chunk-aware ``(ids, embeddings)`` batches (each row once per epoch across ranks).
+
+        Keyword arguments (``shuffle``, ``seed``, ``epoch``, ``rank``, ``world_size``,
+        ``buffer_chunks``, ``only_valid``, ``drop_last``) are those of
+        :func:`aniso.loader.iter_batches`.
+        """
+        from .loader import iter_batches
+
+        return iter_batches(self.store.group, batch_size, **kwargs)
 
 
 def open_published(

@@ -21,10 +21,11 @@ def ingest_embeddings(url: str, modality: str, layout: DatasetLayout, settings: 
     store_url, fingerprint, pending = pipeline.prepare_input(
         url, lambda fp: layout.embeddings(f"input-{fp[:16]}", modality), modality=modality,
         chunk_rows=settings.store.chunk_rows, shard_rows=settings.store.shard_rows, storage_options=options,
+        ids=settings.corpus.embedding_ids,
     )
     if pending:
         map_shards(import_shard, f"ingest {modality}", pending, rows=store_shard_rows(store_url, options, pending),
-                   url=url, store_url=store_url, storage_options=options)
+                   url=url, store_url=store_url, storage_options=options, ids=settings.corpus.embedding_ids)
     if pending or pipeline.needs_id_check(store_url, options):
         check_unique_ids.submit(store_url, options, f"{modality} input {url}").result()
     return store_url, fingerprint

@@ -12,8 +12,8 @@ from ._retry import TASK_OPTIONS
 
 
 @task(name="import-shard", **TASK_OPTIONS)
-def import_shard(url: str, store_url: str, shard: int, storage_options: dict[str, Any]) -> dict[str, Any]:
-    return pipeline.import_shard(url, store_url, shard, storage_options)
+def import_shard(url: str, store_url: str, shard: int, storage_options: dict[str, Any], ids: str = "auto") -> dict[str, Any]:
+    return pipeline.import_shard(url, store_url, shard, storage_options, ids)
 
 
 @task(name="check-unique-ids", **TASK_OPTIONS)

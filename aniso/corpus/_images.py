@@ -8,7 +8,7 @@ import warnings
 
 from PIL import Image, UnidentifiedImageError
 
-from ._plan import IMAGE_EXTENSIONS, FileRange, tar_samples
+from ._plan import IMAGE_EXTENSIONS, PAST_EOF, TRUNCATED, FileRange, tar_samples
 from ._text import check_text
 
 __all__ = ["RawItem", "read_image_range", "read_tar_range", "decode_image"]
@@ -74,16 +74,17 @@ def read_tar_range(fs, rng: FileRange, modality: str, text_field: str) -> list[R
             with tarfile.open(fileobj=f, mode="r:") as tar:
                 for key, members in samples:
                     source = f"{rng.url}#{key}"
-                    if modality == "text":
-                        text, error = _caption(members, tar, text_field)
-                        items.append((key, source, text, error))
+                    if key.startswith(TRUNCATED):
+                        items.append((f"{rng.rel}{key}", rng.url, None, f"tar truncated at byte "
+                                      f"{key[len(TRUNCATED):]}: the samples after the last complete one are lost"))
                         continue
-                    ext = next((e for e in _IMAGE_KEYS if e in members), None)
-                    if ext is None:
-                        items.append((key, source, None, "no image (jpg/png/webp) in sample"))
+                    if PAST_EOF in members:
+                        items.append((key, source, None, "sample cut off by the end of a truncated tar"))
                         continue
-                    data = tar.extractfile(members[ext]).read()
-                    items.append((key, f"{source}.{ext}", data or None, None if data else "empty file (0 bytes)"))
+                    try:
+                        items.append(_tar_item(key, source, members, tar, modality, text_field))
+                    except (tarfile.TarError, EOFError, OSError) as exc:
+                        items.append((key, source, None, f"unreadable tar member: {exc}"))
     except FileNotFoundError:
         return [(f"{rng.rel}:{rng.start + k}", rng.url, None, f"missing file: {rng.url}") for k in range(n)]
     except (tarfile.TarError, EOFError, OSError) as exc:
@@ -92,6 +93,17 @@ def read_tar_range(fs, rng: FileRange, modality: str, text_field: str) -> list[R
         items = (items + [(f"{rng.rel}:{rng.start + k}", rng.url, None, "file changed since planning")
                           for k in range(len(items), n)])[:n]
     return items
+
+
+def _tar_item(key: str, source: str, members: dict, tar, modality: str, text_field: str) -> RawItem:
+    if modality == "text":
+        text, error = _caption(members, tar, text_field)
+        return key, source, text, error
+    ext = next((e for e in _IMAGE_KEYS if e in members), None)
+    if ext is None:
+        return key, source, None, "no image (jpg/png/webp) in sample"
+    data = tar.extractfile(members[ext]).read()
+    return key, f"{source}.{ext}", data or None, None if data else "empty file (0 bytes)"
 
 
 def _image_id(rng: FileRange) -> str:

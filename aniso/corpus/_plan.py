@@ -108,25 +108,50 @@ def _detect(rel: str, modality: Modality) -> str | None:
     return TEXT_FORMATS.get(ext)
 
 
+#: Key prefix of the pseudo-sample that stands for the lost tail of a truncated tar.
+TRUNCATED = "#truncated-at-"
+#: Member name marking a sample whose data run past the end of a truncated tar.
+PAST_EOF = "!past-eof"
+
+
 def tar_samples(fileobj) -> list[tuple[str, dict[str, tarfile.TarInfo]]]:
     """Group a tar's members into webdataset samples ``(key, {extension: member})``, in order.
 
     The key is the member path up to the first ``.`` of its basename (webdataset's convention).
+    A truncated tar (cut inside a member, or before its end-of-archive blocks) is never read as a
+    shorter complete one: a sample whose data run past the end of the file carries a
+    :data:`PAST_EOF` member, and a last pseudo-sample ``#truncated-at-<byte>`` stands for the
+    samples lost after the cut (how many is unknowable), so both become error records.
     """
+    size = fileobj.seek(0, 2)
+    fileobj.seek(0)
     samples: list[tuple[str, dict[str, tarfile.TarInfo]]] = []
+    cut: int | None = None
     with tarfile.open(fileobj=fileobj, mode="r:") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            folder, base = posixpath.split(member.name)
-            if "." not in base:
-                continue
-            stem, ext = base.split(".", 1)
-            key = posixpath.join(folder, stem)
-            if samples and samples[-1][0] == key:
-                samples[-1][1][ext.lower()] = member
-            else:
-                samples.append((key, {ext.lower(): member}))
+        try:
+            for member in tar:
+                if member.offset_data + member.size > size:
+                    cut = size
+                if not member.isfile():
+                    continue
+                folder, base = posixpath.split(member.name)
+                if "." not in base:
+                    continue
+                stem, ext = base.split(".", 1)
+                key = posixpath.join(folder, stem)
+                if samples and samples[-1][0] == key:
+                    samples[-1][1][ext.lower()] = member
+                else:
+                    samples.append((key, {ext.lower(): member}))
+                if cut is not None:
+                    samples[-1][1][PAST_EOF] = member
+                    break
+        except tarfile.ReadError:  # a header cut short
+            cut = size
+        if cut is None and tar.offset + tarfile.BLOCKSIZE > size:  # no end-of-archive block
+            cut = size
+    if cut is not None:
+        samples.append((f"{TRUNCATED}{cut}", {}))
     return samples
 
 
@@ -192,7 +217,8 @@ def _scan_file(fs, path: str, rel: str, fmt: str, settings: CorpusSettings) -> U
                 samples = tar_samples(f)
             except tarfile.TarError as exc:
                 raise InputError(f"{rel}: not a readable tar file ({exc})") from None
-        return Unit(url="", rel=rel, format=fmt, ids=[key for key, _ in samples])
+        return Unit(url="", rel=rel, format=fmt,
+                    ids=[f"{rel}{key}" if key.startswith(TRUNCATED) else key for key, _ in samples])
     if fmt == "image":
         return Unit(url="", rel=rel, format=fmt, ids=[posixpath.splitext(rel)[0]])
     raise InputError(f"{rel}: unsupported format {fmt!r}")

@@ -1,0 +1,116 @@
+"""Chunk-aware batch iteration over a published dataset, for training loops.
+
+Reading a published dataset one row at a time fetches a whole chunk per row (chunks are the
+read unit: ``chunk_rows`` rows, 4,096 by default). :func:`iter_batches` instead reads whole chunks,
+in a (seeded) shuffled chunk order, and shuffles rows within a buffer of a few chunks, so each
+chunk is fetched exactly once per epoch. Chunks are dealt to ranks round-robin after the shuffle,
+so across ``world_size`` ranks every row is yielded exactly once per epoch.
+
+``aniso.torch_loader.PublishedIterableDataset`` wraps it for ``torch.utils.data.DataLoader``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError
+
+__all__ = ["iter_batches", "chunks_for_rank"]
+
+logger = logging.getLogger(__name__)
+
+
+def chunks_for_rank(n_chunks: int, *, shuffle: bool, seed: int, epoch: int, rank: int, world_size: int) -> np.ndarray:
+    """The chunk indices rank ``rank`` of ``world_size`` reads in one epoch, in reading order.
+
+    The chunk order is one permutation per ``(seed, epoch)`` shared by every rank; rank ``r``
+    takes positions ``r, r + world_size, ...``, so the ranks' sets partition all chunks.
+    """
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ConfigError(f"rank {rank} is not in [0, world_size={world_size})")
+    order = np.random.default_rng([seed, epoch]).permutation(n_chunks) if shuffle else np.arange(n_chunks)
+    return order[rank::world_size]
+
+
+def _as_str_array(raw: Any) -> np.ndarray:
+    arr = np.asarray(raw)
+    return arr if arr.dtype == object else arr.astype(object)
+
+
+def iter_batches(
+    group: Any,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    seed: int = 0,
+    epoch: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    buffer_chunks: int = 4,
+    only_valid: bool = True,
+    drop_last: bool = False,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield ``(ids, embeddings)`` numpy batches from a published Zarr group.
+
+    Parameters
+    ----------
+    group
+        The Zarr group with ``embedding``, ``id`` and ``valid`` (``PublishedDataset.store.group``).
+    batch_size
+        Rows per batch; the last batch of a rank may be smaller unless ``drop_last``.
+    shuffle, seed, epoch
+        Shuffle the chunk order and the rows within the buffer, deterministically per
+        ``(seed, epoch)``.
+    rank, world_size
+        This reader's share: chunks are dealt round-robin, so every row is read exactly once per
+        epoch across all ranks (rank shares differ by at most one chunk).
+    buffer_chunks
+        Chunks held (and shuffled together) at once; memory is ``buffer_chunks × chunk_rows × d``.
+    only_valid
+        Skip rows whose ``valid`` flag is False (items that failed upstream; stored as zeros).
+    drop_last
+        Drop a final batch smaller than ``batch_size``.
+
+    Yields
+    ------
+    ids : numpy.ndarray
+        ``(b,)`` object array of ``str``.
+    embeddings : numpy.ndarray
+        ``(b, d)`` in the stored dtype.
+    """
+    if batch_size < 1 or buffer_chunks < 1:
+        raise ConfigError(f"batch_size ({batch_size}) and buffer_chunks ({buffer_chunks}) must be positive")
+    emb_arr, id_arr = group["embedding"], group["id"]
+    valid_arr = group["valid"] if only_valid and "valid" in group else None
+    n_rows, chunk_rows = int(emb_arr.shape[0]), int(emb_arr.chunks[0])
+    n_chunks = -(-n_rows // chunk_rows)
+    order = chunks_for_rank(n_chunks, shuffle=shuffle, seed=seed, epoch=epoch, rank=rank, world_size=world_size)
+    rng = np.random.default_rng([seed, epoch, rank, world_size, 1])
+    pending_ids: list[np.ndarray] = []
+    pending_emb: list[np.ndarray] = []
+    for pos in range(0, len(order), buffer_chunks):
+        for chunk in order[pos : pos + buffer_chunks]:
+            lo, hi = int(chunk) * chunk_rows, min((int(chunk) + 1) * chunk_rows, n_rows)
+            emb, ids = emb_arr[lo:hi], _as_str_array(id_arr[lo:hi])
+            if valid_arr is not None:
+                keep = valid_arr[lo:hi]
+                if not keep.all():
+                    emb, ids = emb[keep], ids[keep]
+            pending_emb.append(emb)
+            pending_ids.append(ids)
+        emb = np.concatenate(pending_emb) if len(pending_emb) > 1 else pending_emb[0]
+        ids = np.concatenate(pending_ids) if len(pending_ids) > 1 else pending_ids[0]
+        if shuffle:
+            perm = rng.permutation(len(ids))
+            emb, ids = emb[perm], ids[perm]
+        full = (len(ids) // batch_size) * batch_size
+        for start in range(0, full, batch_size):
+            yield ids[start : start + batch_size], emb[start : start + batch_size]
+        pending_emb, pending_ids = [emb[full:]], [ids[full:]]
+    rest = pending_ids[0] if pending_ids else np.empty(0, object)
+    if len(rest) and not drop_last:
+        yield rest, pending_emb[0]

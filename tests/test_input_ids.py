@@ -1,0 +1,60 @@
+"""Ids you can trust: clip-retrieval metadata is part of the fingerprint and must name its id column."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from aniso.config import load_settings
+from aniso.errors import InputError
+from aniso.inputs import open_embedding_source
+
+
+def _clip_folder(tmp_path, columns: dict[str, list]) -> str:
+    (tmp_path / "text_emb").mkdir(exist_ok=True)
+    (tmp_path / "metadata").mkdir(exist_ok=True)
+    np.save(tmp_path / "text_emb" / "text_emb_0.npy", np.random.default_rng(0).normal(size=(7, 4)).astype(np.float32))
+    pd.DataFrame(columns).to_parquet(tmp_path / "metadata" / "metadata_0.parquet")
+    return str(tmp_path / "text_emb")
+
+
+def test_corrected_ids_change_the_fingerprint(tmp_path):
+    url = _clip_folder(tmp_path, {"key": [f"old{i}" for i in range(7)], "caption": ["c"] * 7})
+    before = open_embedding_source(url)
+    assert before.read_rows(0, 2)[1] == ["old0", "old1"]
+    _clip_folder(tmp_path, {"key": [f"new{i}" for i in range(7)], "caption": ["c"] * 7})  # same embeddings
+    after = open_embedding_source(url)
+    assert after.fingerprint != before.fingerprint
+    assert after.read_rows(0, 2)[1] == ["new0", "new1"]
+
+
+def test_metadata_without_an_id_column_is_an_error_naming_the_columns(tmp_path):
+    url = _clip_folder(tmp_path, {"caption": ["c"] * 7, "similarity": [0.5] * 7})
+    with pytest.raises(InputError, match=r"metadata_0\.parquet has none of the id columns .*columns found: \['caption', 'similarity'\]"):
+        open_embedding_source(url, what="text input")
+    rows = open_embedding_source(url, ids="row-number")  # only when asked for explicitly
+    assert rows.read_rows(3, 5)[1] == ["3", "4"]
+    named = open_embedding_source(url, ids="caption")
+    assert named.read_rows(0, 1)[1] == ["c"] and named.fingerprint != rows.fingerprint
+    with pytest.raises(InputError, match="no column 'sample_id'"):
+        open_embedding_source(url, ids="sample_id")
+
+
+def test_the_setting_reaches_the_ingest_stage(tmp_path):
+    from aniso import pipeline
+    from aniso.inplace import open_rows
+
+    url = _clip_folder(tmp_path, {"caption": ["c"] * 7})
+    settings = load_settings(overrides=["corpus.embedding_ids=row-number"])
+    assert settings.corpus.embedding_ids == "row-number"
+    store_for = lambda fp: str(tmp_path / f"store-{fp[:8]}.zarr")  # noqa: E731
+    with pytest.raises(InputError, match="columns found"):
+        pipeline.prepare_input(url, store_for, modality="text", chunk_rows=4, shard_rows=4, storage_options={})
+    for in_place in (True, False):  # read in place through a view, or copied into a store
+        store_url, _, pending = pipeline.prepare_input(url, store_for, modality="text", chunk_rows=4, shard_rows=4,
+                                                       storage_options={}, ids=settings.corpus.embedding_ids,
+                                                       in_place=in_place)
+        for shard in pending:
+            pipeline.import_shard(url, store_url, shard, {}, ids=settings.corpus.embedding_ids)
+        assert list(open_rows(store_url).read_rows(0, 7)[1]) == [str(i) for i in range(7)]

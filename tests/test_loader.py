@@ -1,0 +1,134 @@
+"""Loading published datasets for training: chunk-aware batches, torch workers, plain-zarr clients."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from aniso.errors import ConfigError
+from aniso.layout import DatasetLayout
+from aniso.loader import chunks_for_rank
+from aniso.publish import open_published, publish
+from aniso.store import EmbeddingStore
+
+N, D, CHUNK, SHARD = 1000, 8, 64, 256  # 16 chunks, the last one 40 rows; 4 shards, the last 232
+
+
+def _publish(url: str, options: dict) -> tuple[np.ndarray, np.ndarray]:
+    layout = DatasetLayout(url, "ds")
+    store = EmbeddingStore.create(layout.substitutes("key0000000001"), n_rows=N, dim=D, chunk_rows=CHUNK,
+                                  shard_rows=SHARD, storage_options=options)
+    data = np.random.default_rng(3).normal(size=(N, D)).astype(np.float32)
+    valid = np.ones(N, bool)
+    valid[[5, 64, 999]] = False
+    data[~valid] = 0
+    for shard in range(store.n_shards):
+        a, b = store.shard_range(shard)
+        store.write_shard(shard, data[a:b], [f"id{i}" for i in range(a, b)], valid=valid[a:b])
+    publish(layout, "key0000000001", gate_results={}, lineage={}, storage_options=options)
+    return data, valid
+
+
+@pytest.mark.parametrize("world_size", [1, 3])
+def test_each_valid_row_once_per_epoch_across_ranks(tmp_path, world_size):
+    data, valid = _publish(str(tmp_path), {})
+    ds = open_published(str(tmp_path), "ds")
+    seen: list[str] = []
+    for rank in range(world_size):
+        for ids, emb in ds.iter_batches(100, shuffle=True, seed=7, rank=rank, world_size=world_size):
+            assert len(ids) == len(emb) <= 100
+            rows = np.array([int(i[2:]) for i in ids])
+            np.testing.assert_array_equal(emb, data[rows])  # ids stay with their rows
+            seen.extend(ids)
+    assert len(seen) == len(set(seen)) == int(valid.sum())
+    assert set(seen) == {f"id{i}" for i in np.flatnonzero(valid)}
+
+
+def test_shuffle_is_seeded_and_changes_with_the_epoch(tmp_path):
+    _publish(str(tmp_path), {})
+    ds = open_published(str(tmp_path), "ds")
+
+    def order(**kw):
+        return [i for ids, _ in ds.iter_batches(64, shuffle=True, **kw) for i in ids]
+
+    assert order(seed=1, epoch=0) == order(seed=1, epoch=0)
+    assert order(seed=1, epoch=0) != order(seed=1, epoch=1)
+    plain = [i for ids, _ in ds.iter_batches(64) for i in ids]
+    assert plain == [f"id{i}" for i in range(N) if i not in (5, 64, 999)]
+    with_invalid = [len(ids) for ids, _ in ds.iter_batches(300, only_valid=False, drop_last=True)]
+    assert with_invalid == [300, 300, 300]
+
+
+def test_bad_rank_is_a_config_error():
+    with pytest.raises(ConfigError, match="rank 2"):
+        chunks_for_rank(10, shuffle=False, seed=0, epoch=0, rank=2, world_size=2)
+    assert sorted(np.concatenate([chunks_for_rank(10, shuffle=True, seed=0, epoch=0, rank=r, world_size=4)
+                                  for r in range(4)]).tolist()) == list(range(10))
+
+
+def test_torch_dataloader_two_workers_over_s3(s3_root):
+    torch = pytest.importorskip("torch")
+    from aniso.torch_loader import PublishedIterableDataset
+
+    url, options = s3_root
+    data, valid = _publish(url, options)
+    ds = PublishedIterableDataset(url, "ds", batch_size=128, storage_options=options, shuffle=True, seed=0)
+    open_published(url, "ds", storage_options=options).embedding[:10]  # the parent has used s3 too
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2)
+    for epoch in range(2):
+        ds.set_epoch(epoch)
+        seen = []
+        for ids, emb in loader:
+            assert isinstance(emb, torch.Tensor) and emb.shape == (len(ids), D)
+            np.testing.assert_array_equal(emb.numpy(), data[[int(i[2:]) for i in ids]])
+            seen.extend(ids)
+        assert len(seen) == len(set(seen)) == int(valid.sum())
+
+
+_CLIENT = textwrap.dedent('''
+    import json, sys
+    import numpy as np, zarr
+    import importlib.util
+    assert importlib.util.find_spec("aniso") is None, sys.path  # no aniso code reachable at all
+    root, dataset = sys.argv[1], sys.argv[2]
+    base = f"{root}/{dataset}/published"
+    version = json.load(open(f"{base}/LATEST"))["version"]
+    manifest = json.load(open(f"{base}/{version}/manifest.json"))
+    group = zarr.open_group(f"{base}/{version}/{manifest['path']}", mode="r")
+    emb, ids, valid = group["embedding"][:], group["id"][:], group["valid"][:]
+    assert emb.shape == (manifest["n_rows"], manifest["dim"])
+    assert int(valid.sum()) == manifest["valid_rows"]
+    import hashlib
+    for shard in manifest["shards"]:
+        a, b = shard["start"], shard["stop"]
+        h = hashlib.sha256(np.ascontiguousarray(emb[a:b]).tobytes())
+        h.update("\\x1f".join(str(i) for i in ids[a:b]).encode())
+        assert h.hexdigest() == shard["sha256"], shard
+    print(json.dumps({"rows": int(emb.shape[0]), "sum": float(emb[valid].sum()), "first": str(ids[0]),
+                      "modules": sorted(m for m in sys.modules if m.startswith("aniso"))}))
+''')
+
+
+def test_plain_client_without_aniso_reads_and_checks(tmp_path):
+    data, valid = _publish(str(tmp_path / "root"), {})
+    script = tmp_path / "client.py"
+    script.write_text(_CLIENT)
+    import zarr
+
+    # -I: isolated (no cwd, no PYTHONPATH, no user site); -S skips site, so the editable aniso
+    # install's .pth never runs; the dependencies' site-packages is added by hand.
+    site = os.path.dirname(os.path.dirname(os.path.abspath(zarr.__file__)))
+    code = f"import sys; sys.path.append({site!r}); sys.argv = sys.argv[:1] + {[str(tmp_path / 'root'), 'ds']!r}; " \
+           f"exec(open({str(script)!r}).read())"
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True,
+                         cwd=str(tmp_path), timeout=120)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["modules"] == [] and result["rows"] == N and result["first"] == "id0"
+    assert result["sum"] == pytest.approx(float(data[valid].sum()), rel=1e-5)
