@@ -53,6 +53,7 @@ def iter_batches(
     buffer_chunks: int = 4,
     only_valid: bool = True,
     drop_last: bool = False,
+    out: Any = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield ``(ids, embeddings)`` numpy batches from a published Zarr group.
 
@@ -74,6 +75,9 @@ def iter_batches(
         Skip rows whose ``valid`` flag is False (items that failed upstream; stored as zeros).
     drop_last
         Drop a final batch smaller than ``batch_size``.
+    out
+        Optional allocator ``out(shape, dtype) -> ndarray`` for shuffled batches (the torch
+        loader passes shared-memory tensors, so a batch crosses to the main process uncopied).
 
     Yields
     ------
@@ -90,9 +94,10 @@ def iter_batches(
     n_chunks = -(-n_rows // chunk_rows)
     order = chunks_for_rank(n_chunks, shuffle=shuffle, seed=seed, epoch=epoch, rank=rank, world_size=world_size)
     rng = np.random.default_rng([seed, epoch, rank, world_size, 1])
-    pending_ids: list[np.ndarray] = []
-    pending_emb: list[np.ndarray] = []
+    carry_ids = np.empty(0, object)
+    carry_emb = np.empty((0, int(emb_arr.shape[1])), emb_arr.dtype)
     for pos in range(0, len(order), buffer_chunks):
+        ids_parts, emb_parts = [carry_ids], [carry_emb]
         for chunk in order[pos : pos + buffer_chunks]:
             lo, hi = int(chunk) * chunk_rows, min((int(chunk) + 1) * chunk_rows, n_rows)
             emb, ids = emb_arr[lo:hi], _as_str_array(id_arr[lo:hi])
@@ -100,17 +105,29 @@ def iter_batches(
                 keep = valid_arr[lo:hi]
                 if not keep.all():
                     emb, ids = emb[keep], ids[keep]
-            pending_emb.append(emb)
-            pending_ids.append(ids)
-        emb = np.concatenate(pending_emb) if len(pending_emb) > 1 else pending_emb[0]
-        ids = np.concatenate(pending_ids) if len(pending_ids) > 1 else pending_ids[0]
-        if shuffle:
-            perm = rng.permutation(len(ids))
-            emb, ids = emb[perm], ids[perm]
-        full = (len(ids) // batch_size) * batch_size
+            emb_parts.append(emb)
+            ids_parts.append(ids)
+        emb = np.concatenate(emb_parts)
+        ids = np.concatenate(ids_parts)
+        last = pos + buffer_chunks >= len(order)
+        full = len(ids) if last and not drop_last else (len(ids) // batch_size) * batch_size
+        # one gather per batch (shuffled) or a view (in order): the buffer is never copied twice
+        perm = rng.permutation(len(ids)) if shuffle else None
         for start in range(0, full, batch_size):
-            yield ids[start : start + batch_size], emb[start : start + batch_size]
-        pending_emb, pending_ids = [emb[full:]], [ids[full:]]
-    rest = pending_ids[0] if pending_ids else np.empty(0, object)
-    if len(rest) and not drop_last:
-        yield rest, pending_emb[0]
+            stop = min(start + batch_size, full)
+            if perm is None:
+                yield ids[start:stop], emb[start:stop]
+            else:
+                take = perm[start:stop]
+                yield ids[take], _gather(emb, take, out)
+        rest = perm[full:] if perm is not None else slice(full, None)
+        carry_ids, carry_emb = ids[rest], emb[rest]
+
+
+def _gather(emb: np.ndarray, take: np.ndarray, out: Any) -> np.ndarray:
+    """``emb[take]``, written into ``out(shape, dtype)`` when an allocator is given."""
+    if out is None:
+        return emb[take]
+    dest = out((len(take), emb.shape[1]), emb.dtype)
+    np.take(emb, take, axis=0, out=dest)
+    return dest

@@ -36,7 +36,7 @@ from .store import EmbeddingStore, shard_checksum
 
 __all__ = [
     "publish", "open_published", "PublishedDataset", "read_latest", "find_published", "list_versions",
-    "MANIFEST_FORMAT", "DATA_PATH",
+    "MANIFEST_FORMAT", "DATA_PATH", "schema",
 ]
 
 logger = logging.getLogger(__name__)
@@ -45,6 +45,13 @@ MANIFEST_FORMAT = "aniso-substitutes/2"
 #: Where a version's Zarr group lives, relative to ``published/<version>/``.
 DATA_PATH = "data.zarr"
 _REQUIRED = ("format", "version", "path", "n_rows", "dim", "shards", "arrays")
+
+
+def schema(name: str = "manifest") -> dict[str, Any]:
+    """The JSON Schema shipped with the package: ``"manifest"`` or ``"latest"`` (docs/format.md)."""
+    from importlib.resources import files
+
+    return json.loads((files("aniso") / "schema" / f"{name}.schema.json").read_text())
 
 
 def _write_atomic(url: str, text: str, storage_options: dict[str, Any]) -> None:
@@ -111,8 +118,10 @@ def find_published(layout: DatasetLayout, run_key: str, storage_options: dict[st
     return matches[-1] if matches else None
 
 
-def _version_files(fs: Any, path: str) -> list[str]:
-    return [p for p in fs.find(path) if not p.rsplit("/", 1)[-1].startswith(".")]
+def _version_files(fs: Any, path: str) -> dict[str, int]:
+    """Every file under ``path`` (hidden temp files left out) with its size, in one listing."""
+    found = fs.find(path, detail=True)
+    return {p: int(i.get("size") or 0) for p, i in found.items() if not p.rsplit("/", 1)[-1].startswith(".")}
 
 
 def _materialise(src_url: str, dst_url: str, storage_options: dict[str, Any]) -> dict[str, Any]:
@@ -128,13 +137,12 @@ def _materialise(src_url: str, dst_url: str, storage_options: dict[str, Any]) ->
     if fs.exists(dst):  # a previous attempt died half-way: nothing points at it yet
         fs.rm(dst, recursive=True)
     files = _version_files(fs, src)
-    size = 0
+    size = sum(files.values())
     if is_local(fs):
         method = "hardlink"
         for name in files:
             target = os.path.join(dst, os.path.relpath(name, src))
             os.makedirs(os.path.dirname(target), exist_ok=True)
-            size += os.path.getsize(name)
             try:
                 os.link(name, target)
             except OSError:
@@ -143,7 +151,6 @@ def _materialise(src_url: str, dst_url: str, storage_options: dict[str, Any]) ->
     else:
         method = "server-side copy"
         fs.copy([*files], [join_url(dst, f[len(src):].lstrip("/")) for f in files])
-        size = sum(int(fs.info(f).get("size") or 0) for f in files)
     seconds = time.perf_counter() - t0
     logger.info("published data: %s of %d file(s), %d bytes, in %.2f s", method, len(files), size, seconds)
     return {"method": method, "files": len(files), "bytes": size, "seconds": round(seconds, 4)}

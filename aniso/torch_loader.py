@@ -19,12 +19,30 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .loader import iter_batches
 
 __all__ = ["PublishedIterableDataset"]
+
+
+class _SharedBatches:
+    """Allocates each shuffled batch in shared memory: sending it to the main process copies nothing."""
+
+    def __init__(self) -> None:
+        self.last: torch.Tensor | None = None
+
+    def __call__(self, shape: tuple[int, int], dtype: np.dtype) -> np.ndarray:
+        self.last = torch.empty(shape, dtype=torch.from_numpy(np.empty(0, dtype)).dtype).share_memory_()
+        return self.last.numpy()
+
+    def tensor(self, emb: np.ndarray) -> torch.Tensor:
+        last = self.last
+        if last is not None and last.data_ptr() == emb.ctypes.data and tuple(last.shape) == emb.shape:
+            return last
+        return torch.from_numpy(emb)
 
 
 class PublishedIterableDataset(IterableDataset):
@@ -95,9 +113,10 @@ class PublishedIterableDataset(IterableDataset):
     def __iter__(self) -> Iterator[tuple[list[str], torch.Tensor]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        shared = _SharedBatches() if info is not None else None
         for ids, emb in iter_batches(
             self._group(), self.batch_size, shuffle=self.shuffle, seed=self.seed, epoch=self.epoch,
             rank=self.rank * workers + worker, world_size=self.world_size * workers,
-            buffer_chunks=self.buffer_chunks, only_valid=self.only_valid, drop_last=self.drop_last,
+            buffer_chunks=self.buffer_chunks, only_valid=self.only_valid, drop_last=self.drop_last, out=shared,
         ):
-            yield ids.tolist(), torch.from_numpy(emb)
+            yield ids.tolist(), shared.tensor(emb) if shared is not None else torch.from_numpy(emb)

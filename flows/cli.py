@@ -361,6 +361,64 @@ def verify(
                f"{manifest['n_rows']} rows verified against the manifest checksums")
 
 
+@app.command()
+def gc(
+    root: Annotated[str, typer.Argument(help="Storage root URL (local path or s3://...).")],
+    dataset: Annotated[str, typer.Option(help="Dataset name.")],
+    keep: Annotated[int, typer.Option(help="Published versions to keep (the newest; LATEST's is always kept).")] = 3,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only print what would be removed.")] = False,
+    min_age_hours: Annotated[float, typer.Option(help="Never remove runs touched more recently (runs in progress).")] = 24.0,
+    config: ConfigOpt = None,
+    profile: ProfileOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Remove old published versions and the run data no kept version needs."""
+    from aniso.layout import DatasetLayout
+    from aniso.retention import collect_garbage
+
+    try:
+        options = _settings(profile, config, set_).storage.fs_options()
+        plan = collect_garbage(DatasetLayout(root, dataset), keep, dry_run=dry_run,
+                               min_age_s=min_age_hours * 3600, storage_options=options)
+    except AnisoError as exc:
+        _fail(exc)
+    verb = "would remove" if dry_run else "removed"
+    for url in plan.removals:
+        typer.echo(f"{verb} {url}")
+    typer.echo(f"{dataset}: kept {len(plan.keep_versions)} version(s) and {len(plan.keep_runs)} run(s); {verb} "
+               f"{len(plan.remove_versions)} version(s), {len(plan.remove_runs)} run(s), "
+               f"{len(plan.remove_partial)} unfinished publication(s), {plan.bytes_freed / 2**20:.1f} MiB")
+
+
+@app.command()
+def export(
+    root: Annotated[str, typer.Argument(help="Storage root URL (local path or s3://...).")],
+    dataset: Annotated[str, typer.Option(help="Dataset name.")],
+    out: Annotated[str, typer.Option(help="Where to write the export (local path or s3://...).")],
+    format_: Annotated[str, typer.Option("--format", help="clip-retrieval (float16 .npy + metadata parquet) or webdataset (tars).")],
+    version: Annotated[Optional[str], typer.Option(help="Published version (default: LATEST).")] = None,
+    config: ConfigOpt = None,
+    profile: ProfileOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Export a published version (streaming, resumable, each part verified after writing)."""
+    from aniso.export import export_published, verify_export
+
+    try:
+        options = _settings(profile, config, set_).storage.fs_options()
+        manifest = export_published(root, dataset, out, format_, version=version, storage_options=options)  # type: ignore[arg-type]
+        problems = verify_export(out, options)
+    except AnisoError as exc:
+        _fail(exc)
+    if problems:
+        for line in problems:
+            typer.echo(f"aniso: damaged: {line}", err=True)
+        raise typer.Exit(3)
+    typer.echo(f"exported {dataset} version {manifest['version']} as {format_}: {manifest['rows']} rows in "
+               f"{len(manifest['parts'])} part(s) ({manifest['skipped_invalid_rows']} invalid rows skipped), "
+               f"verified\n  {out}")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     """The ``aniso`` console script: run the command, then leave without tearing down the
     interpreter (see :func:`aniso.flows._console.fast_exit`)."""

@@ -1,0 +1,138 @@
+"""Training loader throughput vs reading the same chunks directly with zarr, local and loopback S3.
+
+Run: ``nice -n 5 .venv/bin/python bench/loader.py [--rows 131072] [--dim 256] [--repeat 3]``.
+
+A: ``torch.utils.data.DataLoader(PublishedIterableDataset(..., shuffle=True), batch_size=None,
+num_workers=2, persistent_workers=True)``: one epoch per rep (reshuffled), as a training job runs.
+B (baseline): one process reading every chunk of ``embedding`` and ``id`` with zarr, in order.
+Reps alternate A/B; the ratio is rows/s of A over rows/s of B (min and median over reps). The
+first epoch, which includes starting the workers and their opening the store, is reported apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+import statistics
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from aniso.layout import DatasetLayout
+from aniso.publish import open_published, publish
+from aniso.store import EmbeddingStore
+from aniso.torch_loader import PublishedIterableDataset
+
+
+def make_dataset(root: str, options: dict, n_rows: int, dim: int, chunk_rows: int, shard_rows: int) -> None:
+    layout = DatasetLayout(root, "bench")
+    store = EmbeddingStore.create(layout.substitutes("benchkey00000"), n_rows=n_rows, dim=dim, chunk_rows=chunk_rows,
+                                  shard_rows=shard_rows, storage_options=options)
+    rng = np.random.default_rng(0)
+    for shard in range(store.n_shards):
+        a, b = store.shard_range(shard)
+        block = rng.normal(size=(b - a, dim)).astype(np.float32)
+        block /= np.linalg.norm(block, axis=1, keepdims=True)
+        store.write_shard(shard, block, [f"item-{i:09d}" for i in range(a, b)])
+    publish(layout, "benchkey00000", gate_results={}, lineage={}, storage_options=options)
+
+
+def direct_zarr(root: str, options: dict) -> int:
+    """Baseline: every chunk of embedding and id, read with zarr in one process."""
+    group = open_published(root, "bench", storage_options=options).store.group
+    emb, ids = group["embedding"], group["id"]
+    n, step = emb.shape[0], emb.chunks[0]
+    rows = 0
+    for lo in range(0, n, step):
+        block, names = emb[lo : lo + step], ids[lo : lo + step]
+        rows += len(block) + 0 * len(names)
+    return rows
+
+
+def epoch(batches) -> int:
+    rows = 0
+    for ids, emb in batches:
+        rows += emb.shape[0] + 0 * len(ids)
+    return rows
+
+
+def measure(name: str, root: str, options: dict, n_rows: int, repeat: int, batch_size: int) -> dict:
+    """First epoch (worker start-up included), then ``repeat`` steady-state epochs alternating with B."""
+    ds = PublishedIterableDataset(root, "bench", batch_size=batch_size, storage_options=options, shuffle=True)
+    batches = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2, persistent_workers=True)
+    t0 = time.perf_counter()
+    assert epoch(batches) == n_rows
+    first = n_rows / (time.perf_counter() - t0)
+    ratios, a_rates, b_rates = [], [], []
+    for rep in range(repeat):
+        ds.set_epoch(rep + 1)
+        t0 = time.perf_counter()
+        rows_a = epoch(batches)
+        ta = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        rows_b = direct_zarr(root, options)
+        tb = time.perf_counter() - t0
+        assert rows_a == rows_b == n_rows, (rows_a, rows_b)
+        a_rates.append(rows_a / ta)
+        b_rates.append(rows_b / tb)
+        ratios.append(a_rates[-1] / b_rates[-1])
+    zarr_rate = statistics.median(b_rates)
+    result = {"backend": name, "loader_rows_s": round(statistics.median(a_rates)), "zarr_rows_s": round(zarr_rate),
+              "ratio_min": round(min(ratios), 2), "ratio_median": round(statistics.median(ratios), 2),
+              "first_epoch_rows_s": round(first), "first_epoch_ratio": round(first / zarr_rate, 2)}
+    print(f"{name:>6}: DataLoader(2 workers) {result['loader_rows_s']:,} rows/s vs direct zarr "
+          f"{result['zarr_rows_s']:,} rows/s (medians) -> ratio min {result['ratio_min']}, median "
+          f"{result['ratio_median']}; first epoch incl. worker start-up {result['first_epoch_rows_s']:,} rows/s "
+          f"(ratio {result['first_epoch_ratio']})", flush=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=131072)
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--chunk-rows", type=int, default=4096)
+    parser.add_argument("--shard-rows", type=int, default=65536)
+    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--skip-s3", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print(f"{args.rows} rows x {args.dim} float32, chunks of {args.chunk_rows}, shards of {args.shard_rows}; "
+          f"batch {args.batch_size}; {args.repeat} alternating reps", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = os.path.join(tmp, "root")
+        make_dataset(root, {}, args.rows, args.dim, args.chunk_rows, args.shard_rows)
+        measure("local", root, {}, args.rows, args.repeat, args.batch_size)
+    if args.skip_s3:
+        return
+    import logging
+
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one access-log line per request otherwise
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        options = {"endpoint_url": f"http://{host}:{port}", "key": "testing", "secret": "testing"}
+        s3fs.S3FileSystem(**options).mkdir("bench")
+        make_dataset("s3://bench/root", options, args.rows, args.dim, args.chunk_rows, args.shard_rows)
+        measure("s3", "s3://bench/root", options, args.rows, args.repeat, args.batch_size)
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""docs/format.md's promises: shipped JSON Schemas validate real manifests and pointers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+
+from aniso.layout import DatasetLayout
+from aniso.publish import MANIFEST_FORMAT, publish, schema
+from aniso.store import EmbeddingStore
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "format.md"
+
+
+@pytest.fixture
+def published(tmp_path):
+    layout = DatasetLayout(str(tmp_path), "ds")
+    store = EmbeddingStore.create(layout.substitutes("abc123def4567890"), n_rows=70, dim=3, chunk_rows=16,
+                                  shard_rows=32, dtype="float16", storage_options={})
+    for shard in range(store.n_shards):
+        a, b = store.shard_range(shard)
+        store.write_shard(shard, np.ones((b - a, 3), np.float32), [str(i) for i in range(a, b)])
+    pointer = publish(layout, "abc123def4567890", gate_results={"passed": True}, lineage={"method": "realign"})
+    manifest = json.loads(Path(layout.published(pointer["version"]), "manifest.json").read_text())
+    return pointer, manifest, json.loads(Path(layout.latest).read_text())
+
+
+def test_real_manifest_and_latest_validate(published):
+    pointer, manifest, latest = published
+    jsonschema.validate(manifest, schema("manifest"))
+    jsonschema.validate(latest, schema("latest"))
+    assert manifest["format"] == MANIFEST_FORMAT and latest == pointer
+    assert manifest["arrays"]["embedding"]["dtype"] == "float16" and len(manifest["shards"]) == 3
+
+
+@pytest.mark.parametrize("change", [
+    {"path": "/abs/data.zarr"}, {"path": "../runs/x/substitutes.zarr"}, {"path": "s3://b/x"},
+    {"path": "a/./b"}, {"format": "aniso-substitutes/1"}, {"zarr_format": 2},
+    {"shards": [{"shard": 0, "start": 0, "stop": 32, "rows": 32, "valid_rows": 32, "sha256": "xyz"}]},
+    {"version": "../x"}, {"arrays": {"embedding": {"shape": [70, 3], "dtype": "int8", "chunks": [16, 3],
+                                                   "shards": [32, 3]}, "id": {}, "valid": {}}},
+])
+def test_schema_rejects_what_readers_must_refuse(published, change):
+    _, manifest, _ = published
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**manifest, **change}, schema("manifest"))
+
+
+def test_schema_rejects_missing_fields(published):
+    _, manifest, latest = published
+    for field in schema("manifest")["required"]:
+        with pytest.raises(jsonschema.ValidationError, match=field):
+            jsonschema.validate({k: v for k, v in manifest.items() if k != field}, schema("manifest"))
+    with pytest.raises(jsonschema.ValidationError, match="version"):
+        jsonschema.validate({"manifest": latest["manifest"], "run_key": latest["run_key"]}, schema("latest"))
+
+
+def test_format_doc_names_every_manifest_field_and_the_schema_files():
+    text = DOCS.read_text()
+    for field in schema("manifest")["required"]:
+        assert f"`{field}`" in text, field
+    assert "aniso/schema/manifest.schema.json" in text and "aniso/schema/latest.schema.json" in text
+    for claim in ("all-zero vectors", "crc32c", "zarr-python ≥ 3.0", "relative path inside the version folder"):
+        assert claim in text
