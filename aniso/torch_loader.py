@@ -3,11 +3,14 @@
 Each DataLoader worker process opens the store itself, once, on its first iteration: an opened
 store (its fsspec filesystem, event loop and connection pool) is never shared across processes,
 which is what broke ``DataLoader(num_workers=2)`` over S3 ("attached to a different loop").
+Use ``multiprocessing_context="spawn"`` (or ``"forkserver"``) when the training process runs
+threads (an S3 client, Dask, Prefect): a forked worker inherits their locks mid-use.
 
 Example
 -------
 >>> ds = PublishedIterableDataset("s3://bucket/aniso", "coco", batch_size=1024, shuffle=True)  # doctest: +SKIP
->>> loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2)                   # doctest: +SKIP
+>>> loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2,                  # doctest: +SKIP
+...                                      multiprocessing_context="spawn", persistent_workers=True)
 >>> for epoch in range(3):                                                                      # doctest: +SKIP
 ...     ds.set_epoch(epoch)
 ...     for ids, emb in loader: ...
@@ -82,6 +85,7 @@ class PublishedIterableDataset(IterableDataset):
         self.rank, self.world_size = rank, world_size
         self.buffer_chunks, self.only_valid, self.drop_last = buffer_chunks, only_valid, drop_last
         self.epoch = 0
+        self._passes = 0  # iterations since set_epoch in this process (persistent workers)
         self._opened: tuple[int, Any] | None = None
         if version is None:  # pin the version now, so every worker reads the same one
             from .layout import DatasetLayout
@@ -91,8 +95,13 @@ class PublishedIterableDataset(IterableDataset):
             self.version = pointer["version"] if pointer else None
 
     def set_epoch(self, epoch: int) -> None:
-        """Reshuffle for ``epoch`` (call before iterating, like ``DistributedSampler.set_epoch``)."""
+        """Reshuffle for ``epoch`` (call before iterating, like ``DistributedSampler.set_epoch``).
+
+        Persistent workers never see a later ``set_epoch`` (they hold their own copy), so each
+        new pass over the dataset in a process also advances the epoch by one by itself.
+        """
         self.epoch = epoch
+        self._passes = 0
 
     def _group(self) -> Any:
         if self._opened is None or self._opened[0] != os.getpid():
@@ -114,8 +123,10 @@ class PublishedIterableDataset(IterableDataset):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         shared = _SharedBatches() if info is not None else None
+        epoch = self.epoch + self._passes
+        self._passes += 1
         for ids, emb in iter_batches(
-            self._group(), self.batch_size, shuffle=self.shuffle, seed=self.seed, epoch=self.epoch,
+            self._group(), self.batch_size, shuffle=self.shuffle, seed=self.seed, epoch=epoch,
             rank=self.rank * workers + worker, world_size=self.world_size * workers,
             buffer_chunks=self.buffer_chunks, only_valid=self.only_valid, drop_last=self.drop_last, out=shared,
         ):

@@ -3,7 +3,8 @@
 Run: ``nice -n 5 .venv/bin/python bench/loader.py [--rows 131072] [--dim 256] [--repeat 3]``.
 
 A: ``torch.utils.data.DataLoader(PublishedIterableDataset(..., shuffle=True), batch_size=None,
-num_workers=2, persistent_workers=True)``: one epoch per rep (reshuffled), as a training job runs.
+num_workers=2, persistent_workers=True, multiprocessing_context="spawn")``: one epoch per rep
+(reshuffled), as a training job runs.
 B (baseline): one process reading every chunk of ``embedding`` and ``id`` with zarr, in order.
 Reps alternate A/B; the ratio is rows/s of A over rows/s of B (min and median over reps). The
 first epoch, which includes starting the workers and their opening the store, is reported apart.
@@ -68,7 +69,8 @@ def epoch(batches) -> int:
 def measure(name: str, root: str, options: dict, n_rows: int, repeat: int, batch_size: int) -> dict:
     """First epoch (worker start-up included), then ``repeat`` steady-state epochs alternating with B."""
     ds = PublishedIterableDataset(root, "bench", batch_size=batch_size, storage_options=options, shuffle=True)
-    batches = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2, persistent_workers=True)
+    batches = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2, persistent_workers=True,
+                                          multiprocessing_context="spawn")
     t0 = time.perf_counter()
     assert epoch(batches) == n_rows
     first = n_rows / (time.perf_counter() - t0)

@@ -80,15 +80,20 @@ def test_torch_dataloader_two_workers_over_s3(s3_root):
     data, valid = _publish(url, options)
     ds = PublishedIterableDataset(url, "ds", batch_size=128, storage_options=options, shuffle=True, seed=0)
     open_published(url, "ds", storage_options=options).embedding[:10]  # the parent has used s3 too
-    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2)
-    for epoch in range(2):
-        ds.set_epoch(epoch)
+    # spawned, persistent workers: each opens the store itself and reshuffles every pass
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context="spawn",
+                                         persistent_workers=True)
+    orders = []
+    for _ in range(2):
         seen = []
         for ids, emb in loader:
             assert isinstance(emb, torch.Tensor) and emb.shape == (len(ids), D)
             np.testing.assert_array_equal(emb.numpy(), data[[int(i[2:]) for i in ids]])
             seen.extend(ids)
         assert len(seen) == len(set(seen)) == int(valid.sum())
+        orders.append(seen)
+    assert orders[0] != orders[1]
+    del loader
 
 
 _CLIENT = textwrap.dedent('''
@@ -132,3 +137,18 @@ def test_plain_client_without_aniso_reads_and_checks(tmp_path):
     result = json.loads(out.stdout)
     assert result["modules"] == [] and result["rows"] == N and result["first"] == "id0"
     assert result["sum"] == pytest.approx(float(data[valid].sum()), rel=1e-5)
+
+
+def test_torch_dataset_in_process_follows_set_epoch(tmp_path):
+    pytest.importorskip("torch")
+    from aniso.torch_loader import PublishedIterableDataset
+
+    _publish(str(tmp_path), {})
+    ds = PublishedIterableDataset(str(tmp_path), "ds", batch_size=50, shuffle=True, seed=3)
+
+    def order(epoch):
+        ds.set_epoch(epoch)
+        return [i for ids, _ in ds for i in ids]
+
+    assert order(1) == order(1) != order(2)
+    assert sorted(order(0)) == sorted(order(5))
