@@ -63,6 +63,7 @@ FIELDS = {
     "store.output_dtype": ("float16", True),
     "corpus.text_field": ("caption", True),
     "corpus.id_field": ("key", True),
+    "corpus.embedding_ids": ("row-number", True),
     "corpus.items_per_shard": (1024, True),
     "corpus.max_failure_rate": (0.5, False),
     "embed.model": ("ViT-B-32", True),
