@@ -139,7 +139,7 @@ def fit_closed_form(
         raise InputError("closed form: strength, evidence, bound and prior_strength must be ≥ 0")
     d = text.dim
     tr_t, tr_i = text.trace(), image.trace()
-    if not tr_t > 0 or not tr_i > 0:
+    if not tr_t > 1e-12 or not tr_i > 1e-12:
         raise InputError(
             f"closed form: a modality has no variance (all rows identical?): trace text={tr_t:.3g}, "
             f"image={tr_i:.3g}"

@@ -31,7 +31,7 @@ def fit_child(n: int, d: int, learned: bool) -> None:
     from aniso.methods import AnisoAlign
 
     text, image = synthetic(n, d, 0)
-    params = {} if not learned else {"min_samples_learned": 1000, "prior_steps": 200, "refine_steps": 200}
+    params = {} if not learned else {"learned": True, "min_samples_learned": 1000, "prior_steps": 200, "refine_steps": 200}
     t0 = time.perf_counter()
     m = AnisoAlign(**params).fit(text, image)
     fit_s = time.perf_counter() - t0
@@ -52,7 +52,7 @@ def main() -> None:
 
     text, image = synthetic(args.n, args.d, 0)
     for learned in (False, True):
-        params = {} if not learned else {"min_samples_learned": 1000, "prior_steps": 200, "refine_steps": 200}
+        params = {} if not learned else {"learned": True, "min_samples_learned": 1000, "prior_steps": 200, "refine_steps": 200}
         m = AnisoAlign(**params).fit(text, image)
         x = text[: min(args.n, 20000)]
         w = np.random.default_rng(1).normal(size=(args.d, args.d)).astype(np.float32)

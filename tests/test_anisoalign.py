@@ -8,7 +8,7 @@ from aniso.errors import ConfigError
 from aniso.methods import AnisoAlign, CentroidShift, ReAlign
 
 # Tiny learned configuration: the learned stages run, quickly, on the planted gap.
-LEARNED = dict(r=8, p=4, min_samples_learned=100, full_capacity_samples=100, hidden=32, prior_hidden=16,
+LEARNED = dict(r=8, p=4, learned=True, min_samples_learned=100, full_capacity_samples=100, hidden=32, prior_hidden=16,
                prior_steps=15, refine_steps=15, batch_size=128, torch_threads=1)
 
 
@@ -50,7 +50,7 @@ def test_closed_form_reduces_to_centroid_shift_and_calibrates(gap):
     zero = AnisoAlign(strength=0.0, r=8).fit(t, i)
     np.testing.assert_allclose(zero.premap(t), CentroidShift().fit(t, i).premap(t), atol=1e-12)
     model = AnisoAlign(r=8).fit(t, i)
-    assert model.capacity == "closed_form"  # 2000 rows < the default threshold: reported
+    assert model.capacity == "closed_form"  # learned stages off by default: reported
     assert centroid_residual(model.transform(t), i) < 1e-4
     # the strong, well-sampled planted residual is corrected (evidence-adaptive bound)
     assert model.closed_form.gain > 0.9 and np.sum(np.abs(model.closed_form.h) > 0.1) >= 3

@@ -1,8 +1,11 @@
 """AnisoAlign behind the aligner interface (docs/method.md).
 
-Fit: joint frame → closed-form global map (shrunk, bounded, evidence-adaptive second-moment
-correction) → [Stage I prior on image phases → Stage II bounded MLP], then the centroid
-calibration. The learned stages only run when the samples can support them: below
+Fit: joint frame → closed-form global map (centroid shift plus a shrunk, bounded,
+evidence-adaptive per-direction second-moment correction) → [Stage I prior on image phases →
+Stage II bounded MLP], then the exact centroid calibration. The learned stages are off by default
+(``learned=False``): on every corpus we measured they did not beat the closed form by enough to pay
+for their fit (``docs/quality.md``). With ``learned=True`` they run only when the samples can
+support them: below
 ``min_samples_learned`` rows per modality the model is the closed form alone, below
 ``full_capacity_samples`` it uses a reduced network with halved bounds. The choice is logged and
 stored (``capacity`` in the state, visible as ``aligner.capacity``).
@@ -47,6 +50,7 @@ class AnisoAlign(Aligner):
     Params = AnisoAlignParams
     sample_size = 20000
     default_calibrate = True
+    min_rows = 4
 
     def __init__(self, calibrate: bool | None = None, **params: Any) -> None:
         super().__init__(calibrate=calibrate)
@@ -71,6 +75,8 @@ class AnisoAlign(Aligner):
         ps = self.params
         if ps.closed_form_only:
             cap, why = "closed_form", "closed_form_only requested"
+        elif not ps.learned:
+            cap, why = "closed_form", "learned stages off (learned=False, the default)"
         elif n < ps.min_samples_learned:
             cap, why = "closed_form", f"{n} rows per modality < min_samples_learned={ps.min_samples_learned}"
         elif n < ps.full_capacity_samples:

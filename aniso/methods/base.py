@@ -30,7 +30,7 @@ import numpy as np
 
 from .._fs import join_url, open_url
 from .._version import __version__
-from ..arrays import ArrayLike2D, iter_chunks, l2_normalize
+from ..arrays import ArrayLike2D, check_finite, iter_chunks, l2_normalize
 from ..method_params import MethodParams, NoParams
 from ..errors import AnisoError, InputError, NotFittedError, StoreCorrupt, StoreNotFound
 from ..moments import Moments, moments_of
@@ -90,6 +90,8 @@ class Aligner(ABC):
     statistics: ClassVar[str] = "full"
     #: Default for ``calibrate`` (faithful to each baseline's definition).
     default_calibrate: ClassVar[bool] = True
+    #: Fewest rows of each modality a fit accepts (a mean and a spread need at least two).
+    min_rows: ClassVar[int] = 2
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -159,6 +161,14 @@ class Aligner(ABC):
                 f"text and image embeddings differ in dimension: text d={text_stats.dim}, "
                 f"image d={image_stats.dim}"
             )
+        for what, st in (("text", text_stats), ("image", image_stats)):
+            if st.n < self.min_rows:
+                raise InputError(f"{self.name}: too few {what} rows to fit: {st.n} < {self.min_rows}")
+            if not st.trace() > 1e-12:
+                raise InputError(
+                    f"{self.name}: the {what} embeddings have no variance (all {st.n} rows point the same "
+                    "way after L2 normalisation); nothing can be aligned"
+                )
         if self.sample_size > 0 and (text_sample is None or image_sample is None):
             raise InputError(f"{self.name}: fitting needs row samples of both modalities")
         self.dim = text_stats.dim
@@ -195,6 +205,7 @@ class Aligner(ABC):
         x = np.asarray(x)
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise InputError(f"expected text embeddings of shape (n, {self.dim}), got {x.shape}")
+        check_finite(x, what=f"{self.name} transform input")
         return l2_normalize(x)
 
     def premap(self, x: np.ndarray) -> np.ndarray:

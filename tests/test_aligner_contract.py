@@ -1,0 +1,135 @@
+"""One contract for every registered aligner (parametrised over the registry, not a hand list).
+
+Every method: fit/transform shapes and dtype, unit norms, bitwise chunk invariance, save/load
+round trip (local and S3), determinism under a seed, and clear errors on bad input. AnisoAlign is
+checked twice: at its defaults (the closed form) and with a tiny learned configuration.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from aniso.errors import AnisoError, InputError, NotFittedError
+from aniso.methods import Aligner, available_aligners, get_aligner
+
+#: A tiny learned AnisoAlign, so the learned stages are held to the same contract.
+LEARNED = dict(r=8, p=4, closed_form_only=False, learned=True, min_samples_learned=100,
+               full_capacity_samples=100, hidden=16, prior_hidden=16, prior_steps=4, refine_steps=4,
+               batch_size=128, torch_threads=1)
+
+CASES = [pytest.param(name, {}, id=name) for name in available_aligners()]
+CASES.append(pytest.param("anisoalign", LEARNED, id="anisoalign-learned"))
+
+N_FIT = 900
+N_APPLY = 301  # not a multiple of anything
+
+
+@pytest.fixture(scope="module")
+def data(gap):
+    return gap.text[:N_FIT], gap.image[N_FIT : 2 * N_FIT], gap.text[2 * N_FIT - 100 :][:N_APPLY]
+
+
+@pytest.fixture(scope="module")
+def fitted(data):
+    text, image, _ = data
+    cache: dict[str, Aligner] = {}
+
+    def get(name: str, params: dict) -> Aligner:
+        key = f"{name}{sorted(params.items())}"
+        if key not in cache:
+            cache[key] = get_aligner(name, **params).fit(text, image, seed=3)
+        return cache[key]
+
+    return get
+
+
+def test_registry_is_complete():
+    assert {"identity", "centroid", "c3", "realign", "moment", "anisoalign"} <= set(available_aligners())
+
+
+@pytest.mark.parametrize("name,params", CASES)
+def test_shapes_dtype_unit_norm(fitted, data, name, params):
+    a = fitted(name, params)
+    x = data[2]
+    for src in (x, x.astype(np.float64), x * 3.0):  # any dtype, any scale: inputs are L2-normalised
+        out = a.transform(src)
+        assert out.shape == x.shape and out.dtype == np.float32
+        np.testing.assert_allclose(np.linalg.norm(out.astype(np.float64), axis=1), 1.0, atol=1e-5)
+        assert np.isfinite(out).all()
+    assert a.transform(x[:0]).shape == (0, x.shape[1])
+
+
+@pytest.mark.parametrize("name,params", CASES)
+def test_chunk_invariance_bitwise(fitted, data, name, params):
+    a = fitted(name, params)
+    x = data[2]
+    whole = a.transform(x)
+    parts = np.concatenate([a.transform(x[:1]), a.transform(x[1:117]), a.transform(x[117:])])
+    assert np.array_equal(whole, parts)
+
+
+@pytest.mark.parametrize("name,params", CASES)
+def test_save_load_round_trip(fitted, data, root, name, params):
+    url, options = root
+    a = fitted(name, params)
+    where = a.save(f"{url}/model-{name}", storage_options=options)
+    b = Aligner.load(where, storage_options=options)
+    assert type(b) is type(a) and b.get_params() == a.get_params()
+    state_a, state_b = a.get_state(), b.get_state()
+    assert sorted(state_a) == sorted(state_b)
+    for key in state_a:
+        assert np.array_equal(state_a[key], state_b[key]), key
+    assert np.array_equal(a.transform(data[2]), b.transform(data[2]))
+
+
+@pytest.mark.parametrize("name,params", CASES)
+def test_deterministic_under_seed(fitted, data, name, params):
+    text, image, x = data
+    again = get_aligner(name, **params).fit(text, image, seed=3)
+    assert np.array_equal(fitted(name, params).transform(x), again.transform(x))
+
+
+@pytest.mark.parametrize("name,params", CASES)
+def test_calibrated_methods_hit_the_image_centroid(fitted, data, name, params):
+    text, image, _ = data
+    a = fitted(name, params)
+    if not a.calibrate:
+        pytest.skip(f"{name} does not calibrate by definition")
+    out = a.transform(text).astype(np.float64)
+    l2 = image / np.linalg.norm(image, axis=1, keepdims=True)
+    assert np.linalg.norm(out.mean(0) - l2.mean(0)) <= 1e-3
+
+
+@pytest.mark.parametrize("name,params", CASES)
+def test_bad_input_raises_clear_errors(data, name, params):
+    text, image, x = data
+    make = lambda: get_aligner(name, **params)  # noqa: E731
+    with pytest.raises(NotFittedError, match="not fitted"):
+        make().transform(x)
+    with pytest.raises(InputError, match="dimension"):
+        make().fit(text, image[:, :-1])
+    bad = text.copy()
+    bad[17, 3] = np.nan
+    with pytest.raises(InputError, match="first bad row is 17"):
+        make().fit(bad, image)
+    with pytest.raises(InputError, match="too few text rows"):
+        make().fit(text[:1], image)
+    with pytest.raises(InputError, match="image embeddings have no variance"):
+        make().fit(text, np.repeat(image[:1], 50, axis=0))
+    with pytest.raises(InputError, match="no rows"):
+        make().fit(text[:0], image)
+    model = make().fit(text, image)
+    with pytest.raises(InputError, match=r"shape \(n, 64\)"):
+        model.transform(x[:, :32])
+    poisoned = x.copy()
+    poisoned[5, 0] = np.inf
+    with pytest.raises(InputError, match="first bad row is 5"):
+        model.transform(poisoned)
+
+
+def test_unknown_method_and_corrupt_model(tmp_path, data):
+    with pytest.raises(AnisoError, match="unknown method"):
+        get_aligner("nope")
+    with pytest.raises(AnisoError, match="no saved aligner"):
+        Aligner.load(str(tmp_path / "missing"))

@@ -1,0 +1,106 @@
+"""Direct tests of AnisoAlign's closed form (the whole model at default settings)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from aniso.closed_form import fit_closed_form, noise_spread, ot_log_scales
+from aniso.diagnostics import centroid_residual, domain_classifier_accuracy, knn_overlap
+from aniso.errors import InputError
+from aniso.methods import AnisoAlign, CentroidShift
+from aniso.moments import Moments
+
+
+def _moments(x: np.ndarray) -> Moments:
+    return Moments.from_chunk(x)
+
+
+def _pair(n: int, d: int, seed: int, ratio: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Text and image clouds on the sphere; ``ratio`` scales the image's residual per axis."""
+    rng = np.random.default_rng(seed)
+    mu_t, mu_i = np.zeros(d), np.zeros(d)
+    mu_t[0], mu_i[1] = 3.0, 3.0
+    scale = np.ones(d) if ratio is None else ratio
+    return mu_t + rng.normal(size=(n, d)), mu_i + rng.normal(size=(n, d)) * scale
+
+
+def test_ot_map_transports_text_covariance_onto_image_covariance():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(40, 12)), rng.normal(size=(40, 12))
+    st, si = a.T @ a / 40 + 0.1 * np.eye(12), b.T @ b / 40 + 0.1 * np.eye(12)
+    g, q = ot_log_scales(st, si)
+    t_map = (q * np.exp(g)) @ q.T
+    np.testing.assert_allclose(t_map, t_map.T, atol=1e-12)
+    assert np.all(np.exp(g) > 0)
+    np.testing.assert_allclose(t_map @ st @ t_map, si, atol=1e-10)
+
+
+def test_unbounded_is_the_full_shrunk_match_and_zero_strength_is_the_shift():
+    text, image = _pair(3000, 16, 1, ratio=np.linspace(0.4, 1.6, 16))
+    mt, mi = _moments(text), _moments(image)
+    full = fit_closed_form(mt, mi, bounded=False, prior_strength=0.0)
+    np.testing.assert_array_equal(full.h, full.g)
+    st, si = mt.covariance(), mi.covariance()
+    np.testing.assert_allclose(full.A @ st @ full.A, si, atol=1e-9)
+    for zero in (fit_closed_form(mt, mi, strength=0.0), fit_closed_form(mt, mi, bound=0.0, adaptive=False)):
+        assert np.array_equal(zero.A, np.eye(16)) and not zero.h.any()
+
+
+def test_correction_is_bounded_signed_and_never_beyond_the_full_match():
+    for n, d in ((300, 64), (5000, 64), (200, 128)):
+        text, image = _pair(n, d, n + d, ratio=np.linspace(0.3, 2.0, d))
+        mt, mi = _moments(text), _moments(image)
+        cf = fit_closed_form(mt, mi, bound=0.3)
+        tau = noise_spread(n, n, d)
+        assert np.all(np.abs(cf.h) <= np.maximum(0.3, np.abs(cf.g) - tau) + 1e-12)
+        assert np.all(np.abs(cf.h) <= np.abs(cf.g) + 1e-12)
+        assert np.all(cf.h * cf.g >= 0)
+        np.testing.assert_allclose(cf.A, cf.A.T, atol=0)
+
+
+def test_correction_grows_with_evidence():
+    ratio = np.r_[np.full(4, 2.5), np.ones(60)]  # a strong, low-rank mismatch
+    shares = []
+    for n in (100, 1000, 20000):
+        text, image = _pair(n, 64, 7, ratio=ratio)
+        cf = fit_closed_form(_moments(text), _moments(image))
+        strongest = np.argsort(-np.abs(cf.g))[:4]
+        shares.append((cf.gain, float(np.abs(cf.h[strongest]).mean()),
+                       float(np.abs(cf.h[strongest]).mean() / np.abs(cf.g[strongest]).mean())))
+    gains, applied, corrected = zip(*shares)
+    assert gains[0] < gains[1] < gains[2] and gains[2] > 0.95
+    assert applied[0] < applied[1] < applied[2]
+    # well sampled: the cap lifts (far beyond bound=0.3) and the planted mismatch is nearly all corrected
+    assert corrected[2] > 0.8 and np.abs(cf.h).max() > 0.5
+
+
+def test_pure_noise_is_only_nudged():
+    """Same distribution on both sides at N ≈ d: every correction stays within the bound."""
+    text, image = _pair(400, 128, 11)
+    cf = fit_closed_form(_moments(text), _moments(image), bound=0.3)
+    assert np.abs(cf.h).max() <= 0.3 and np.abs(cf.h).mean() < 0.15
+
+
+def test_constant_modality_is_a_clear_error():
+    text, image = _pair(50, 8, 2)
+    with pytest.raises(InputError, match="no variance"):
+        fit_closed_form(_moments(text), _moments(np.repeat(image[:1], 50, axis=0)))
+    with pytest.raises(InputError, match="≥ 0"):
+        fit_closed_form(_moments(text), _moments(image), bound=-1.0)
+
+
+@pytest.mark.realdata
+def test_coco_out_of_sample_beats_the_shift_and_calibrates(coco500):
+    text, image = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in coco500)
+    test = np.random.default_rng(0).permutation(text.shape[0])[:100]
+    train = np.setdiff1d(np.arange(text.shape[0]), test)
+    aniso = AnisoAlign().fit(text[train], image[train])
+    assert aniso.capacity == "closed_form"
+    shift = CentroidShift().fit(text[train], image[train])
+    subs_a, subs_s = aniso.transform(text[test]), shift.transform(text[test])
+    dom_a = domain_classifier_accuracy(subs_a, image[test], repeats=20)
+    dom_s = domain_classifier_accuracy(subs_s, image[test], repeats=20)
+    assert dom_a < dom_s - 0.03
+    assert knn_overlap(text[test], subs_a) >= knn_overlap(text[test], subs_s) - 0.02
+    assert centroid_residual(aniso.transform(text[train]), image[train]) <= 1e-3
