@@ -88,7 +88,7 @@ class AnisoAlignParams(MethodParams):
     w_reg: float = 1e-3
     device: str | None = None
     torch_threads: int | None = Field(1, gt=0, description="CPU threads for training (1 measured 1.9–4.5× faster than torch's default on a loaded 2-core machine; None: torch's default)")
-    calibration_rounds: int = Field(8, ge=1, description="fixed-point rounds of §3.6 on the text sample")
+    calibration_rounds: int = Field(50, ge=1, description="most Newton rounds of the exact centroid calibration")
 
     @field_validator("r")
     @classmethod

@@ -136,22 +136,33 @@ class AnisoAlign(Aligner):
             torch.set_num_threads(threads)
 
     def _calibration_refinement(self, text_sample: np.ndarray) -> np.ndarray:
-        """Fixed-point correction of the one-round calibration, estimated on the text sample.
+        """Exact centroid calibration after renormalisation, estimated on the text sample.
 
-        One round (eqs. 24–25) leaves ``‖mean(x*) − μ_i‖`` at a few 1e-3 because of the final
-        renormalisation; iterating ``c ← c + μ_i − mean(normalize(x̂ + c))`` converges in a few
-        rounds. The streamed μ̂ is then offset by the same second-order term in
-        :meth:`set_calibration` (exact when the sample is the whole text set).
+        One round (eqs. 24–25) leaves ``‖mean(x*) − μ_i‖`` at up to 1e-2 because of the final
+        renormalisation. We solve ``mean(normalize(x̂ + c)) = μ_i`` for ``c`` by Newton steps along
+        the residual (the Jacobian of the normalised mean along the residual direction ``u`` is
+        ``mean((1 − (y·u)²)/‖x̂ + c‖)``), stopping at 1e-9 or after ``calibration_rounds`` rounds;
+        plain fixed-point rounds stall on concentrated image sets (ConVIRT: 8e-3 after 8 rounds).
+        The streamed μ̂ is then offset by the same second-order term in :meth:`set_calibration`
+        (exact when the sample is the whole text set).
         """
         xh = self._premap(text_sample)
         mu_i = self.mu_image
         c0 = mu_i - xh.mean(0)
         c = c0.copy()
-        for _ in range(self.params.calibration_rounds):
-            c = c + mu_i - l2_normalize(xh + c).mean(0)
-        resid = float(np.linalg.norm(l2_normalize(xh + c).mean(0) - mu_i))
-        logger.info("AnisoAlign calibration: in-sample centroid residual %.2e after %d round(s)", resid,
-                    self.params.calibration_rounds + 1)
+        resid = float("inf")
+        for rounds in range(1, self.params.calibration_rounds + 1):
+            v = xh + c
+            norm = np.linalg.norm(v, axis=1)
+            y = v / norm[:, None]
+            r = mu_i - y.mean(0)
+            resid = float(np.linalg.norm(r))
+            if resid < 1e-9:
+                break
+            u = r / resid
+            gain = float(np.mean((1.0 - (y @ u) ** 2) / norm))
+            c = c + r / max(gain, 1e-3)
+        logger.info("AnisoAlign calibration: in-sample centroid residual %.2e after %d round(s)", resid, rounds)
         return c - c0
 
     def set_calibration(self, mu_hat: np.ndarray) -> AnisoAlign:
