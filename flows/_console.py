@@ -115,19 +115,33 @@ def notice(message: str, *args: Any) -> None:
 
 # -- progress -------------------------------------------------------------------------------
 class _PlainProgress:
-    """One log line per stage at its start, every ``interval`` seconds, and at its end."""
+    """One log line per stage at its start, every ``interval`` seconds, and at its end.
 
-    def __init__(self, interval: float) -> None:
+    A heartbeat thread repeats the latest figures of a stage that reported nothing for
+    ``interval`` seconds (a one-task stage such as fit or gates), with the time elapsed.
+    """
+
+    def __init__(self, interval: float, heartbeat: bool = True) -> None:
         self.interval = interval
         self.logger = logging.getLogger("aniso.progress")
         self._last: dict[str, float] = {}
+        self._latest: dict[str, tuple[ProgressEvent, float]] = {}
         self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = None
+        if heartbeat and interval > 0:
+            self._thread = threading.Thread(target=self._beat, name="aniso-progress", daemon=True)
+            self._thread.start()
 
     def __call__(self, event: ProgressEvent) -> None:
         now = time.monotonic()
         with self._lock:
             first = event.stage not in self._last
             due = now - self._last.get(event.stage, -math.inf) >= self.interval
+            if event.finished:
+                self._latest.pop(event.stage, None)
+            else:
+                self._latest[event.stage] = (event, now - event.elapsed)
             if not (first or due or event.finished):
                 return
             if event.finished:
@@ -139,15 +153,34 @@ class _PlainProgress:
         else:
             self.logger.info("%s", format_event(event))
 
+    def _beat(self) -> None:
+        while not self._stop.wait(min(self.interval, 1.0)):
+            now = time.monotonic()
+            due = []
+            with self._lock:
+                for stage, (event, started) in self._latest.items():
+                    if now - self._last.get(stage, now) >= self.interval:
+                        self._last[stage] = now
+                        due.append(ProgressEvent(event.stage, event.done, event.total, now - started))
+            for event in due:
+                self.logger.info("%s", format_event(event))
+
+    def close(self) -> None:
+        """Stop the heartbeat."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+
 
 @contextmanager
 def _live_progress() -> Iterator[None]:
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     columns = (
         TextColumn("{task.description:<24}"), BarColumn(bar_width=30),
         TextColumn("{task.fields[rows]:>17}"), TextColumn("{task.fields[rate]:>12}"), TextColumn("{task.fields[eta]}"),
+        TimeElapsedColumn(),
     )
     with Progress(*columns, console=Console(file=sys.stderr), transient=False, refresh_per_second=4,
                   redirect_stderr=True, redirect_stdout=False) as bar:
@@ -157,8 +190,7 @@ def _live_progress() -> Iterator[None]:
             if event.stage not in tasks or (event.done == 0 and bar.tasks[tasks[event.stage]].finished):
                 tasks[event.stage] = bar.add_task(event.stage, total=max(event.total, 1), rows="", rate="", eta="")
             rate = event.rate
-            eta = (f"done in {format_duration(event.elapsed)}" if event.finished
-                   else f"ETA {format_duration(event.eta)}" if event.eta is not None else f"{format_duration(event.elapsed)} elapsed")
+            eta = ("done" if event.finished else f"ETA {format_duration(event.eta)}" if event.eta is not None else "")
             bar.update(tasks[event.stage], completed=event.done if event.total else 1,
                        rows=f"{format_rows(event.done)}/{format_rows(event.total)} rows",
                        rate="" if rate is None else f"{format_rows(rate)} rows/s", eta=eta)
@@ -188,10 +220,12 @@ def progress_display(live: bool | None = None) -> Iterator[None]:
         with _live_progress():
             yield
         return
-    previous = set_callback(_PlainProgress(PLAIN_INTERVAL))
+    plain = _PlainProgress(PLAIN_INTERVAL)
+    previous = set_callback(plain)
     try:
         yield
     finally:
+        plain.close()
         _restore(previous)
 
 

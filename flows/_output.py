@@ -57,9 +57,11 @@ def show_summary(manifest: Mapping[str, Any], root: str, dataset: str, report: s
         failed = [r["name"] for r in results if not r.get("passed")]
         lines.append(f"  gates:     {len(results) - len(failed)}/{len(results)} passed"
                      + (f" (failed: {', '.join(failed)})" if failed else ""))
-    if manifest.get("path"):
-        lines.append(f"  data:      {base}/{manifest['path']}")
-    lines.append(f"  manifest:  {base}/published/{manifest.get('version', '?')}/manifest.json")
+    version_dir = f"{base}/published/{manifest.get('version', '?')}"
+    if manifest.get("path"):  # relative to the version's folder (older manifests: to the dataset)
+        path = manifest["path"]
+        lines.append(f"  data:      {base if path.startswith('runs/') else version_dir}/{path}")
+    lines.append(f"  manifest:  {version_dir}/manifest.json")
     report = report or (gates.get("report") or {}).get("html")
     if report:
         lines.append(f"  report:    {report}")

@@ -119,10 +119,15 @@ def _configure_logging(verbose: bool) -> None:
 _VERBOSE = [False]
 
 
-def _announce(command: str, settings: Settings, what: str) -> None:
-    """The first line of a run: what it is about to do, where."""
-    notice("%s: %s -> %s/%s (method %s, %d Dask worker(s))", command, what, settings.storage.root,
-           settings.storage.dataset, settings.method.name, settings.cluster.n_workers)
+def _announce(command: str, what: str) -> None:
+    """The first line of a run, before anything slow is loaded: what it is about to do."""
+    notice("%s: %s", command, what)
+
+
+def _announce_settings(settings: Settings) -> None:
+    """The second line: where the run writes, with which method and cluster (settings resolved)."""
+    notice("writing to %s/%s with method %s on %d Dask worker(s)", settings.storage.root, settings.storage.dataset,
+           settings.method.name, settings.cluster.n_workers)
 
 
 def _flow_with_runner(flow, settings: Settings):
@@ -169,9 +174,10 @@ def produce(
 ) -> None:
     """Embeddings in → substitutes gated and published (the whole job)."""
     _configure_logging(verbose)
+    _announce("produce", f"text {text} + image {image} -> statistics (or embed), fit, apply, gates, publish")
     try:
         settings = _settings(profile, config, set_, **{"storage.root": out, "storage.dataset": dataset, "method.name": method})
-        _announce("produce", settings, f"text {text} + image {image}: ingest or embed, fit, gates, publish")
+        _announce_settings(settings)
         result = run_produce(text, image, settings)
     except AnisoError as exc:
         _fail(exc)
@@ -192,14 +198,15 @@ def demo(
 ) -> None:
     """The embedded default, offline: a generated captioned corpus → the shipped demo open_clip
     model → AnisoAlign → gates → publish."""
-    from aniso._fs import exists, join_url
-    from aniso.demo import write_demo_corpus
-
     _configure_logging(verbose)
+    _announce("demo", f"{items} generated captions and {items} rendered images -> embed with the demo model, "
+                      "fit, apply, gates, publish")
     try:
         settings = _settings(None, None, set_, **{"storage.root": out, "method.name": method})
-        _announce("demo", settings, f"{items} generated captions and {items} rendered images, embedded with "
-                                    f"{settings.embed.model}, then fit, gates, publish")
+        _announce_settings(settings)
+        from aniso._fs import exists, join_url
+        from aniso.demo import write_demo_corpus  # loads torch: after the first line
+
         corpus = join_url(out, "corpus")
         # Captions and images come from different seeds: like production, the corpora are unpaired.
         paths = {}

@@ -43,6 +43,9 @@ def embed_corpus(url: str, modality: str, settings: Settings) -> dict[str, Any]:
     options = settings.storage.fs_options()
     layout = DatasetLayout(settings.storage.root, settings.storage.dataset)
     specs = plan_shards(url, settings.corpus, modality=modality, storage_options=options)  # type: ignore[arg-type]
+    logging.getLogger("aniso.notice").info("embed %s: %d item(s) in %d shard(s) planned; loading model %s (%s)",
+                                           modality, sum(sp.n_items for sp in specs), len(specs),
+                                           settings.embed.model, settings.embed.pretrained)
     encoder = get_encoder(settings.embed)  # loud about device/precision before any task runs
     digest = plan_digest(specs)
     store_url = layout.embeddings(model_key(settings.embed.model, settings.embed.pretrained, encoder.key.precision, digest), modality)

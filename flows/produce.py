@@ -168,13 +168,16 @@ def run_stages(text: str, image: str, settings: Settings) -> dict[str, Any]:
                   for r in gates["results"] if not r["passed"]]
         raise GateFailed(
             "gate(s) failed, nothing published: "
-            + "; ".join(f"{r['name']} observed {r['observed']} (required {r['bound']})" for r in failed),
+            + "; ".join(f"{r['name']} observed {fmt_value(r['observed'])} (required {r['bound']})" for r in failed)
+            + (f"; report: {gates['report']['html']}" if (gates.get("report") or {}).get("html") else ""),
             failures=failed,
         )
+    def _publish() -> tuple[dict[str, Any], str | None]:
+        done = publish.submit(settings.storage.root, layout.dataset, key, gates, lineage, options).result()
+        return done, _publish_report(layout, done, gates, options)
+
     with _stage("publish"):
-        pointer = run_stage("publish", rows, lambda: publish.submit(settings.storage.root, layout.dataset, key, gates,
-                                                                    lineage, options).result())
-    report_url = _publish_report(layout, pointer, gates, options)
+        pointer, report_url = run_stage("publish", rows, _publish)
     if report_url:
         pointer = {**pointer, "report": report_url}
         create_link_artifact(link=_link(report_url), link_text=f"report of {layout.dataset} {pointer['version']}",

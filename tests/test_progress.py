@@ -49,7 +49,7 @@ def test_format_rows(n, text):
 
 
 def test_plain_lines_are_throttled_per_stage(caplog):
-    display = _PlainProgress(interval=3600)
+    display = _PlainProgress(interval=3600, heartbeat=False)
     progress.set_callback(display)
     with caplog.at_level(logging.INFO, logger="aniso.progress"):
         progress.report("embed text", 0, 10_000)
@@ -63,7 +63,7 @@ def test_plain_lines_are_throttled_per_stage(caplog):
 
 
 def test_plain_lines_repeat_after_the_interval(caplog):
-    display = _PlainProgress(interval=0.0)
+    display = _PlainProgress(interval=0.0, heartbeat=False)
     progress.set_callback(display)
     with caplog.at_level(logging.INFO, logger="aniso.progress"):
         for done in (0, 10, 20, 30):
@@ -75,3 +75,19 @@ def test_plain_lines_repeat_after_the_interval(caplog):
                                              (600, "600"), (1.0, "1"), (True, "yes"), (12.3456, "12.35")])
 def test_human_numbers(value, text):
     assert fmt_value(value) == text
+
+
+def test_a_silent_stage_gets_a_heartbeat_line(caplog):
+    display = _PlainProgress(interval=0.2)
+    progress.set_callback(display)
+    try:
+        with caplog.at_level(logging.INFO, logger="aniso.progress"):
+            progress.report("gates", 0, 3000)  # a one-task stage: nothing until it ends
+            time.sleep(1.0)
+            progress.report("gates", 3000, 3000)
+    finally:
+        display.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "aniso.progress"]
+    assert lines[0] == "gates: 3k rows, started" and lines[-1].startswith("gates: 3k/3k rows (100%) done in")
+    beats = lines[1:-1]
+    assert beats and all(b.startswith("gates: 0/3k rows (0%), ") and b.endswith("s elapsed") for b in beats)
