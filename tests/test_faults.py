@@ -35,7 +35,8 @@ def test_s3_outage_during_apply_is_retried(tmp_path, gap, monkeypatch):
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    options = {"endpoint_url": f"http://{host}:{port}", "key": "testing", "secret": "testing",
+    # Credentials come from the environment (conftest): settings refuse them in storage_options.
+    options = {"endpoint_url": f"http://{host}:{port}",
                "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 2}}
     bucket = f"outage-{uuid.uuid4().hex[:8]}"
     s3fs.S3FileSystem(**options).mkdir(bucket)
