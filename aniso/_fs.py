@@ -7,13 +7,15 @@ are; with none given, s3fs/boto read the standard ``AWS_*`` variables, profiles 
 
 from __future__ import annotations
 
+import os
 import posixpath
+import uuid
 from typing import IO, Any
 
 import fsspec
 from fsspec.core import url_to_fs
 
-__all__ = ["filesystem", "join_url", "open_url", "exists", "strip_scheme", "is_local"]
+__all__ = ["filesystem", "join_url", "open_url", "exists", "strip_scheme", "is_local", "write_atomic"]
 
 
 def filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -49,3 +51,23 @@ def is_local(fs: fsspec.AbstractFileSystem) -> bool:
 
 def strip_scheme(url: str) -> str:
     return url.split("://", 1)[1] if "://" in url else url
+
+
+def write_atomic(url: str, data: bytes | str, storage_options: dict[str, Any] | None = None) -> None:
+    """Write a whole object so that readers see all of it or none of it.
+
+    Local files go through a synced temporary file and ``os.replace``; object stores get a single
+    PUT, which they make visible whole or not at all.
+    """
+    payload = data.encode() if isinstance(data, str) else data
+    fs, path = filesystem(url, storage_options)
+    if is_local(fs):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        with open(tmp, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    else:
+        fs.pipe_file(path, payload)

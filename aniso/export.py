@@ -26,15 +26,13 @@ import hashlib
 import io
 import json
 import logging
-import os
 import re
 import tarfile
-import uuid
 from typing import Any, Literal
 
 import numpy as np
 
-from ._fs import filesystem, is_local, join_url, open_url
+from ._fs import filesystem, join_url, open_url, write_atomic
 from .errors import ConfigError, StoreCorrupt
 from .publish import open_published
 
@@ -44,18 +42,6 @@ logger = logging.getLogger(__name__)
 
 FORMATS = ("clip-retrieval", "webdataset")
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9_-]{1,200}$")
-
-
-def _put(url: str, data: bytes, options: dict[str, Any]) -> None:
-    fs, path = filesystem(url, options)
-    if is_local(fs):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    else:
-        fs.pipe_file(path, data)
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -131,7 +117,7 @@ def _write_part(fmt: str, out: str, part: int, ids: list[str], rows: np.ndarray,
         blobs = {"tar": _tar_bytes(ids, rows, emb)}
     files, stored = {}, {}
     for name, data in blobs.items():
-        _put(urls[name], data, options)
+        write_atomic(urls[name], data, options)
         stored[name] = _read(urls[name], options)  # verify what storage now holds, not what we meant
         if stored[name] != data:
             raise StoreCorrupt(f"export part {part}: {urls[name]} does not read back as written")
@@ -139,7 +125,7 @@ def _write_part(fmt: str, out: str, part: int, ids: list[str], rows: np.ndarray,
                        "sha256": hashlib.sha256(data).hexdigest()}
     _check_part(fmt, stored, ids, emb, part)
     marker = {"part": part, "rows": len(ids), "files": files}
-    _put(_marker_url(out, part), json.dumps(marker, sort_keys=True).encode(), options)
+    write_atomic(_marker_url(out, part), json.dumps(marker, sort_keys=True).encode(), options)
     return marker
 
 
@@ -199,7 +185,7 @@ def export_published(
     manifest = {"format": fmt, "dataset": dataset, "version": ds.version, "dim": ds.manifest["dim"],
                 "dtype": "float16", "rows": sum(p["rows"] for p in parts),
                 "skipped_invalid_rows": ds.manifest["n_rows"] - sum(p["rows"] for p in parts), "parts": parts}
-    _put(join_url(out, "export.json"), json.dumps(manifest, indent=2, sort_keys=True).encode(), options)
+    write_atomic(join_url(out, "export.json"), json.dumps(manifest, indent=2, sort_keys=True).encode(), options)
     return manifest
 
 

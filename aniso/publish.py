@@ -21,7 +21,6 @@ import logging
 import os
 import shutil
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -29,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ._fs import filesystem, is_local, join_url, open_url
+from ._fs import filesystem, is_local, join_url, open_url, write_atomic
 from .errors import ConfigError, StoreCorrupt, StoreNotFound
 from .layout import DatasetLayout, check_name
 from .store import EmbeddingStore, shard_checksum
@@ -52,21 +51,6 @@ def schema(name: str = "manifest") -> dict[str, Any]:
     from importlib.resources import files
 
     return json.loads((files("aniso") / "schema" / f"{name}.schema.json").read_text())
-
-
-def _write_atomic(url: str, text: str, storage_options: dict[str, Any]) -> None:
-    fs, path = filesystem(url, storage_options)
-    if is_local(fs):
-        fs.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    else:  # one PUT: object stores make it visible whole or not at all
-        with fs.open(path, "w") as f:
-            f.write(text)
 
 
 def _read_json(url: str, storage_options: dict[str, Any], what: str) -> Any:
@@ -205,10 +189,10 @@ def publish(
             "lineage": lineage,
             "publication": copy,
         }
-        _write_atomic(join_url(layout.published(version), "manifest.json"),
+        write_atomic(join_url(layout.published(version), "manifest.json"),
                       json.dumps(manifest, indent=2, sort_keys=True, default=str), options)
     pointer = {"version": version, "manifest": f"published/{version}/manifest.json", "run_key": run_key}
-    _write_atomic(layout.latest, json.dumps(pointer, sort_keys=True), options)
+    write_atomic(layout.latest, json.dumps(pointer, sort_keys=True), options)
     logger.info("published %s as version %s", layout.base, version)
     return pointer
 
