@@ -57,3 +57,19 @@ def test_metric_properties():
         dg.diagnose(x, y[:10], paired=True)
     with pytest.raises(InputError):
         dg.centroid_residual(np.full((3, 4), np.nan), x[:, :4])
+
+
+def test_domain_classifier_by_class_splits_the_accuracy_and_exposes_hubness():
+    rng = np.random.default_rng(3)
+    d = 32
+    mean = np.zeros(d)
+    mean[0] = 1.0
+    spread = mean + rng.normal(scale=0.5, size=(300, d))
+    concentrated = mean + rng.normal(scale=0.1, size=(300, d))
+    res = dg.domain_classifier_by_class(concentrated, spread, repeats=5, seed=1)
+    assert res["acc"] == pytest.approx((res["acc_s"] + res["acc_t"]) / 2)
+    assert res["acc"] == pytest.approx(dg.domain_classifier_accuracy(concentrated, spread, repeats=5, seed=1))
+    # the concentrated set is recognised, the spread one is mostly taken for it (hub neighbours)
+    assert res["acc_s"] > 0.9 and res["acc_t"] < res["acc_s"] - 0.3
+    same = dg.domain_classifier_by_class(spread[:150], spread[150:], repeats=5, seed=1)
+    assert abs(same["acc_s"] - same["acc_t"]) < 0.2 and abs(same["acc"] - 0.5) < 0.1
