@@ -52,6 +52,7 @@ def iter_batches(
     world_size: int = 1,
     buffer_chunks: int = 4,
     only_valid: bool = True,
+    all_valid: bool = False,
     drop_last: bool = False,
     out: Any = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -73,6 +74,9 @@ def iter_batches(
         Chunks held (and shuffled together) at once; memory is ``buffer_chunks × chunk_rows × d``.
     only_valid
         Skip rows whose ``valid`` flag is False (items that failed upstream; stored as zeros).
+    all_valid
+        The caller knows every row is valid (a manifest whose ``valid_rows`` equals ``n_rows``):
+        ``valid`` is not read at all (it is ~10% of a local epoch's reads otherwise).
     drop_last
         Drop a final batch smaller than ``batch_size``.
     out
@@ -89,7 +93,7 @@ def iter_batches(
     if batch_size < 1 or buffer_chunks < 1:
         raise ConfigError(f"batch_size ({batch_size}) and buffer_chunks ({buffer_chunks}) must be positive")
     emb_arr, id_arr = group["embedding"], group["id"]
-    valid_arr = group["valid"] if only_valid and "valid" in group else None
+    valid_arr = group["valid"] if only_valid and not all_valid and "valid" in group else None
     n_rows, chunk_rows = int(emb_arr.shape[0]), int(emb_arr.chunks[0])
     n_chunks = -(-n_rows // chunk_rows)
     order = chunks_for_rank(n_chunks, shuffle=shuffle, seed=seed, epoch=epoch, rank=rank, world_size=world_size)
@@ -116,12 +120,18 @@ def iter_batches(
         for start in range(0, full, batch_size):
             stop = min(start + batch_size, full)
             if perm is None:
-                yield ids[start:stop], emb[start:stop]
+                yield ids[start:stop], emb[start:stop] if out is None else _copy(emb[start:stop], out)
             else:
                 take = perm[start:stop]
                 yield ids[take], _gather(emb, take, out)
         rest = perm[full:] if perm is not None else slice(full, None)
         carry_ids, carry_emb = ids[rest], emb[rest]
+
+
+def _copy(block: np.ndarray, out: Any) -> np.ndarray:
+    dest = out(block.shape, block.dtype)
+    dest[...] = block
+    return dest
 
 
 def _gather(emb: np.ndarray, take: np.ndarray, out: Any) -> np.ndarray:

@@ -276,7 +276,13 @@ class PublishedDataset:
         """
         from .loader import iter_batches
 
+        kwargs.setdefault("all_valid", self.all_valid)
         return iter_batches(self.store.group, batch_size, **kwargs)
+
+    @property
+    def all_valid(self) -> bool:
+        """Whether the manifest records every row as valid (readers may skip ``valid``)."""
+        return self.manifest.get("valid_rows") == self.manifest.get("n_rows")
 
 
 def open_published(

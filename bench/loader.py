@@ -2,9 +2,11 @@
 
 Run: ``nice -n 5 .venv/bin/python bench/loader.py [--rows 131072] [--dim 256] [--repeat 3]``.
 
-A: ``torch.utils.data.DataLoader(PublishedIterableDataset(..., shuffle=True), batch_size=None,
-num_workers=2, persistent_workers=True, multiprocessing_context="spawn")``: one epoch per rep
-(reshuffled), as a training job runs.
+A: ``PublishedDataLoader(PublishedIterableDataset(..., batch_size=1024, shuffle=True),
+num_workers=2)``: a ``torch.utils.data.DataLoader`` with 2 spawned, persistent workers that move
+whole 4,096-row blocks to the main process, which cuts them into 1,024-row batches; one epoch per
+rep (reshuffled), as a training job runs. ``--plain`` also measures the dataset in a bare
+``DataLoader(ds, batch_size=None, ...)`` (one transfer per batch).
 B (baseline): one process reading every chunk of ``embedding`` and ``id`` with zarr, in order.
 Reps alternate A/B; the ratio is rows/s of A over rows/s of B (min and median over reps). The
 first epoch, which includes starting the workers and their opening the store, is reported apart.
@@ -31,7 +33,7 @@ import torch
 from aniso.layout import DatasetLayout
 from aniso.publish import open_published, publish
 from aniso.store import EmbeddingStore
-from aniso.torch_loader import PublishedIterableDataset
+from aniso.torch_loader import PublishedDataLoader, PublishedIterableDataset
 
 
 def make_dataset(root: str, options: dict, n_rows: int, dim: int, chunk_rows: int, shard_rows: int) -> None:
@@ -66,17 +68,21 @@ def epoch(batches) -> int:
     return rows
 
 
-def measure(name: str, root: str, options: dict, n_rows: int, repeat: int, batch_size: int) -> dict:
+def measure(name: str, root: str, options: dict, n_rows: int, repeat: int, batch_size: int,
+            plain: bool = False) -> dict:
     """First epoch (worker start-up included), then ``repeat`` steady-state epochs alternating with B."""
     ds = PublishedIterableDataset(root, "bench", batch_size=batch_size, storage_options=options, shuffle=True)
-    batches = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2, persistent_workers=True,
-                                          multiprocessing_context="spawn")
+    if plain:
+        name = f"{name} (plain DataLoader)"
+        batches = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2, persistent_workers=True,
+                                              multiprocessing_context="spawn")
+    else:
+        batches = PublishedDataLoader(ds, num_workers=2)
     t0 = time.perf_counter()
     assert epoch(batches) == n_rows
     first = n_rows / (time.perf_counter() - t0)
     ratios, a_rates, b_rates = [], [], []
     for rep in range(repeat):
-        ds.set_epoch(rep + 1)
         t0 = time.perf_counter()
         rows_a = epoch(batches)
         ta = time.perf_counter() - t0
@@ -91,7 +97,7 @@ def measure(name: str, root: str, options: dict, n_rows: int, repeat: int, batch
     result = {"backend": name, "loader_rows_s": round(statistics.median(a_rates)), "zarr_rows_s": round(zarr_rate),
               "ratio_min": round(min(ratios), 2), "ratio_median": round(statistics.median(ratios), 2),
               "first_epoch_rows_s": round(first), "first_epoch_ratio": round(first / zarr_rate, 2)}
-    print(f"{name:>6}: DataLoader(2 workers) {result['loader_rows_s']:,} rows/s vs direct zarr "
+    print(f"{name:>6}: 2-worker loader {result['loader_rows_s']:,} rows/s vs direct zarr "
           f"{result['zarr_rows_s']:,} rows/s (medians) -> ratio min {result['ratio_min']}, median "
           f"{result['ratio_median']}; first epoch incl. worker start-up {result['first_epoch_rows_s']:,} rows/s "
           f"(ratio {result['first_epoch_ratio']})", flush=True)
@@ -107,6 +113,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--skip-s3", action="store_true")
+    parser.add_argument("--plain", action="store_true", help="also measure a bare DataLoader over the dataset")
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"{args.rows} rows x {args.dim} float32, chunks of {args.chunk_rows}, shards of {args.shard_rows}; "
@@ -115,6 +122,8 @@ def main() -> None:
         root = os.path.join(tmp, "root")
         make_dataset(root, {}, args.rows, args.dim, args.chunk_rows, args.shard_rows)
         measure("local", root, {}, args.rows, args.repeat, args.batch_size)
+        if args.plain:
+            measure("local", root, {}, args.rows, args.repeat, args.batch_size, plain=True)
     if args.skip_s3:
         return
     import logging
@@ -132,6 +141,8 @@ def main() -> None:
         s3fs.S3FileSystem(**options).mkdir("bench")
         make_dataset("s3://bench/root", options, args.rows, args.dim, args.chunk_rows, args.shard_rows)
         measure("s3", "s3://bench/root", options, args.rows, args.repeat, args.batch_size)
+        if args.plain:
+            measure("s3", "s3://bench/root", options, args.rows, args.repeat, args.batch_size, plain=True)
     finally:
         server.stop()
 
