@@ -1,7 +1,7 @@
 """AnisoAlign's closed form: centroid shift plus an evidence-adaptive, bounded per-direction
 second-moment correction.
 
-    y = μ_i + A (x − μ_t),   A = Q diag(e^{h}) Qᵀ
+    y = μ_i + s · A (x − μ_t),   A = Q diag(e^{α h}) Qᵀ
 
 * **Base: the centroid shift** (``A = I``), not ReAlign's global trace rescale, which measured worse
   than the plain shift on every real set we have (``docs/quality.md``).
@@ -25,10 +25,17 @@ second-moment correction.
   corrected, the rest is capped at ``bound`` (0.3 by default: at most a 35% rescale of a direction
   the sample does not resolve). So the bound, too, adapts to the evidence: on a few hundred rows in
   512-d (τ ≈ 1.5) every direction is capped, on a well-sampled low-rank residual the cap lifts.
+* **kNN budget** (:func:`fit_budget`): only the share ``α ∈ [0, 1]`` of ``h`` is applied whose
+  substitutes keep the kNN overlap@10 with the source text within ``knn_budget`` of the centroid
+  shift's, measured on rows of the fitting text. Where a mismatch can only be matched by
+  amplifying the text's noise (a residual independent of the content), the per-direction caps
+  lift with the evidence but the neighbourhoods would collapse; the budget stops it.
+* **Radial scale** (:func:`radial_scale`): the deviations are scaled so that the renormalised
+  substitutes' mean has the length of ``μ_i``; the calibration then only fixes its direction.
 * **Calibration** is done by the aligner: the fixed-point centroid calibration after the final
   renormalisation (``AnisoAlign._calibration_refinement``), in-sample residual ≤ 1e-3.
 
-``strength = 0`` (or ``bound = 0``) gives ``A = I``: the plain centroid shift. ``bounded = False``
+``strength = 0`` (or ``bound = 0``) gives ``A = I``: the centroid shift (plain with ``radial=False``). ``bounded = False``
 is the "no bounds" ablation ``h = g`` (a full, shrunk optimal-transport match).
 
 Why not the circular-mean phase shift of the method notes: on own-centred data the phases are
@@ -39,26 +46,41 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from .errors import InputError
 from .moments import Moments
 
-__all__ = ["ClosedForm", "fit_closed_form", "noise_spread", "ot_log_scales"]
+__all__ = ["ClosedForm", "fit_budget", "fit_closed_form", "noise_spread", "ot_log_scales", "radial_scale"]
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class ClosedForm:
-    """A fitted global map ``y = μ_i + (x − μ_t) Aᵀ`` (row form) and its diagnostics."""
+    """A fitted global map ``y = μ_i + (x − μ_t) Aᵀ`` (row form) and its diagnostics.
+
+    ``A = scale · Q diag(e^{α h}) Qᵀ``: ``h`` the per-direction (evidence-bounded) log-scales, ``α``
+    the share of them applied (the kNN budget, :func:`fit_budget`), ``scale`` the radial scale.
+    """
 
     A: np.ndarray  # (d, d), symmetric
     g: np.ndarray  # (d,) log-scales of the full (shrunk) optimal-transport map
-    h: np.ndarray  # (d,) applied log-scales
+    h: np.ndarray  # (d,) per-direction log-scales before the budget
     gain: float  # γ_N, the evidence share
+    alpha: float = 1.0  # share of h applied (kNN budget)
+    scale: float = 1.0  # radial scale of the deviations
+    q: np.ndarray | None = field(default=None, repr=False)  # eigenvectors (fitting only; not stored)
+
+    def with_strength(self, alpha: float, scale: float = 1.0) -> ClosedForm:
+        """The same directions with ``α`` of ``h`` applied and the deviations scaled by ``scale``."""
+        if self.q is None:
+            raise InputError("closed form: eigenvectors are not kept after loading; refit to change α")
+        a_mat = np.eye(self.g.size) if alpha == 0 or not np.any(self.h) else (self.q * np.exp(alpha * self.h)) @ self.q.T
+        a_mat = scale * (a_mat + a_mat.T) / 2
+        return ClosedForm(A=a_mat, g=self.g, h=self.h, gain=self.gain, alpha=float(alpha), scale=float(scale), q=self.q)
 
     def apply(self, x: np.ndarray, mu_text: np.ndarray, mu_image: np.ndarray) -> np.ndarray:
         """``μ_i + A(x − μ_t)`` for L2-normalised float64 rows (not renormalised)."""
@@ -66,12 +88,14 @@ class ClosedForm:
 
     def to_arrays(self, prefix: str = "cf_") -> dict[str, np.ndarray]:
         return {f"{prefix}A": self.A, f"{prefix}g": self.g, f"{prefix}h": self.h,
-                f"{prefix}gain": np.asarray(self.gain)}
+                f"{prefix}gain": np.asarray(self.gain), f"{prefix}alpha": np.asarray(self.alpha),
+                f"{prefix}scale": np.asarray(self.scale)}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], prefix: str = "cf_") -> ClosedForm:
         return cls(A=arrays[f"{prefix}A"], g=arrays[f"{prefix}g"], h=arrays[f"{prefix}h"],
-                   gain=float(arrays[f"{prefix}gain"]))
+                   gain=float(arrays[f"{prefix}gain"]), alpha=float(arrays.get(f"{prefix}alpha", 1.0)),
+                   scale=float(arrays.get(f"{prefix}scale", 1.0)))
 
 
 def _shrink(cov: np.ndarray, n: int, n0: float) -> np.ndarray:
@@ -160,9 +184,93 @@ def fit_closed_form(
         else:
             gain, weight, cap = strength, np.ones_like(g), np.full_like(g, bound)
         h = np.sign(g) * np.minimum(cap, gain * weight * np.abs(g))
-    a_mat = np.eye(d) if not np.any(h) else (q * np.exp(h)[None, :]) @ q.T
-    a_mat = (a_mat + a_mat.T) / 2
     logger.info("closed form: N=%.0f, d=%d, evidence share γ_N=%.3f, max|g|=%.3f, max|h|=%.3f, %d at the bound",
                 n_eff, d, gain, float(np.abs(g).max()), float(np.abs(h).max()),
                 int(np.sum(np.abs(h) >= bound)) if bounded else 0)
-    return ClosedForm(A=a_mat, g=g, h=h, gain=float(gain))
+    return ClosedForm(A=np.eye(d), g=g, h=h, gain=float(gain), q=q).with_strength(1.0)
+
+
+def radial_scale(dev: np.ndarray, mu_image: np.ndarray) -> float:
+    """The scale ``s`` of the deviations with ``μ̂_i · mean(normalize(μ_i + s·dev)) = ‖μ_i‖``.
+
+    Renormalising ``μ_i + dev`` pulls the mean inwards when the deviations are larger than the
+    images' spread (and pushes it out when smaller); this scale undoes that radially, so the
+    exact centroid calibration only has to fix the mean's direction. A constant added to every
+    row would instead compress the substitutes unevenly (ConVIRT-500: kNN overlap 0.883 against
+    0.909, ``docs/quality.md``). Bisection on ``log s`` in [−3, 3] (the projection falls as ``s``
+    grows).
+    """
+    m = float(np.linalg.norm(mu_image))
+    if m <= 1e-12:
+        return 1.0
+    u = mu_image / m
+
+    def proj(log_s: float) -> float:
+        y = mu_image + math.exp(log_s) * dev
+        return float(np.mean((y @ u) / np.linalg.norm(y, axis=1)))
+
+    lo, hi = -3.0, 3.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if proj(mid) > m else (lo, mid)
+    return math.exp((lo + hi) / 2)
+
+
+def fit_budget(
+    cf: ClosedForm,
+    text: np.ndarray,
+    mu_text: np.ndarray,
+    mu_image: np.ndarray,
+    *,
+    budget: float,
+    rows: int = 2000,
+    seed: int = 0,
+    radial: bool = True,
+    steps: int = 5,
+) -> ClosedForm:
+    """Apply as much of the correction as the text's neighbourhoods allow.
+
+    ``α ∈ [0, 1]`` is the largest share of ``h`` whose substitutes keep the kNN overlap@10 with
+    the source text within ``budget`` of the centroid shift's (``α = 0``), both measured on ``rows``
+    seeded rows of the fitting text (rows used unpaired: no pairs, no held-out data). ``α = 1``
+    when the whole correction is within budget, else bisection (``steps`` halvings). This is the
+    bound that stops over-correction where the sample resolves a mismatch that a linear map can
+    only correct by amplifying the text's noise (a planted residual independent of the text:
+    the per-direction caps lift there, the neighbourhoods would not survive).
+    """
+    from .diagnostics import knn_indices
+
+    n = text.shape[0]
+    pick = np.sort(np.random.default_rng(seed).choice(n, min(rows, n), replace=False))
+    x = text[pick]
+    dev = x - mu_text
+    k = min(10, x.shape[0] - 1)
+    ref = knn_indices(x, x, k, exclude_self=True)
+
+    def at(alpha: float) -> tuple[ClosedForm, float]:
+        m = cf.with_strength(alpha)
+        d = dev @ m.A.T
+        s = radial_scale(d, mu_image) if radial else 1.0
+        y = mu_image + s * d
+        y /= np.linalg.norm(y, axis=1, keepdims=True)
+        nb = knn_indices(y, y, k, exclude_self=True)
+        overlap = float(np.mean([np.intersect1d(ref[i], nb[i], assume_unique=True).size for i in range(len(y))]) / k)
+        return cf.with_strength(alpha, s), overlap
+
+    base, base_knn = at(0.0)
+    full, full_knn = at(1.0)
+    if base_knn - full_knn <= budget or not np.any(cf.h):
+        best, alpha = full, 1.0
+    else:
+        best, lo, hi = base, 0.0, 1.0
+        for _ in range(steps):
+            mid = (lo + hi) / 2
+            cand, knn = at(mid)
+            if base_knn - knn <= budget:
+                best, lo = cand, mid
+            else:
+                hi = mid
+        alpha = best.alpha
+    logger.info("closed form: kNN budget %.3f on %d rows: α=%.3f (shift %.3f, full correction %.3f), radial scale %.3f",
+                budget, x.shape[0], alpha, base_knn, full_knn, best.scale)
+    return best

@@ -66,6 +66,9 @@ class AnisoAlignParams(MethodParams):
     prior_strength: float = Field(7.0, ge=0, description="isotropic pseudo-rows per dimension (covariance shrinkage)")
     adaptive: bool = True
     bounded: bool = True
+    knn_budget: float | None = Field(0.01, ge=0, description="largest kNN-overlap@10 loss against the centroid shift, measured on the fitting text; None: no budget")
+    budget_rows: int = Field(2000, ge=11, description="text rows the kNN budget is measured on")
+    radial: bool = Field(True, description="scale the deviations radially so renormalisation keeps the centroid's length")
     # learned stages (off by default: on every corpus measured they did not pay for their cost,
     # see docs/quality.md)
     learned: bool = Field(False, description="train Stage I/II when the samples allow it")

@@ -63,13 +63,36 @@ def calibrated(premap: Callable[[np.ndarray], np.ndarray], text: np.ndarray, mu_
     return lambda x: l2_normalize(premap(x) + c)
 
 
-def linear(make_a: Callable[[Moments, Moments], np.ndarray]) -> Fitter:
-    """A fitter from a function of the two modalities' moments to the matrix ``A``."""
+def radial_scale(dev: np.ndarray, mu_i: np.ndarray) -> float:
+    """``s`` with ``μ̂_i · mean(normalize(μ_i + s·dev)) = ‖μ_i‖`` (bisection on log s; the projection
+    falls as ``s`` grows)."""
+    m = float(np.linalg.norm(mu_i))
+    u = mu_i / m
+
+    def proj(s: float) -> float:
+        return float(np.mean(l2_normalize(mu_i + s * dev) @ u))
+
+    lo, hi = -3.0, 3.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if proj(np.exp(mid)) > m:
+            lo = mid
+        else:
+            hi = mid
+    return float(np.exp((lo + hi) / 2))
+
+
+def linear(make_a: Callable[[Moments, Moments], np.ndarray], scale: bool = False) -> Fitter:
+    """A fitter from a function of the two modalities' moments to the matrix ``A``; ``scale``:
+    calibrate the deviations' overall scale radially first (the Newton shift then only fixes the
+    direction)."""
 
     def fit(text: np.ndarray, image: np.ndarray) -> Transform:
         mt, mi = moments(text), moments(image)
         a = make_a(mt, mi)
         mu_t, mu_i = np.asarray(mt.mean), np.asarray(mi.mean)
+        if scale:
+            a = a * radial_scale((text - mu_t) @ a.T, mu_i)
         return calibrated(lambda x: l2_normalize(mu_i + (x - mu_t) @ a.T), text, mu_i)
 
     return fit
@@ -118,6 +141,56 @@ def diag_basis(alpha: float, basis: str, ps: float = 7.0) -> Callable[[Moments, 
     return make
 
 
+def budgeted(budget: float, ps: float = 7.0, rows: int = 0) -> Fitter:
+    """The largest ``α`` (grid of 0.05) whose in-sample kNN-overlap loss on the training text,
+    against ``α = 0``, is at most ``budget``; ``rows`` > 0 scores random subsets of that size."""
+
+    def fit(text: np.ndarray, image: np.ndarray) -> Transform:
+        mt, mi = moments(text), moments(image)
+        mu_t, mu_i = np.asarray(mt.mean), np.asarray(mi.mean)
+        g, q = ot_log_scales(shrink(mt, ps * mt.dim), shrink(mi, ps * mi.dim))
+        dev0 = text - mu_t
+        rng = np.random.default_rng(0)
+        n = text.shape[0]
+        subsets = ([np.arange(n)] if n <= 2000 else [np.sort(rng.choice(n, 2000, replace=False))]) if not rows else [
+            np.sort(rng.choice(n, min(rows, n), replace=False)) for _ in range(8)]
+
+        def premap_of(alpha: float) -> np.ndarray:
+            a = (q * np.exp(alpha * g)) @ q.T
+            return a * radial_scale(dev0 @ a.T, mu_i)
+
+        def knn_of(a: np.ndarray) -> float:
+            y = l2_normalize(mu_i + dev0 @ a.T)
+            return float(np.mean([knn_overlap(text[r], y[r], 10) for r in subsets]))
+
+        base = knn_of(premap_of(0.0))
+        best = premap_of(0.0)
+        for alpha in np.arange(0.05, 1.0001, 0.05):
+            a = premap_of(alpha)
+            if base - knn_of(a) > budget:
+                break
+            best = a
+        return calibrated(lambda x: l2_normalize(mu_i + (x - mu_t) @ best.T), text, mu_i)
+
+    return fit
+
+
+def coral_blend(beta: float, shrinkage: float) -> Callable[[Moments, Moments], np.ndarray]:
+    """``A = β W + (1 − β) I`` with ``W`` the shrunk whitening–colouring (CORAL) matrix."""
+
+    def make(mt: Moments, mi: Moments) -> np.ndarray:
+        d = mt.dim
+        st, si = mt.covariance(), mi.covariance()
+        st = (1 - shrinkage) * st + shrinkage * np.trace(st) / d * np.eye(d)
+        si = (1 - shrinkage) * si + shrinkage * np.trace(si) / d * np.eye(d)
+        wt, vt = np.linalg.eigh(st)
+        wi, vi = np.linalg.eigh(si)
+        w = (vi * np.sqrt(np.clip(wi, 0, None))) @ vi.T @ (vt / np.sqrt(np.clip(wt, 1e-12, None))) @ vt.T
+        return beta * w + (1 - beta) * np.eye(d)
+
+    return make
+
+
 def current(**kw) -> Callable[[Moments, Moments], np.ndarray]:
     return lambda mt, mi: fit_closed_form(mt, mi, **kw).A
 
@@ -151,7 +224,11 @@ def variants() -> dict[str, Fitter]:
         "MomentMatch shrink 0.9": aligner("moment", shrinkage=0.9),
         "AnisoAlign (shipped)": aligner("anisoalign"),
         "shift+calib": linear(lambda mt, mi: np.eye(mt.dim)),
+        "AnisoAlign, no kNN budget": aligner("anisoalign", knn_budget=None),
+        "AnisoAlign, no kNN budget, no radial": aligner("anisoalign", knn_budget=None, radial=False),
     }
+    for b in (0.015, 0.02, 0.03):
+        v[f"AnisoAlign budget {b}"] = aligner("anisoalign", knn_budget=b)
     for a in (0.25, 0.5, 0.75, 1.0):
         for ps in (1.0, 7.0):
             v[f"OT^{a} ps{ps:g}"] = linear(ot_geodesic(a, ps))
@@ -162,6 +239,17 @@ def variants() -> dict[str, Fitter]:
         v[f"image-basis^{a}"] = linear(diag_basis(a, "image"))
     for b in (0.5, 1.0):
         v[f"current bound {b}"] = linear(current(bound=b))
+    v["shift+radial"] = linear(lambda mt, mi: np.eye(mt.dim), scale=True)
+    for a in (0.25, 0.5, 0.75, 1.0):
+        v[f"OT^{a} ps7 radial"] = linear(ot_geodesic(a, 7.0), scale=True)
+        v[f"OT^{a} ps3 radial"] = linear(ot_geodesic(a, 3.0), scale=True)
+    v["current radial"] = linear(current(), scale=True)
+    for beta in (0.3, 0.5, 1.0):
+        for sh in (0.5, 0.9):
+            v[f"CORAL{sh} blend {beta} radial"] = linear(coral_blend(beta, sh), scale=True)
+    for b in (0.005, 0.01, 0.02):
+        v[f"budget {b}"] = budgeted(b)
+        v[f"budget {b} on 100"] = budgeted(b, rows=100)
     for up in (0.1, 0.3):
         for down in (0.3, 0.6, 1.0):
             for lift in ("down", "none"):
@@ -204,6 +292,9 @@ def main() -> None:
 
         g = planted_gap(n=50_000, d=64, seed=args.seed)
         sets["planted gap 50k"] = (g.text, g.image, "")
+        from demo_world import demo_world
+
+        sets["demo world"] = (*demo_world(60_000), "")
     if args.sets:
         sets = {k: v for k, v in sets.items() if k in args.sets.split(",")}
     fitters = variants()

@@ -54,6 +54,13 @@ def coco500() -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(scope="session")
+def convirt500() -> tuple[np.ndarray, np.ndarray]:
+    """(text, image) of ConVIRT-500 (chest X-ray reports / images), paired row by row."""
+    arr = np.load(_shared("mind-the-gap-coco500/features_convirt.npy"))
+    return arr[1], arr[0]
+
+
+@pytest.fixture(scope="session")
 def flickr8k() -> tuple[np.ndarray, np.ndarray]:
     """(text, image) of Flickr8k-500, CLIP ViT-B/32; image rows repeat every 5 captions."""
     base = _shared("flickr8k-clip-vitb32")

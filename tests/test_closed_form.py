@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aniso.closed_form import fit_closed_form, noise_spread, ot_log_scales
+from aniso.arrays import l2_normalize
+from aniso.closed_form import fit_budget, fit_closed_form, noise_spread, ot_log_scales, radial_scale
 from aniso.diagnostics import centroid_residual, domain_classifier_accuracy, knn_overlap
 from aniso.errors import InputError
 from aniso.methods import AnisoAlign, CentroidShift
@@ -90,6 +91,68 @@ def test_constant_modality_is_a_clear_error():
         fit_closed_form(_moments(text), _moments(image), bound=-1.0)
 
 
+def test_with_strength_interpolates_the_log_scales():
+    text, image = _pair(2000, 16, 3, ratio=np.linspace(0.5, 1.5, 16))
+    cf = fit_closed_form(_moments(text), _moments(image))
+    np.testing.assert_allclose(cf.with_strength(1.0).A, cf.A, atol=1e-12)
+    assert np.array_equal(cf.with_strength(0.0).A, np.eye(16))
+    half = cf.with_strength(0.5, 2.0)
+    np.testing.assert_allclose(half.A, 2.0 * (cf.q * np.exp(0.5 * cf.h)) @ cf.q.T, atol=1e-12)
+    assert (half.alpha, half.scale) == (0.5, 2.0)
+    loaded = type(cf).from_arrays(half.to_arrays())
+    assert (loaded.alpha, loaded.scale) == (0.5, 2.0) and np.array_equal(loaded.A, half.A)
+
+
+@pytest.mark.parametrize("spread", [0.3, 1.0, 3.0])
+def test_radial_scale_keeps_the_centroid_length(spread):
+    rng = np.random.default_rng(5)
+    image = l2_normalize(np.r_[2.0, np.zeros(31)] + rng.normal(size=(500, 32)))
+    mu_i = image.mean(0)
+    dev = rng.normal(size=(500, 32)) * spread / np.sqrt(32)
+    s = radial_scale(dev, mu_i)
+    y = l2_normalize(mu_i + s * dev)
+    assert abs(y.mean(0) @ mu_i / np.linalg.norm(mu_i) - np.linalg.norm(mu_i)) < 1e-9
+    # larger deviations need a smaller scale
+    assert radial_scale(2 * dev, mu_i) == pytest.approx(s / 2, rel=1e-6)
+
+
+def _noise_amplifying_pair(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Text with 8 semantic axes and tiny noise elsewhere; the image adds a strong residual on 3
+    axes that are pure noise for the text (the planted gap): matching it amplifies the noise."""
+    rng = np.random.default_rng(seed)
+    d = 32
+    sem = rng.normal(size=(n, 8)) * 0.4
+    text = np.zeros((n, d))
+    text[:, 0] = 1.0
+    text[:, 2:10] = sem
+    image = text.copy()
+    image[:, 0], image[:, 1] = 0.0, 1.0
+    text += rng.normal(scale=0.02, size=(n, d))
+    image[:, 10:13] += rng.normal(scale=0.35, size=(n, 3))
+    image += rng.normal(scale=0.02, size=(n, d))
+    return l2_normalize(text), l2_normalize(image)
+
+
+def test_knn_budget_stops_the_noise_amplifying_over_correction():
+    text, image = _noise_amplifying_pair(20000, 4)
+    mt, mi = _moments(text), _moments(image)
+    cf = fit_closed_form(mt, mi)
+    assert cf.gain > 0.95 and np.abs(cf.h).max() > 1.5  # well sampled: the caps lift
+    mu_t, mu_i = np.asarray(mt.mean), np.asarray(mi.mean)
+    held = slice(0, 1000)
+
+    def knn_of(m):
+        y = l2_normalize(mu_i + (text[held] - mu_t) @ m.A.T)
+        return knn_overlap(text[held], y)
+
+    budgets = [fit_budget(cf, text[5000:], mu_t, mu_i, budget=b, seed=1) for b in (0.0, 0.01, 0.05, 1.0)]
+    alphas = [m.alpha for m in budgets]
+    assert alphas == sorted(alphas) and alphas[-1] == 1.0 and alphas[1] < 1.0
+    shift_knn, full_knn, kept = knn_of(cf.with_strength(0.0)), knn_of(cf), knn_of(budgets[1])
+    assert full_knn < shift_knn - 0.2  # the unbudgeted correction collapses the neighbourhoods
+    assert kept >= shift_knn - 0.03  # out of sample, the budget holds them
+
+
 @pytest.mark.realdata
 def test_coco_out_of_sample_beats_the_shift_and_calibrates(coco500):
     text, image = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in coco500)
@@ -104,3 +167,20 @@ def test_coco_out_of_sample_beats_the_shift_and_calibrates(coco500):
     assert dom_a < dom_s - 0.03
     assert knn_overlap(text[test], subs_a) >= knn_overlap(text[test], subs_s) - 0.02
     assert centroid_residual(aniso.transform(text[train]), image[train]) <= 1e-3
+
+
+@pytest.mark.realdata
+def test_convirt_radial_scale_keeps_the_neighbourhoods_the_offset_compresses(convirt500):
+    """ConVIRT's images are far more concentrated than its reports: calibrating with an offset
+    alone compresses the substitutes unevenly; the radial scale keeps the shift's neighbourhoods."""
+    text, image = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in convirt500)
+    test = np.random.default_rng(0).permutation(text.shape[0])[:100]
+    train = np.setdiff1d(np.arange(text.shape[0]), test)
+    knn = {}
+    for label, params in (("default", {}), ("offset only", {"radial": False})):
+        model = AnisoAlign(**params).fit(text[train], image[train])
+        assert centroid_residual(model.transform(text[train]), image[train]) <= 1e-3
+        knn[label] = knn_overlap(text[test], model.transform(text[test]))
+    shift = knn_overlap(text[test], CentroidShift().fit(text[train], image[train]).transform(text[test]))
+    assert knn["default"] >= shift - 0.015
+    assert knn["default"] > knn["offset only"] + 0.005

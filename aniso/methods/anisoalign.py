@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from ..arrays import l2_normalize
 from ..method_params import AnisoAlignParams
-from ..closed_form import ClosedForm, fit_closed_form
+from ..closed_form import ClosedForm, fit_budget, fit_closed_form, radial_scale
 from ..errors import ConfigError, InputError
 from ..frame import Frame, fit_frame
 from ..moments import Moments
@@ -93,9 +93,14 @@ class AnisoAlign(Aligner):
         d = text_stats.dim
         r = None if ps.r is None else min(ps.r, d - d % 2)
         self.frame = fit_frame(text_stats, image_stats, r=r, p=ps.p, mixing=ps.mixing, seed=ps.seed)
-        self.closed_form = fit_closed_form(text_stats, image_stats, strength=ps.strength, evidence=ps.evidence,
-                                           bound=ps.bound, prior_strength=ps.prior_strength, adaptive=ps.adaptive,
-                                           bounded=ps.bounded)
+        cf = fit_closed_form(text_stats, image_stats, strength=ps.strength, evidence=ps.evidence, bound=ps.bound,
+                             prior_strength=ps.prior_strength, adaptive=ps.adaptive, bounded=ps.bounded)
+        if ps.bounded and ps.knn_budget is not None:
+            cf = fit_budget(cf, text_sample, self.mu_text, self.mu_image, budget=ps.knn_budget, rows=ps.budget_rows,
+                            seed=ps.seed, radial=ps.radial)
+        elif ps.radial:
+            cf = cf.with_strength(1.0, radial_scale((text_sample - self.mu_text) @ cf.A.T, self.mu_image))
+        self.closed_form = cf
         self.capacity = self._choose_capacity(min(text_sample.shape[0], image_sample.shape[0]))
         scale = 0.5 if self.capacity == "reduced" else 1.0
         bounds = np.array([ps.delta_theta, ps.delta_ell, ps.delta_v]) * scale
