@@ -43,6 +43,8 @@ logger = logging.getLogger(__name__)
 MANIFEST_FORMAT = "aniso-substitutes/2"
 #: Where a version's Zarr group lives, relative to ``published/<version>/``.
 DATA_PATH = "data.zarr"
+#: The version's quality report, relative to ``published/<version>/`` (when the run wrote one).
+REPORT_PATH = "report.html"
 _REQUIRED = ("format", "version", "path", "n_rows", "dim", "shards", "arrays")
 
 
@@ -147,14 +149,28 @@ def publish(
     gate_results: dict[str, Any],
     lineage: dict[str, Any],
     storage_options: dict[str, Any] | None = None,
+    report_from: str | None = None,
 ) -> dict[str, Any]:
     """Publish the run's substitutes as a new immutable, self-contained version; move ``LATEST``.
 
-    Returns the ``LATEST`` pointer. Rerunning for an already-published run key re-points
-    ``LATEST`` at the existing version instead of writing a second copy.
+    Parameters
+    ----------
+    report_from
+        The run's quality folder (holding ``report.json``): its report is rendered again for the
+        version and written as ``report.html`` into the version folder before the manifest (which
+        then names it), so nothing in a version changes once its manifest exists. A report that
+        cannot be written is logged and left out; it never stops a publication.
+
+    Returns
+    -------
+    dict
+        The ``LATEST`` pointer, plus ``report`` (the report's URL) when the version has one.
+        Rerunning for an already-published run key re-points ``LATEST`` at the existing version
+        instead of writing a second copy.
     """
     options = storage_options or {}
     version = find_published(layout, run_key, options)
+    report = None
     if version is None:
         version = f"{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S%fZ')}-{run_key[:12]}"
         store = EmbeddingStore.open(layout.substitutes(run_key), storage_options=options)
@@ -189,12 +205,28 @@ def publish(
             "lineage": lineage,
             "publication": copy,
         }
+        if report_from is not None and _write_report(report_from, layout, version, options):
+            manifest["report"] = report = REPORT_PATH
         write_atomic(join_url(layout.published(version), "manifest.json"),
                       json.dumps(manifest, indent=2, sort_keys=True, default=str), options)
     pointer = {"version": version, "manifest": f"published/{version}/manifest.json", "run_key": run_key}
     write_atomic(layout.latest, json.dumps(pointer, sort_keys=True), options)
     logger.info("published %s as version %s", layout.base, version)
-    return pointer
+    if report is None:  # an earlier publication of this run: its manifest says whether it has one
+        manifest_url = join_url(layout.published(version), "manifest.json")
+        report = _read_json(manifest_url, options, "the manifest").get("report")
+    return {**pointer, "report": join_url(layout.published(version), REPORT_PATH)} if report else pointer
+
+
+def _write_report(quality_url: str, layout: DatasetLayout, version: str, options: dict[str, Any]) -> bool:
+    from .report import publish_report
+
+    try:
+        publish_report(quality_url, layout.published(version), version, layout.dataset, options)
+    except Exception as exc:  # noqa: BLE001 - the data is what is published; its report is an extra
+        logger.warning("version %s published without its report (%s): %s", version, quality_url, exc)
+        return False
+    return True
 
 
 def _confined(version_url: str, rel: Any, manifest_url: str) -> str:

@@ -378,7 +378,7 @@ def publish_report(quality_url: str, version_url: str, version: str, dataset: st
         content = json.load(f)
     content["identity"] = {**content.get("identity", {}), "version": version, "dataset": dataset}
     content["title"] = f"aniso {dataset} {version}"
-    url = join_url(version_url, "report.html")
+    url = join_url(version_url, "report.html")  # publish.REPORT_PATH
     with open_url(url, "w", storage_options or {}) as f:
         f.write(render_html(content))
     logger.info("report published to %s", url)

@@ -172,38 +172,22 @@ def run_stages(text: str, image: str, settings: Settings) -> dict[str, Any]:
             + (f"; report: {gates['report']['html']}" if (gates.get("report") or {}).get("html") else ""),
             failures=failed,
         )
-    def _publish() -> tuple[dict[str, Any], str | None]:
-        done = publish.submit(settings.storage.root, layout.dataset, key, gates, lineage, options).result()
-        return done, _publish_report(layout, done, gates, options)
-
+    quality_html = (gates.get("report") or {}).get("html")
     with _stage("publish"):
-        pointer, report_url = run_stage("publish", rows, _publish)
+        # the report goes into the version folder before its manifest (a version never changes after)
+        pointer = run_stage("publish", rows, lambda: publish.submit(
+            settings.storage.root, layout.dataset, key, gates, lineage, options,
+            report_from=quality_html.rsplit("/", 1)[0] if quality_html else None).result())
+    report_url = pointer.get("report")
     if report_url:
-        pointer = {**pointer, "report": report_url}
         create_link_artifact(link=_link(report_url), link_text=f"report of {layout.dataset} {pointer['version']}",
-                             key="aniso-report", description=f"quality report of run {key}, beside its manifest")
+                             key="aniso-report", description=f"quality report of run {key}, in its published version")
     create_markdown_artifact(
         markdown=f"Published **{layout.dataset}** version `{pointer['version']}` (run `{key}`)"
                  + (f"; report: {_link(report_url)}" if report_url else "") + ".",
         key="aniso-published",
     )
     return {"run_key": key, "published": pointer, "gates": gates, "substitutes": subs_url, "model": model_url}
-
-
-def _publish_report(layout: DatasetLayout, pointer: dict[str, Any], gates: dict[str, Any],
-                    options: dict[str, Any]) -> str | None:
-    """Write the run report beside the published manifest; ``None`` when the run wrote none."""
-    from aniso.report import publish_report
-
-    quality_html = (gates.get("report") or {}).get("html")
-    if not quality_html:
-        return None
-    version_url = f"{layout.base.rstrip('/')}/{pointer['manifest'].rsplit('/', 1)[0]}"
-    try:
-        return publish_report(quality_html.rsplit("/", 1)[0], version_url, pointer["version"], layout.dataset, options)
-    except Exception as exc:  # noqa: BLE001 - the data is published; a missing copy of the report is not fatal
-        logger.warning("report not written beside the manifest (%s): %s", version_url, exc)
-        return None
 
 
 def _link(url: str) -> str:

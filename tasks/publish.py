@@ -14,6 +14,6 @@ from ._retry import TASK_OPTIONS
 
 @task(name="publish", **TASK_OPTIONS)
 def publish(root: str, dataset: str, run_key: str, gate_results: dict[str, Any], lineage: dict[str, Any],
-            storage_options: dict[str, Any]) -> dict[str, Any]:
+            storage_options: dict[str, Any], report_from: str | None = None) -> dict[str, Any]:
     return publish_version(DatasetLayout(root, dataset), run_key, gate_results=gate_results, lineage=lineage,
-                           storage_options=storage_options)
+                           storage_options=storage_options, report_from=report_from)

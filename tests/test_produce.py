@@ -63,6 +63,8 @@ def test_produce_publishes_substitutes(root, gap):
     report = result["published"]["report"]
     manifest_dir = f"{url.rstrip('/')}/t/{result['published']['manifest'].rsplit('/', 1)[0]}"
     assert report == f"{manifest_dir}/report.html"
+    # written before the manifest, which names it: the version never changes once published
+    assert published.manifest["report"] == "report.html"
     with open_url(report, "r", options) as f:
         page = f.read()
     assert published.manifest["version"] in page and "realign" in page and page.count("<svg") == 4

@@ -84,3 +84,16 @@ def test_manifest_is_self_describing(tmp_path):
 
     group = zarr.open_group(f"{layout.base}/published/{pointer['version']}/{manifest['path']}", mode="r")
     assert group["embedding"].shape == (300, 4)
+
+
+def test_a_report_that_cannot_be_written_does_not_stop_publication(tmp_path, caplog):
+    layout = DatasetLayout(str(tmp_path), "ds")
+    _stage(layout, "key0000000009", {})
+    # the quality folder holds no report.json: the version is published without a report
+    pointer = publish(layout, "key0000000009", gate_results={}, lineage={},
+                      report_from=str(tmp_path / "no-quality"))
+    assert "report" not in pointer
+    manifest = open_published(str(tmp_path), "ds").manifest
+    assert "report" not in manifest
+    assert "published without its report" in caplog.text
+    assert not (tmp_path / "ds" / "published" / pointer["version"] / "report.html").exists()
