@@ -49,6 +49,7 @@ METHODS: dict[str, tuple[str, dict]] = {
     "MomentMatch (CORAL)": ("moment", {}),
     "MomentMatch shrink 0.9": ("moment", {"shrinkage": 0.9}),
     "AnisoAlign": ("anisoalign", {}),
+    "AnisoAlign, no kNN budget": ("anisoalign", {"knn_budget": None}),
     "AnisoAlign, no bounds": ("anisoalign", {"bounded": False}),
 }
 #: the shipped baselines AnisoAlign's default has to dominate
@@ -58,6 +59,37 @@ KEY = [("domain_acc", "dom"), ("knn_overlap@10", "knn"), ("R@1", "r1"), ("insamp
 SUMMARY = ["domain_acc", "mmd2", "knn_mixing", "knn_precision", "knn_overlap@10", "spearman", "R@1", "R@5",
            "paired_cos", "knn_overlap_paired@10", "centroid_residual", "insample_centroid_residual"]
 DOM_REPEATS = 20
+
+#: What the tables below show (figures of the sweeps named, same folds and metrics).
+FINDINGS = [
+    "### Why the default does not dominate every baseline",
+    "",
+    "* **Shrunk CORAL (MomentMatch shrink 0.9)** has the lowest `dom` of the baselines on six of the seven small "
+    "real sets (plain CORAL on ConVIRT-500), at a kNN overlap "
+    "0.02–0.28 below the shift's. Dominating it needs `dom` below its value with `knn` within 0.01 of the shift's. "
+    "No linear map we found does that: on COCO-500 every family lies on one frontier "
+    "(`bench/closed_form_sweep.py`): the OT geodesic `A = T^α` gives dom/knn 0.812/0.903, 0.752/0.890, "
+    "0.688/0.860, 0.637/0.827 for α = ¼, ½, ¾, 1; shrunk CORAL blended into the shift and calibrated 0.810/0.901, "
+    "0.772/0.887, 0.656/0.816; rescaling in the text or image PCA basis, inflating or deflating only, and "
+    "capping inflation all fall on or behind it. Reaching dom 0.694 costs about 0.05 of kNN overlap.",
+    "* Part of the low `dom` of the uncalibrated baselines is a spread mismatch, not similarity: read the halves "
+    "`dom on S / on T` (shrink 0.9 on CLASP-99: 0.99 / 0.17; the shift on VideoCLIP-100: 0.08 / 1.00 and on "
+    "ConVIRT-500: 0.56 / 1.00) and docs/diagnostics.md.",
+    "* **The exact calibration costs `dom` where the centroid shift leaves a large in-sample residual** "
+    "(ConVIRT-500 0.19, VideoCLIP-100 0.07, CLASP-99 0.06): the shift followed by the exact calibration scores "
+    "0.845 / 0.578 / 0.676 there against the uncalibrated shift's 0.780 / 0.541 / 0.631 (sweep rows "
+    "`shift+radial`). The target asks for both an in-sample residual ≤ 1e-3 and a `dom` below the uncalibrated "
+    "shift's; on those three sets the calibration alone is further from that `dom` than any correction we found "
+    "can win back within the kNN tolerance.",
+    "* **The kNN budget** makes the default keep kNN overlap within 0.01 of the shift's (measured on the fitting "
+    "text); out of sample it held on six of the seven small real sets (CLASP-99, 79 fitting rows in 768-d: 0.015) and "
+    "cost 0.017 on the planted set, whose held-out sample is larger than the measuring one. It is why the default "
+    "dominates the shift, C3 and ReAlign where it does, and it removes the planted-50k over-correction (`dom` "
+    "0.469 → 0.803, kNN overlap 0.412 → 0.838). Its price shows on the demo world: the budget allows almost no correction there "
+    "(`dom` ≈ 1), while `knn_budget=None` reaches `dom` 0.64 at a kNN overlap 0.11 lower. That setting is the "
+    "one to use when matching the image distribution matters more than keeping the text's neighbourhoods.",
+    "",
+]
 
 
 def load_sets() -> tuple[dict[str, tuple[np.ndarray, np.ndarray, str]], list[str]]:
@@ -180,7 +212,7 @@ def learned_comparison(text: np.ndarray, image: np.ndarray, seed: int, eval_rows
     test = make_folds(image, 5, seed)[0]
     train = np.setdiff1d(np.arange(text.shape[0]), test)
     test = np.sort(np.random.default_rng(seed).choice(test, min(eval_rows, test.size), replace=False))
-    variants = {"closed form (default)": {}}
+    variants = {"closed form (default)": {}, "closed form, no kNN budget": {"knn_budget": None}}
     for s in steps:
         variants[f"learned, {s}+{s} steps"] = {"learned": True, "prior_steps": s, "refine_steps": s,
                                                "torch_threads": 1}
@@ -259,12 +291,22 @@ def main() -> None:
         print(f"[{name}: {time.perf_counter() - t0:.1f} s]", file=sys.stderr, flush=True)
         Path(args.out).write_text("\n".join(out + learned) + "\n")  # partial page while running
     summary = ["## Summary: does the default dominate every shipped baseline?", "",
-               "| set | AnisoAlign dom | knn | r1 | best baseline dom | dominates all |", "|---|---|---|---|---|---|"]
+               "| set | AnisoAlign dom | knn | r1 | best baseline dom | dominates all | not dominated |",
+               "|---|---|---|---|---|---|---|"]
     for name, (ok, mean) in verdicts.items():
         a = mean["AnisoAlign"]
         best = min(BASELINES, key=lambda b: mean[b]["domain_acc"])
+        missed = [line.split(":")[0] for line in dominance(mean)[0] if ": NO" in line]
         summary.append(f"| {name} | {a['domain_acc']:.3f} | {a['knn_overlap@10']:.3f} | {a['R@1']:.3f} | "
-                       f"{mean[best]['domain_acc']:.3f} ({best}) | {'yes' if ok else 'no'} |")
+                       f"{mean[best]['domain_acc']:.3f} ({best}) | {'yes' if ok else 'no'} | "
+                       f"{', '.join(missed) or '—'} |")
+    if "COCO-500" in verdicts:
+        a = verdicts["COCO-500"][1]["AnisoAlign"]
+        checks = [("dom ≤ 0.60", a["domain_acc"], a["domain_acc"] <= 0.60), ("knn ≥ 0.90", a["knn_overlap@10"], a["knn_overlap@10"] >= 0.90),
+                  ("r1 ≥ 0.55", a["R@1"], a["R@1"] >= 0.55)]
+        summary += ["", "COCO-500 target row (issue 9): " + "; ".join(
+            f"{c} — {v:.3f} {'MET' if ok else 'NOT MET'}" for c, v, ok in checks) + "."]
+    summary += ["", *FINDINGS]
     out[out.index("- \"dominates\": `dom` lower than the baseline's, with `knn` and `r1` no more than 0.01 below it.") + 2:
         out.index("- \"dominates\": `dom` lower than the baseline's, with `knn` and `r1` no more than 0.01 below it.") + 2] = summary + [""]
     out += learned
