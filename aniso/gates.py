@@ -141,14 +141,18 @@ def _fill(value: Any, values: Mapping[str, Any], where: str) -> Any:
     return value
 
 
-def preload_in_background() -> threading.Thread:
-    """Start importing great-expectations in a daemon thread and return it.
+def preload_in_background(report: bool = True) -> threading.Thread:
+    """Start importing great-expectations (and matplotlib, for the report) in a daemon thread.
 
-    The import takes several seconds; a pipeline calls this when it starts so that the gate
-    stage, which needs it last, does not pay for it on the critical path.
+    The imports take several seconds; a pipeline calls this when it starts so that the gate
+    stage, which needs them last, does not pay for them on the critical path.
     """
-    thread = threading.Thread(target=importlib.import_module, args=("great_expectations",), daemon=True,
-                              name="aniso-preload-gx")
+    def load() -> None:
+        importlib.import_module("great_expectations")
+        if report:
+            importlib.import_module("aniso.report_plots").preload()
+
+    thread = threading.Thread(target=load, daemon=True, name="aniso-preload-gates")
     thread.start()
     return thread
 

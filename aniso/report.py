@@ -39,10 +39,13 @@ import pandas as pd
 from ._fs import exists, join_url, open_url
 from .metric_info import METRICS
 
-__all__ = ["spectrum", "residual_spectrum", "direction_ratios", "centroid_baseline", "build_report", "render_html",
-           "write_report", "publish_report", "read_identity"]
+__all__ = ["spectrum", "residual_spectrum", "direction_ratios", "centroid_baseline", "build_report",
+           "render_plots", "render_html", "write_report", "publish_report", "read_identity"]
 
 logger = logging.getLogger(__name__)
+
+#: The drawn plots (a JSON list of ``<svg>`` strings) beside ``report.json``.
+PLOTS_FILE = "report-plots.json"
 
 #: How many leading eigenvalues the plots and report.json keep.
 TOP_EIGEN = 128
@@ -274,16 +277,24 @@ def _metric_rows(content: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]
     return header, rows
 
 
-def render_html(content: Mapping[str, Any]) -> str:
-    """The report as one self-contained HTML page (inline CSS and SVG; no scripts, no links out)."""
+def render_plots(content: Mapping[str, Any]) -> list[str]:
+    """The report's four plots as inline ``<svg>`` elements (about a second of matplotlib)."""
     from .report_plots import direction_plot, gap_plot, residual_plot, spectra_plot
 
+    return [spectra_plot(content), residual_plot(content), gap_plot(content), direction_plot(content)]
+
+
+def render_html(content: Mapping[str, Any], plots: list[str] | None = None) -> str:
+    """The report as one self-contained HTML page (inline CSS and SVG; no scripts, no links out).
+
+    ``plots``: the output of :func:`render_plots` for this content, when already drawn.
+    """
     status = "PASSED" if content["passed"] else "FAILED"
     gates = content["gates"]
     gate_rows = [[g["name"], "pass" if g["passed"] else "FAIL", g["observed"], g["bound"], g.get("table", ""),
                   (METRICS[g["name"]].meaning if g["name"] in METRICS else "")] for g in gates]
     metric_header, metric_rows = _metric_rows(content)
-    plots = [spectra_plot(content), residual_plot(content), gap_plot(content), direction_plot(content)]
+    plots = render_plots(content) if plots is None else plots
     shards = content["shards"]
     ident = content.get("identity") or {}
     config = ident.get("config")
@@ -364,8 +375,12 @@ def write_report(
     urls = {"html": join_url(quality_url, "report.html"), "json": join_url(quality_url, "report.json")}
     with open_url(urls["json"], "w", storage_options or {}) as f:
         json.dump(content, f, indent=2, sort_keys=True, default=str)
+    plots = render_plots(content)
+    # kept for publish_report: the published page differs only in its identity, not in its plots
+    with open_url(join_url(quality_url, PLOTS_FILE), "w", storage_options or {}) as f:
+        json.dump(plots, f)
     with open_url(urls["html"], "w", storage_options or {}) as f:
-        f.write(render_html(content))
+        f.write(render_html(content, plots))
     logger.info("report written to %s", urls["html"])
     return urls
 
@@ -376,10 +391,15 @@ def publish_report(quality_url: str, version_url: str, version: str, dataset: st
     manifest (``<version_url>/report.html``); returns its URL."""
     with open_url(join_url(quality_url, "report.json"), "r", storage_options or {}) as f:
         content = json.load(f)
+    try:
+        with open_url(join_url(quality_url, PLOTS_FILE), "r", storage_options or {}) as f:
+            plots = json.load(f)
+    except FileNotFoundError:  # a run reported by an older aniso: draw them again
+        plots = None
     content["identity"] = {**content.get("identity", {}), "version": version, "dataset": dataset}
     content["title"] = f"aniso {dataset} {version}"
     url = join_url(version_url, "report.html")  # publish.REPORT_PATH
     with open_url(url, "w", storage_options or {}) as f:
-        f.write(render_html(content))
+        f.write(render_html(content, plots))
     logger.info("report published to %s", url)
     return url

@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["spectra_plot", "residual_plot", "gap_plot", "direction_plot", "figure_svg"]
+__all__ = ["spectra_plot", "residual_plot", "gap_plot", "direction_plot", "figure_svg", "preload"]
 
 COLORS = {"text": "#1f77b4", "image": "#d62728", "substitutes": "#2ca02c", "before": "#1f77b4", "after": "#2ca02c",
           "baseline": "#9467bd"}
@@ -29,6 +29,11 @@ def _plt():
     plt.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.titlesize": 10,
                          "svg.hashsalt": "aniso"})  # deterministic ids: same content, same file
     return plt
+
+
+def preload() -> None:
+    """Import matplotlib and its Agg backend now (about a second), e.g. in a background thread."""
+    _plt()
 
 
 def figure_svg(fig: Any) -> str:

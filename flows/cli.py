@@ -41,6 +41,7 @@ if TYPE_CHECKING:  # settings (pydantic), Prefect and the library load only when
 
 from ._console import configure_logging, install_help_style, notice, progress_display  # noqa: E402
 from ._output import DIAGNOSE_FORMATS, diagnose_output, result_lines, show_summary  # noqa: E402
+from ._run import announce_settings, announce_start, flow_with_runner, run_produce  # noqa: E402
 
 install_help_style()
 
@@ -124,41 +125,6 @@ def _announce(command: str, what: str) -> None:
     notice("%s: %s", command, what)
 
 
-def _announce_settings(settings: Settings) -> None:
-    """The second line: where the run writes, with which method and cluster (settings resolved)."""
-    notice("writing to %s/%s with method %s on %d Dask worker(s)", settings.storage.root, settings.storage.dataset,
-           settings.method.name, settings.cluster.n_workers)
-
-
-def _flow_with_runner(flow, settings: Settings):
-    """``flow`` on the settings' Dask cluster (Prefect imported here: its import resets logging)."""
-    from aniso.flows._common import make_task_runner
-
-    configure_logging(_VERBOSE[0])
-    return flow.with_options(task_runner=make_task_runner(settings.cluster))
-
-
-def _announce_start(settings: Settings) -> None:
-    cluster = settings.cluster
-    where = f"the Dask scheduler at {cluster.address}" if cluster.address else \
-        f"a {(cluster.cluster_class or 'distributed.LocalCluster').rsplit('.', 1)[-1]} of {cluster.n_workers} worker(s)"
-    notice("starting the Prefect flow run (local server unless PREFECT_API_URL is set) on %s", where)
-
-
-def run_produce(text: str, image: str, settings: Settings) -> dict:
-    """Check inputs and storage (fast, no Prefect server yet), then run the ``produce`` flow, which
-    builds its Dask task runner from ``settings.cluster``, with the progress display."""
-    from aniso.preflight import preflight
-
-    preflight(text, image, settings)
-    from aniso.flows.produce import produce
-
-    configure_logging(_VERBOSE[0])  # Prefect's import resets logging
-    _announce_start(settings)
-    with progress_display():
-        return produce(text=text, image=image, settings=settings)
-
-
 @app.command()
 def produce(
     text: Annotated[str, typer.Option(help="Text embeddings: .npy, clip-retrieval folder or Zarr store URL.")],
@@ -177,8 +143,8 @@ def produce(
     _announce("produce", f"text {text} + image {image} -> statistics (or embed), fit, apply, gates, publish")
     try:
         settings = _settings(profile, config, set_, **{"storage.root": out, "storage.dataset": dataset, "method.name": method})
-        _announce_settings(settings)
-        result = run_produce(text, image, settings)
+        announce_settings(settings)
+        result = run_produce(text, image, settings, verbose=_VERBOSE[0])
     except AnisoError as exc:
         _fail(exc)
     _print_result(result, settings)
@@ -203,7 +169,7 @@ def demo(
                       "fit, apply, gates, publish")
     try:
         settings = _settings(None, None, set_, **{"storage.root": out, "method.name": method})
-        _announce_settings(settings)
+        announce_settings(settings)
         from aniso._fs import exists, join_url
         from aniso.demo import write_demo_corpus  # loads torch: after the first line
 
@@ -218,7 +184,7 @@ def demo(
             paths[name] = join_url(folder, "captions.jsonl") if name == "text" else join_url(folder, "images")
         notice("demo corpus: %d captions and %d rendered images (unpaired) in %s; model %s (%s)",
                items, items, corpus, settings.embed.model, settings.embed.pretrained)
-        result = run_produce(paths["text"], paths["images"], settings)
+        result = run_produce(paths["text"], paths["images"], settings, verbose=_VERBOSE[0])
     except AnisoError as exc:
         _fail(exc)
     _print_result(result, settings)
@@ -250,8 +216,8 @@ def embed(
                                                        "embed.model": model, "embed.pretrained": pretrained})
         notice("embed: %s corpus %s with %s -> %s/%s", "text" if text else "image", text or images,
                settings.embed.model, settings.storage.root, settings.storage.dataset)
-        flow = _flow_with_runner(embed_flow, settings)
-        _announce_start(settings)
+        flow = flow_with_runner(embed_flow, settings, verbose=_VERBOSE[0])
+        announce_start(settings)
         with progress_display():
             result = flow(url=text or images, modality="text" if text else "image", settings=settings)
     except AnisoError as exc:

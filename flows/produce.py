@@ -126,7 +126,7 @@ def produce(text: str, image: str, settings: Settings | dict[str, Any]) -> dict[
 def run_stages(text: str, image: str, settings: Settings) -> dict[str, Any]:
     """The stages of :func:`produce` (its subflow, on the settings' Dask task runner)."""
     settings = resolve_settings(settings)
-    preload_in_background()  # the gate library loads while the data stages run
+    preload_in_background(settings.gates.report)  # gate and plot libraries load while the data stages run
     announce_dashboard()
     options = settings.storage.fs_options()
     layout = DatasetLayout(settings.storage.root, settings.storage.dataset)

@@ -155,7 +155,7 @@ def test_report_from_a_gate_run_holds_no_secret(tmp_path, gap, monkeypatch):
     assert pd.read_parquet(base / "quality" / "shard_stats.parquet").shape[0] == 2
 
 
-def test_report_has_identity_references_and_a_copy_beside_the_manifest(gap, tmp_path):
+def test_report_has_identity_references_and_a_copy_beside_the_manifest(gap, tmp_path, monkeypatch):
     """run.json supplies the identity; the reference columns come from the same metric function
     applied to the raw text and the centroid baseline; publish_report adds the version."""
     from aniso.diagnostics import centroid_residual
@@ -183,6 +183,12 @@ def test_report_has_identity_references_and_a_copy_beside_the_manifest(gap, tmp_
     page = (run / "quality" / "report.html").read_text()
     for needle in ("coco", "realign", "k1", "0.1.0+abc", "f-text", "not published", "raw text", "baseline"):
         assert needle in page, needle
+    import aniso.report
+
+    def no_drawing(content):
+        raise AssertionError("publish_report drew the plots again")
+
+    monkeypatch.setattr(aniso.report, "render_plots", no_drawing)  # the run's drawn plots are reused
     url = publish_report(str(run / "quality"), str(tmp_path / "published" / "v1"), "v1", "coco")
     published = (tmp_path / "published" / "v1" / "report.html").read_text()
     assert url.endswith("published/v1/report.html") and "not published" not in published

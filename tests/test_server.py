@@ -1,0 +1,75 @@
+"""The local Prefect server the CLI starts early (flows/_server.py): used, stopped, and refused
+when it should not start."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from aniso.errors import AnisoError
+from aniso.flows import _server
+
+
+def _servers() -> set[int]:
+    found = set()
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        if "prefect.server.api.server:create_app" in " ".join(proc.info["cmdline"] or []):
+            found.add(proc.info["pid"])
+    return found
+
+
+@pytest.mark.slow
+def test_cli_boots_the_server_early_uses_it_and_stops_it(tmp_path, gap):
+    np.save(tmp_path / "text.npy", gap.text)
+    np.save(tmp_path / "image.npy", gap.image)
+    before = _servers()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")  # no profile naming an API URL
+    cli = Path(sys.executable).with_name("aniso")
+    result = subprocess.run(
+        [str(cli), "produce", "--text", "text.npy", "--image", "image.npy", "--out", "store", "--dataset", "srv",
+         "--profile", "ci", "--method", "realign", "--verbose"],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    ready = re.search(r"local Prefect server ready on http://127\.0\.0\.1:(\d+)/api", output)
+    assert ready, output[-3000:]
+    # the flow ran against that server: Prefect did not start a temporary one of its own
+    assert "Starting temporary server" not in output
+    assert (tmp_path / "store" / "srv" / "published" / "LATEST").exists()
+    assert _servers() <= before  # stopped at exit
+
+
+def test_nothing_starts_when_prefect_is_loaded_or_a_url_is_configured(tmp_path, monkeypatch):
+    import prefect  # noqa: F401 - once imported, Prefect's settings are fixed: too late to point them anywhere
+
+    assert _server.start_local_server() is None
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
+    assert not _server._profile_sets_api_url()
+    (tmp_path / "profiles.toml").write_text(
+        'active = "remote"\n[profiles.remote]\nPREFECT_API_URL = "http://prefect.internal:4200/api"\n')
+    assert _server._profile_sets_api_url()
+    monkeypatch.setenv("PREFECT_PROFILE", "other")
+    assert not _server._profile_sets_api_url()
+
+
+def test_a_server_that_dies_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    server = _server.LocalServer(str(Path(__file__).parent))
+    try:
+        assert os.environ["PREFECT_API_URL"] == server.api_url
+        server.process.kill()
+        server.process.wait()
+        with pytest.raises(AnisoError, match=r"local Prefect server .* exited with code"):
+            server.wait(timeout=30)
+    finally:
+        server.stop()
+    assert os.environ.get("PREFECT_API_URL") != server.api_url
