@@ -40,7 +40,7 @@ from ._fs import exists, join_url, open_url
 from .metric_info import METRICS
 
 __all__ = ["spectrum", "residual_spectrum", "direction_ratios", "centroid_baseline", "build_report",
-           "render_plots", "render_html", "write_report", "publish_report", "read_identity"]
+           "reference_stand_ins", "render_plots", "render_html", "write_report", "publish_report", "read_identity"]
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +157,17 @@ def centroid_baseline(text: np.ndarray, image: np.ndarray) -> np.ndarray:
 
     x, t = l2_normalize(text), l2_normalize(image)
     return l2_normalize(x - x.mean(axis=0) + t.mean(axis=0))
+
+
+def reference_stand_ins(text: np.ndarray | None, image: np.ndarray | None) -> dict[str, np.ndarray]:
+    """The stand-ins for the substitutes that the report's reference columns are computed on:
+    the raw text, and (with an image sample) the centroid baseline."""
+    if not _usable(text):
+        return {}
+    refs = {"raw text": np.asarray(text, np.float64)}
+    if _usable(image):
+        refs["baseline (centroid shift)"] = centroid_baseline(text, image)
+    return refs
 
 
 def _plain(value: Any) -> Any:
@@ -357,19 +368,22 @@ def write_report(
     storage_options: dict[str, Any] | None = None,
     title: str = "aniso run",
     reference_metrics: Callable[[np.ndarray], Mapping[str, Any]] | None = None,
+    references: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, str]:
     """Write ``report.json`` and ``report.html`` under ``quality_url``; returns their URLs.
 
     ``reference_metrics(s)`` computes the sample metrics for a stand-in ``s`` of the substitutes;
-    it is called for the raw text and the centroid baseline (when an image sample is given).
+    it is called for each of :func:`reference_stand_ins` (the raw text and, with an image sample,
+    the centroid baseline). ``references`` gives those metrics already computed instead.
     """
     identity = read_identity(quality_url, storage_options)
-    references: dict[str, Mapping[str, Any]] = {}
-    if reference_metrics is not None and _usable(text):
+    if references is None:
+        references = {name: reference_metrics(ref) for name, ref in reference_stand_ins(text, image).items()} \
+            if reference_metrics is not None else {}
+    references = {name: dict(values) for name, values in references.items()}
+    if "raw text" in references:
         references["raw text"] = {"centroid_residual": gates.get("metrics", {}).get("gap_before"),
-                                  **reference_metrics(np.asarray(text, np.float64))}
-        if _usable(image):
-            references["baseline (centroid shift)"] = dict(reference_metrics(centroid_baseline(text, image)))
+                                  **references["raw text"]}
     content = build_report(gates, shards, text=text, subs=subs, image=image, title=title, identity=identity,
                            references=references)
     urls = {"html": join_url(quality_url, "report.html"), "json": join_url(quality_url, "report.json")}
