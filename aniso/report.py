@@ -1,6 +1,6 @@
 """The run report: one self-contained HTML file (inline SVG plots, no scripts) plus ``report.json``.
 
-Written by :func:`aniso.pipeline.gate_run` to ``runs/<key>/quality/`` and, once the run is
+Written by :func:`aniso.gate_stage.gate_run` to ``runs/<key>/quality/`` and, once the run is
 published, again beside the manifest (``published/<version>/report.html``, see
 :func:`publish_report`). It holds:
 

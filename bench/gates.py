@@ -4,7 +4,7 @@ Run: ``.venv/bin/python bench/gates.py [--rows 50000 200000] [--dim 512] [--meth
 
 For each corpus size this builds text/image stores (unit-norm rows with a planted centroid gap),
 fits and calibrates the method with the library's stage functions, applies it shard by shard
-(the apply stage, timed), then runs :func:`aniso.pipeline.gate_run` (the gate stage: id checks,
+(the apply stage, timed), then runs :func:`aniso.gate_stage.gate_run` (the gate stage: id checks,
 sampled semantic/distribution metrics, great-expectations validation, report) twice: the first
 call includes importing great-expectations (once per worker process), the second is the steady
 state. Both stages run in this one process, with no Prefect or Dask overhead on either side.
@@ -22,7 +22,7 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 import numpy as np
 
-from aniso import pipeline
+from aniso import gate_stage, pipeline
 from aniso.config import GateSettings
 from aniso.moments import Moments, merge_all
 from aniso.store import EmbeddingStore
@@ -69,12 +69,12 @@ def one_size(base: str, n: int, dim: int, method: str, shard_rows: int, chunk_ro
     out = {"rows": n, "shards": n_shards, "apply_s": apply_s}
     for label in ("gate_cold_s", "gate_s"):
         started = time.perf_counter()
-        result = pipeline.gate_run(model, text, subs, f"{base}/quality", GateSettings(), {}, image_store_url=image)
+        result = gate_stage.gate_run(model, text, subs, f"{base}/quality", GateSettings(), {}, image_store_url=image)
         out[label] = time.perf_counter() - started
     out["passed"] = result["passed"]
     out.update({f"t_{k}": v for k, v in result["timings"].items()})
     started = time.perf_counter()
-    pipeline.gate_run(model, text, subs, f"{base}/quality", GateSettings(report=False), {}, image_store_url=image)
+    gate_stage.gate_run(model, text, subs, f"{base}/quality", GateSettings(report=False), {}, image_store_url=image)
     out["gate_no_report_s"] = time.perf_counter() - started
     return out
 

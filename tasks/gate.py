@@ -6,7 +6,7 @@ from typing import Any
 
 from prefect import task
 
-from aniso import pipeline
+from aniso import gate_stage
 from aniso.config import GateSettings
 
 from ._retry import TASK_OPTIONS
@@ -15,5 +15,5 @@ from ._retry import TASK_OPTIONS
 @task(name="gate", **TASK_OPTIONS)
 def gate(model_url: str, text_store_url: str, subs_url: str, quality_url: str, settings: GateSettings,
          storage_options: dict[str, Any], image_store_url: str | None = None) -> dict[str, Any]:
-    return pipeline.gate_run(model_url, text_store_url, subs_url, quality_url, settings, storage_options,
+    return gate_stage.gate_run(model_url, text_store_url, subs_url, quality_url, settings, storage_options,
                              image_store_url=image_store_url)

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from aniso import pipeline
+from aniso import gate_stage, pipeline
 from aniso.config import GateSettings, load_settings
 from aniso.errors import ConfigError
 from aniso.gates import evaluate_gates, load_suites, shard_table
@@ -46,7 +46,7 @@ def run_urls(tmp_path, gap):
 
 
 def _gate(urls, settings=None, image=True):
-    return pipeline.gate_run(urls["model"], urls["text"], urls["subs"], urls["quality"], settings or GateSettings(),
+    return gate_stage.gate_run(urls["model"], urls["text"], urls["subs"], urls["quality"], settings or GateSettings(),
                              {}, image_store_url=urls["image"] if image else None)
 
 

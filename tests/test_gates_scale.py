@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from aniso import pipeline
+from aniso import gate_stage, pipeline
 from aniso.config import GateSettings
 from aniso.methods import get_aligner
 from aniso.report import _cov, residual_spectrum, spectrum
@@ -30,7 +30,7 @@ def test_gates_and_report_at_d8192(tmp_path):
     for shard in pipeline.prepare_substitutes(subs, urls["text"], attrs={}, dtype="float32", compressor="zstd",
                                               storage_options={}):
         pipeline.apply_shard(model, urls["text"], subs, shard, {})
-    result = pipeline.gate_run(model, urls["text"], subs, str(tmp_path / "quality"), GateSettings(), {},
+    result = gate_stage.gate_run(model, urls["text"], subs, str(tmp_path / "quality"), GateSettings(), {},
                                image_store_url=urls["image"])
     assert result["metrics"]["sample_rows"] == 200
     assert math.isfinite(result["metrics"]["knn_overlap_10"]) and math.isfinite(result["metrics"]["mmd2"])

@@ -131,7 +131,7 @@ def test_report_from_a_gate_run_holds_no_secret(tmp_path, gap, monkeypatch):
     """A run over storage options carrying a secret writes no trace of it into quality/."""
     from test_gates import _store
 
-    from aniso import pipeline
+    from aniso import gate_stage, pipeline
     from aniso.config import GateSettings
     from aniso.methods import get_aligner
 
@@ -147,7 +147,7 @@ def test_report_from_a_gate_run_holds_no_secret(tmp_path, gap, monkeypatch):
     for shard in pipeline.prepare_substitutes(subs, text, attrs={}, dtype="float32", compressor="zstd",
                                               storage_options=options):
         pipeline.apply_shard(model, text, subs, shard, options)
-    result = pipeline.gate_run(model, text, subs, str(base / "quality"), GateSettings(), options,
+    result = gate_stage.gate_run(model, text, subs, str(base / "quality"), GateSettings(), options,
                                image_store_url=image)
     assert result["passed"]
     for path in (base / "quality").iterdir():
