@@ -53,7 +53,7 @@ import numpy as np
 from .errors import InputError
 from .moments import Moments
 
-__all__ = ["ClosedForm", "fit_budget", "fit_closed_form", "noise_spread", "ot_log_scales", "radial_scale"]
+__all__ = ["ClosedForm", "centroid_offset", "fit_budget", "fit_closed_form", "noise_spread", "ot_log_scales", "radial_scale"]
 
 logger = logging.getLogger(__name__)
 
@@ -274,3 +274,26 @@ def fit_budget(
     logger.info("closed form: kNN budget %.3f on %d rows: α=%.3f (shift %.3f, full correction %.3f), radial scale %.3f",
                 budget, x.shape[0], alpha, base_knn, full_knn, best.scale)
     return best
+
+
+def centroid_offset(premapped: np.ndarray, mu_image: np.ndarray, *, rounds: int = 50,
+                    tol: float = 1e-9) -> tuple[np.ndarray, float, int]:
+    """The offset ``c`` with ``mean(normalize(premapped + c)) = mu_image`` (Newton-like steps).
+
+    Each step moves ``c`` by the residual divided by the mean radial derivative of the
+    renormalisation along it. Returns ``(c, residual, rounds used)``.
+    """
+    c = mu_image - premapped.mean(0)
+    resid, used = float("inf"), 0
+    for used in range(1, rounds + 1):
+        v = premapped + c
+        norm = np.linalg.norm(v, axis=1)
+        y = v / norm[:, None]
+        r = mu_image - y.mean(0)
+        resid = float(np.linalg.norm(r))
+        if resid < tol:
+            break
+        u = r / resid
+        gain = float(np.mean((1.0 - (y @ u) ** 2) / norm))
+        c = c + r / max(gain, 1e-3)
+    return c, resid, used

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from quality import BASELINES, DOM_REPEATS, load_sets, make_folds  # noqa: E402
 
 from aniso.arrays import l2_normalize  # noqa: E402
-from aniso.closed_form import fit_closed_form, ot_log_scales  # noqa: E402
+from aniso.closed_form import centroid_offset, fit_closed_form, ot_log_scales  # noqa: E402
 from aniso.diagnostics import domain_classifier_accuracy, knn_overlap, recall_at_k  # noqa: E402
 from aniso.methods import get_aligner  # noqa: E402
 from aniso.moments import Moments  # noqa: E402
@@ -54,18 +54,7 @@ def moments(x: np.ndarray) -> Moments:
 
 def calibrated(premap: Callable[[np.ndarray], np.ndarray], text: np.ndarray, mu_i: np.ndarray) -> Transform:
     """Exact centroid calibration of ``premap`` on the training text (AnisoAlign's Newton steps)."""
-    xh = premap(text)
-    c = mu_i - xh.mean(0)
-    for _ in range(50):
-        v = xh + c
-        norm = np.linalg.norm(v, axis=1)
-        y = v / norm[:, None]
-        r = mu_i - y.mean(0)
-        resid = float(np.linalg.norm(r))
-        if resid < 1e-9:
-            break
-        u = r / resid
-        c = c + r / max(float(np.mean((1.0 - (y @ u) ** 2) / norm)), 1e-3)
+    c, _, _ = centroid_offset(premap(text), mu_i)
     return lambda x: l2_normalize(premap(x) + c)
 
 

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from ..arrays import l2_normalize
 from ..method_params import AnisoAlignParams
-from ..closed_form import ClosedForm, fit_budget, fit_closed_form, radial_scale
+from ..closed_form import ClosedForm, centroid_offset, fit_budget, fit_closed_form, radial_scale
 from ..errors import ConfigError, InputError
 from ..frame import Frame, fit_frame
 from ..moments import Moments
@@ -152,21 +152,8 @@ class AnisoAlign(Aligner):
         (exact when the sample is the whole text set).
         """
         xh = self._premap(text_sample)
-        mu_i = self.mu_image
-        c0 = mu_i - xh.mean(0)
-        c = c0.copy()
-        resid = float("inf")
-        for rounds in range(1, self.params.calibration_rounds + 1):
-            v = xh + c
-            norm = np.linalg.norm(v, axis=1)
-            y = v / norm[:, None]
-            r = mu_i - y.mean(0)
-            resid = float(np.linalg.norm(r))
-            if resid < 1e-9:
-                break
-            u = r / resid
-            gain = float(np.mean((1.0 - (y @ u) ** 2) / norm))
-            c = c + r / max(gain, 1e-3)
+        c0 = self.mu_image - xh.mean(0)
+        c, resid, rounds = centroid_offset(xh, self.mu_image, rounds=self.params.calibration_rounds)
         logger.info("AnisoAlign calibration: in-sample centroid residual %.2e after %d round(s)", resid, rounds)
         return c - c0
 
