@@ -42,16 +42,25 @@ def run_child(code: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def synthetic_store(url: str, n_rows: int, dim: int = 512, shard_rows: int = 65536, seed: int = 0) -> str:
-    """Write a store of unit-norm random rows shard by shard (never the whole array in memory)."""
+def synthetic_store(url: str, n_rows: int, dim: int = 512, shard_rows: int = 65536, seed: int = 0, *,
+                    chunk_rows: int = 8192, storage_options: dict | None = None, offset: bool = True,
+                    id_of=str) -> str:
+    """Write a store of unit-norm random rows shard by shard (never the whole array in memory).
+
+    ``offset``: rows around a common random mean (an anisotropic cloud, as embeddings are), else
+    around the origin. ``id_of(row)`` names each row.
+    """
     from aniso.store import EmbeddingStore
 
-    store = EmbeddingStore.create(url, n_rows=n_rows, dim=dim, chunk_rows=8192, shard_rows=shard_rows)
+    store = EmbeddingStore.create(url, n_rows=n_rows, dim=dim, chunk_rows=chunk_rows, shard_rows=shard_rows,
+                                  storage_options=storage_options or {})
     rng = np.random.default_rng(seed)
-    mean = rng.normal(size=dim)
+    mean = rng.normal(size=dim).astype(np.float32) if offset else None
     for shard in sorted(set(range(store.n_shards)) - store.completed_shards()):
         start, stop = store.shard_range(shard)
-        block = rng.normal(size=(stop - start, dim)).astype(np.float32) * 0.3 + mean.astype(np.float32)
+        block = rng.normal(size=(stop - start, dim)).astype(np.float32)
+        if mean is not None:
+            block = block * 0.3 + mean
         block /= np.linalg.norm(block, axis=1, keepdims=True)
-        store.write_shard(shard, block, [str(i) for i in range(start, stop)])
+        store.write_shard(shard, block, [id_of(i) for i in range(start, stop)])
     return url

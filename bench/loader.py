@@ -27,25 +27,18 @@ import statistics
 import tempfile
 import time
 
-import numpy as np
 import torch
 
 from aniso.layout import DatasetLayout
 from aniso.publish import open_published, publish
-from aniso.store import EmbeddingStore
 from aniso.torch_loader import PublishedDataLoader, PublishedIterableDataset
+from _common import synthetic_store
 
 
 def make_dataset(root: str, options: dict, n_rows: int, dim: int, chunk_rows: int, shard_rows: int) -> None:
     layout = DatasetLayout(root, "bench")
-    store = EmbeddingStore.create(layout.substitutes("benchkey00000"), n_rows=n_rows, dim=dim, chunk_rows=chunk_rows,
-                                  shard_rows=shard_rows, storage_options=options)
-    rng = np.random.default_rng(0)
-    for shard in range(store.n_shards):
-        a, b = store.shard_range(shard)
-        block = rng.normal(size=(b - a, dim)).astype(np.float32)
-        block /= np.linalg.norm(block, axis=1, keepdims=True)
-        store.write_shard(shard, block, [f"item-{i:09d}" for i in range(a, b)])
+    synthetic_store(layout.substitutes("benchkey00000"), n_rows, dim, shard_rows, chunk_rows=chunk_rows,
+                    storage_options=options, offset=False, id_of=lambda i: f"item-{i:09d}")
     publish(layout, "benchkey00000", gate_results={}, lineage={}, storage_options=options)
 
 

@@ -25,7 +25,6 @@ import statistics
 import tempfile
 import time
 
-import numpy as np
 
 from aniso import pipeline
 from aniso._fs import join_url
@@ -33,18 +32,12 @@ from aniso.layout import DatasetLayout
 from aniso.methods import get_aligner
 from aniso.publish import publish
 from aniso.store import EmbeddingStore
+from _common import synthetic_store
 
 
 def text_store(url: str, options: dict, n_rows: int, dim: int, shard_rows: int) -> str:
-    store = EmbeddingStore.create(url, n_rows=n_rows, dim=dim, chunk_rows=4096, shard_rows=shard_rows,
-                                  storage_options=options)
-    rng = np.random.default_rng(0)
-    for shard in range(store.n_shards):
-        a, b = store.shard_range(shard)
-        block = rng.normal(size=(b - a, dim)).astype(np.float32)
-        block /= np.linalg.norm(block, axis=1, keepdims=True)
-        store.write_shard(shard, block, [f"t{i}" for i in range(a, b)])
-    return url
+    return synthetic_store(url, n_rows, dim, shard_rows, chunk_rows=4096, storage_options=options, offset=False,
+                           id_of=lambda i: f"t{i}")
 
 
 def measure(name: str, root: str, options: dict, args: argparse.Namespace) -> None:
