@@ -15,6 +15,10 @@ baselines), an ``O(d)`` pass instead of an ``O(d²)`` product per row. The trace
 
     ss = ssa + ssb + ‖δ‖²·na·nb/n
 
+With ``products="float32"`` the trace moments of normalised rows come from ``Σu`` and ``Σ‖u‖²``
+(``ss = Σ‖u‖² − n‖mean‖²``), one float32 reduction and one matrix–vector product per block,
+without a normalised copy (:func:`aniso.affine.unit_row_sums`).
+
 ``products="float32"`` (what the pipeline uses) normalises and centres a chunk in float32 and
 forms the Gram product in float32 over blocks of :data:`F32_BLOCK` rows, each block added into a
 float64 accumulator; the mean is accumulated in float64. Its error against the all-float64
@@ -31,6 +35,7 @@ from typing import Literal
 
 import numpy as np
 
+from .affine import unit_row_sums
 from .arrays import ArrayLike2D, iter_chunks, l2_normalize
 from .errors import InputError
 
@@ -111,6 +116,13 @@ class Moments:
 
     @classmethod
     def _from_chunk32(cls, x: np.ndarray, *, normalize: bool, full: bool) -> Moments:
+        if normalize and not full:
+            # mean and trace from Σu and Σ‖u‖²: no normalised copy (aniso.affine.unit_row_sums)
+            total, squares, n = unit_row_sums(x)
+            if n == 0:
+                return cls.empty(x.shape[1], full=False)
+            mean = total / n
+            return cls(n, mean, None, max(squares - n * float(mean @ mean), 0.0))
         x32 = l2_normalize(x, dtype=np.float32) if normalize else np.array(x, dtype=np.float32, copy=True)
         n, d = x32.shape
         if n == 0:

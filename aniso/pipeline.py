@@ -293,11 +293,14 @@ def apply_shard(
 def shard_quality(subs: np.ndarray, ids: list[str]) -> dict[str, Any]:
     """Per-shard summary the gates validate (cheap; computed while the shard is in memory).
 
-    Works on the float32 rows in place (float64 accumulation, no float64 copy of the shard).
+    Works on the float32 rows in place (float64 sums, no float64 copy of the shard).
     """
-    finite = np.isfinite(subs).all(axis=1)
+    squares = np.einsum("ij,ij->i", subs, subs)  # NaN/Inf rows have a non-finite norm (unit rows never overflow)
+    finite = np.isfinite(squares)
+    if not finite.all():
+        finite = np.isfinite(subs).all(axis=1)
     good = subs if finite.all() else subs[finite]
-    norms = np.sqrt(np.einsum("ij,ij->i", good, good, dtype=np.float64))  # NaN rows: nonfinite_rows
+    norms = np.sqrt(squares[finite].astype(np.float64))
     return {
         "rows": int(subs.shape[0]),
         "nonfinite_rows": int((~finite).sum()),

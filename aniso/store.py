@@ -64,7 +64,7 @@ def ids_digest(ids: Sequence[str]) -> str:
 
 def shard_checksum(embedding: np.ndarray, ids: Sequence[str]) -> str:
     """sha256 over a shard's embedding bytes and ids (what the manifest records)."""
-    digest = hashlib.sha256(np.ascontiguousarray(embedding).tobytes())
+    digest = hashlib.sha256(np.ascontiguousarray(embedding).reshape(-1).view(np.uint8))  # no bytes copy
     digest.update("\x1f".join(map(str, ids)).encode())
     return digest.hexdigest()
 

@@ -32,7 +32,7 @@ from ._common import announce_dashboard, make_task_runner, run_stage
 from ._console import fmt_value
 from .apply import apply_model
 from .fit import fit_and_calibrate
-from .ingest import ingest_embeddings
+from .ingest import ingest_embeddings, ingest_inputs
 from .stats import compute_statistics_together
 
 logger = logging.getLogger(__name__)
@@ -131,8 +131,11 @@ def run_stages(text: str, image: str, settings: Settings) -> dict[str, Any]:
     options = settings.storage.fs_options()
     layout = DatasetLayout(settings.storage.root, settings.storage.dataset)
     with _stage("inputs"):
-        text_store, text_fp = embeddings_for(text, "text", layout, settings)
-        image_store, image_fp = embeddings_for(image, "image", layout, settings)
+        if all(is_embedding_input(url, options) for url in (text, image)):
+            (text_store, text_fp), (image_store, image_fp) = ingest_inputs([(text, "text"), (image, "image")], layout, settings)
+        else:
+            text_store, text_fp = embeddings_for(text, "text", layout, settings)
+            image_store, image_fp = embeddings_for(image, "image", layout, settings)
     text_dim = open_rows(text_store, options).dim
     image_dim = open_rows(image_store, options).dim
     if text_dim != image_dim:

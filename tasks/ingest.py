@@ -11,6 +11,11 @@ from aniso import pipeline
 from ._retry import TASK_OPTIONS
 
 
+@task(name="prepare-input", **TASK_OPTIONS)
+def prepare_input(url: str, store_url_for: Any, **kwargs: Any) -> tuple[str, str, list[int]]:
+    return pipeline.prepare_input(url, store_url_for, **kwargs)
+
+
 @task(name="import-shard", **TASK_OPTIONS)
 def import_shard(url: str, store_url: str, shard: int, storage_options: dict[str, Any], ids: str = "auto") -> dict[str, Any]:
     return pipeline.import_shard(url, store_url, shard, storage_options, ids)

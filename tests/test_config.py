@@ -59,7 +59,7 @@ FIELDS = {
     "storage.storage_options": ({"endpoint_url": "http://127.0.0.1:1"}, False),
     "store.chunk_rows": (512, True),  # the published layout
     "store.shard_rows": (8192, True),
-    "store.compressor": ("none", True),
+    "store.compressor": ("zstd", True),
     "store.output_dtype": ("float16", True),
     "corpus.text_field": ("caption", True),
     "corpus.id_field": ("key", True),

@@ -96,6 +96,21 @@ def test_float32_products_stay_within_1e6_of_float64(dtype, rows):
         assert abs(got.ss - ref.ss) / ref.ss <= 1e-6
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize("rows", [1, 1023, 1025, 10_000])
+def test_float32_trace_moments_stay_within_1e6_of_float64(dtype, rows):
+    """The trace statistics from Σu and Σ‖u‖² (no normalised copy) against all-float64."""
+    rng = np.random.default_rng(rows)
+    d = 512
+    x = (rng.normal(size=(rows, d)) * 0.3 + rng.normal(size=d)).astype(dtype)
+    ref = merge_all(Moments.from_chunk(c, full=False) for c in np.array_split(x, 3) if len(c))
+    got = merge_all(Moments.from_chunk(c, full=False, products="float32") for c in np.array_split(x, 3) if len(c))
+    assert got.n == ref.n and got.m2 is None
+    np.testing.assert_allclose(got.mean, ref.mean, rtol=0, atol=1e-7)
+    if rows > 1:
+        assert abs(got.ss - ref.ss) / ref.ss <= 1e-6
+
+
 def test_moments_round_trip_through_arrays(gap):
     for full in (True, False):
         m = Moments.from_chunk(gap.text, full=full, products="float32")

@@ -28,6 +28,7 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 
+from ..affine import NormalizedAffine
 from .._fs import join_url, open_url
 from .._version import __version__
 from ..arrays import ArrayLike2D, check_finite, iter_chunks, l2_normalize
@@ -200,11 +201,7 @@ class Aligner(ABC):
         """Map L2-normalised float64 rows to x̂ (before calibration), float64 unit norm."""
 
     def _check_input(self, x: np.ndarray) -> np.ndarray:
-        if self.mu_image is None:
-            raise NotFittedError(f"{type(self).__name__} is not fitted: call fit() or load() first")
-        x = np.asarray(x)
-        if x.ndim != 2 or x.shape[1] != self.dim:
-            raise InputError(f"expected text embeddings of shape (n, {self.dim}), got {x.shape}")
+        x = self._check_shape(x)
         check_finite(x, what=f"{self.name} transform input")
         return l2_normalize(x)
 
@@ -212,8 +209,35 @@ class Aligner(ABC):
         """x̂ for a chunk: the map before the centroid calibration (float64)."""
         return self._premap(self._check_input(x))
 
+    def _affine(self) -> tuple[float, np.ndarray] | None:
+        """``(s, c)`` when the premap is ``normalize(s·u + c)`` of the unit rows ``u``, else None.
+
+        Such methods get the fused float32 kernel (:mod:`aniso.affine`) for float16/float32
+        input in :meth:`transform` and :meth:`premap_sum`.
+        """
+        return None
+
+    def _fused(self, x: np.ndarray, *, calibrated: bool) -> NormalizedAffine | None:
+        """The fused kernel for ``x``, or None where the float64 path applies."""
+        affine = self._affine()
+        if affine is None or np.asarray(x).dtype not in (np.float16, np.float32):
+            return None
+        recentre = self.mu_hat - self.mu_image if calibrated and self.mu_hat is not None else None
+        return NormalizedAffine(affine[0], affine[1], recentre)
+
+    def _check_shape(self, x: np.ndarray) -> np.ndarray:
+        if self.mu_image is None:
+            raise NotFittedError(f"{type(self).__name__} is not fitted: call fit() or load() first")
+        x = np.asarray(x)
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise InputError(f"expected text embeddings of shape (n, {self.dim}), got {x.shape}")
+        return x
+
     def premap_sum(self, x: np.ndarray) -> tuple[np.ndarray, int]:
         """Sum of x̂ over a chunk and its row count: the calibration pass's partial result."""
+        fused = self._fused(self._check_shape(x), calibrated=False)
+        if fused is not None:
+            return fused.premap_sum(x, what=f"{self.name} calibration input")
         xh = self.premap(x)
         return xh.sum(axis=0), int(xh.shape[0])
 
@@ -227,10 +251,14 @@ class Aligner(ABC):
 
     def transform(self, x: np.ndarray) -> np.ndarray:
         """Substitute image embeddings for a chunk of text: ``(n, d)`` float32, unit norm."""
+        x = self._check_shape(x)
+        if self.calibrate and self.mu_hat is None:
+            raise NotFittedError(f"{type(self).__name__}: calibration mean missing; finish fit()")
+        fused = self._fused(x, calibrated=self.calibrate)
+        if fused is not None:
+            return fused.transform(x, what=f"{self.name} transform input")
         xh = self.premap(x)
         if self.calibrate:
-            if self.mu_hat is None:
-                raise NotFittedError(f"{type(self).__name__}: calibration mean missing; finish fit()")
             xh = l2_normalize(xh - self.mu_hat + self.mu_image)
         return xh.astype(np.float32)
 

@@ -30,6 +30,9 @@ class Identity(Aligner):
     def _premap(self, x: np.ndarray) -> np.ndarray:
         return x
 
+    def _affine(self) -> tuple[float, np.ndarray]:
+        return 1.0, np.zeros(self.dim or 0)
+
 
 class CentroidShift(Aligner):
     """Global centroid shift: ``x* = normalize(x_t − μ_t + μ_i)`` (ReAlign's anchor step)."""
@@ -43,6 +46,9 @@ class CentroidShift(Aligner):
 
     def _premap(self, x: np.ndarray) -> np.ndarray:
         return l2_normalize(x - self.mu_text + self.mu_image)
+
+    def _affine(self) -> tuple[float, np.ndarray]:
+        return 1.0, self.mu_image - self.mu_text
 
 
 class ReAlign(Aligner):
@@ -65,6 +71,9 @@ class ReAlign(Aligner):
 
     def _premap(self, x: np.ndarray) -> np.ndarray:
         return l2_normalize((x - self.mu_text) * self.scale + self.mu_image)
+
+    def _affine(self) -> tuple[float, np.ndarray]:
+        return self.scale, self.mu_image - self.scale * self.mu_text
 
     def _get_state(self) -> dict[str, np.ndarray]:
         return {"scale": np.asarray(self.scale)}
@@ -108,6 +117,9 @@ class C3(Aligner):
         if self.noise > 0:
             y = y + np.random.default_rng([self.seed, x.shape[0]]).standard_normal(y.shape) * self.noise
         return l2_normalize(y)
+
+    def _affine(self) -> tuple[float, np.ndarray] | None:
+        return None if self.noise > 0 else (1.0, self.mu_image - self.mu_text)
 
 
 def _sym_power(cov: np.ndarray, power: float) -> np.ndarray:
