@@ -31,9 +31,12 @@ from .arrays import check_finite
 
 __all__ = ["NormalizedAffine", "unit_row_sums", "BLOCK"]
 
-#: Rows per block: a float32 block of 1,024 × 512 (2 MiB) stays in cache between the reductions
-#: and the combination (4,096-row blocks measured ~1.4x slower here).
-BLOCK = 1024
+#: Rows per block. Smaller blocks stay in cache between the reductions and the combination
+#: (1,024 rows: fastest alone), but every numpy call re-takes the GIL, and a Dask worker thread
+#: sharing the process with Python-busy threads waits up to the switch interval each time
+#: (1,024 rows: 7.4 s per 65,536-row shard beside one busy thread, against 0.25 s alone). 2,048
+#: rows is the compromise measured here (see flows.produce for the switch interval).
+BLOCK = 2048
 EPS = 1e-10  # rows with a smaller norm are left unscaled, as aniso.arrays.l2_normalize does
 
 

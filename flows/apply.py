@@ -1,4 +1,4 @@
-"""Apply stage: substitutes for every text shard, one whole Zarr shard per task."""
+"""Apply stage: substitutes for every text shard; each whole Zarr shard is written by one task."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from prefect import flow
 
 from aniso import pipeline
 from aniso.config import Settings
-from aniso.tasks.apply import apply_shard
+from aniso.tasks.apply import apply_shards
 
 from ._common import map_shards, store_shard_rows
 
@@ -18,8 +18,8 @@ def apply_model(model_url: str, text_store: str, subs_url: str, settings: Settin
     options = settings.storage.fs_options()
     pending = pipeline.prepare_substitutes(subs_url, text_store, attrs=attrs, dtype=settings.store.output_dtype,
                                            compressor=settings.store.compressor, storage_options=options)
-    map_shards(apply_shard, "apply", pending, rows=store_shard_rows(text_store, options, pending), model_url=model_url, text_store_url=text_store, subs_url=subs_url,
-               storage_options=options)
+    map_shards(apply_shards, "apply", pending, rows=store_shard_rows(text_store, options, pending), batched=True,
+               model_url=model_url, text_store_url=text_store, subs_url=subs_url, storage_options=options)
     return pending
 
 

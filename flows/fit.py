@@ -7,7 +7,7 @@ from prefect import flow
 from aniso import pipeline
 from aniso.config import Settings
 from aniso.inplace import open_rows
-from aniso.tasks.fit import calibration_shard, finish_calibration, fit_model
+from aniso.tasks.fit import calibration_shards, finish_calibration, fit_model
 
 from ._common import map_shards, run_stage, store_shard_rows
 
@@ -25,8 +25,8 @@ def fit_and_calibrate(model_url: str, text_store: str, image_store: str, text_st
         model_url, settings.method.name, settings.method.params, text_stats, image_stats,
         text_store, image_store, settings.fit.seed, settings.fit.sample_size, options).result())
     n_shards = open_rows(text_store, options).n_shards
-    partials = map_shards(calibration_shard, "calibrate", range(n_shards), rows=store_shard_rows(text_store, options),
-                          model_url=model_url, text_store_url=text_store, storage_options=options)
+    partials = map_shards(calibration_shards, "calibrate", range(n_shards), rows=store_shard_rows(text_store, options),
+                          batched=True, model_url=model_url, text_store_url=text_store, storage_options=options)
     return finish_calibration.submit(model_url, partials, options).result()
 
 

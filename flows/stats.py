@@ -1,7 +1,8 @@
 """Statistics stage: per-shard moments on Dask, merged by a tree of merge tasks.
 
-Every shard of every store (text and image) is submitted at once, so both modalities' shards
-share the workers; each store's tree reduction then runs, the trees side by side.
+Every shard of every store (text and image) is submitted at once, a few shards per task
+(``shard_batches``), so both modalities' shards share the workers; each store's tree
+reduction then runs, the trees side by side.
 """
 
 from __future__ import annotations
@@ -14,24 +15,26 @@ from aniso._fs import join_url
 from aniso.inplace import open_rows
 from aniso.tasks.stats import merge_moments, shard_moments
 
-from ._common import StageProgress, store_shard_rows
+from ._common import StageProgress, shard_batches, store_shard_rows, task_slots
 
-#: Fan-in of the tree reduction (dask's split_every).
-SPLIT_EVERY = 8
+#: Fan-in of the tree reduction (dask's split_every): moments are small (a d×d co-moment is
+#: 2 MiB at d=512), and every merge task costs Prefect bookkeeping.
+SPLIT_EVERY = 32
 
 
 def compute_statistics_together(store_urls: list[str], storage_options: dict[str, Any], kind: str = "full") -> list[str]:
     """Moments (``kind``: "full" or "trace") of every valid row of each store; returns, per store,
     the URL of its merged moments."""
     requested, store_urls = store_urls, list(dict.fromkeys(store_urls))
-    shards = [(url, s) for url in store_urls for s in range(open_rows(url, storage_options).n_shards)]
-    rows = [n for url in store_urls for n in store_shard_rows(url, storage_options)]
-    progress = StageProgress("statistics", sum(rows))
-    futures = [shard_moments.submit(url, s, storage_options, kind) for url, s in shards]
+    slots = task_slots()
+    groups = [(url, group, sum(store_shard_rows(url, storage_options, group))) for url in store_urls
+              for group in shard_batches(list(range(open_rows(url, storage_options).n_shards)), slots)]
+    progress = StageProgress("statistics", sum(rows for _, _, rows in groups))
+    futures = [shard_moments.submit(url, group, storage_options, kind) for url, group, _ in groups]
     parts: dict[str, list[str]] = {url: [] for url in store_urls}
-    for (url, _), future, n in zip(shards, futures, rows):
-        parts[url].append(future.result())
-        progress.advance(n)
+    for (url, _, rows), future in zip(groups, futures):
+        parts[url].extend(future.result())
+        progress.advance(rows)
     progress.finish()
     finals = {url: join_url(url, "_stats", f"moments-{kind}.npz") for url in store_urls}
     level = 0

@@ -1,4 +1,4 @@
-"""Apply task: one shard of text → one whole shard of substitutes."""
+"""Apply task: shards of text → whole shards of substitutes (each shard written by one task)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from aniso import pipeline
 from ._retry import TASK_OPTIONS
 
 
-@task(name="apply-shard", **TASK_OPTIONS)
-def apply_shard(model_url: str, text_store_url: str, subs_url: str, shard: int,
-                storage_options: dict[str, Any]) -> dict[str, Any]:
-    return pipeline.apply_shard(model_url, text_store_url, subs_url, shard, storage_options)
+@task(name="apply-shards", **TASK_OPTIONS)
+def apply_shards(model_url: str, text_store_url: str, subs_url: str, shards: list[int],
+                 storage_options: dict[str, Any]) -> list[dict[str, Any]]:
+    return [pipeline.apply_shard(model_url, text_store_url, subs_url, s, storage_options) for s in shards]

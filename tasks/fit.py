@@ -19,9 +19,9 @@ def fit_model(model_url: str, method: str, params: dict[str, Any], text_stats_ur
                               image_store_url, seed=seed, sample_size=sample_size, storage_options=storage_options)
 
 
-@task(name="calibration-shard", **TASK_OPTIONS)
-def calibration_shard(model_url: str, text_store_url: str, shard: int, storage_options: dict[str, Any]) -> dict[str, Any]:
-    return pipeline.calibration_shard(model_url, text_store_url, shard, storage_options)
+@task(name="calibration-shards", **TASK_OPTIONS)
+def calibration_shards(model_url: str, text_store_url: str, shards: list[int], storage_options: dict[str, Any]) -> list[dict[str, Any]]:
+    return [pipeline.calibration_shard(model_url, text_store_url, s, storage_options) for s in shards]
 
 
 @task(name="finish-calibration", **TASK_OPTIONS)

@@ -1,4 +1,4 @@
-"""Statistics tasks: per-shard moments and the tree reduction's merge nodes."""
+"""Statistics tasks: per-shard moments (several shards per task) and the tree reduction's merge nodes."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from ._retry import TASK_OPTIONS
 
 
 @task(name="shard-moments", **TASK_OPTIONS)
-def shard_moments(store_url: str, shard: int, storage_options: dict[str, Any], kind: str = "full") -> str:
-    return pipeline.shard_moments(store_url, shard, storage_options, kind)
+def shard_moments(store_url: str, shards: list[int], storage_options: dict[str, Any], kind: str = "full") -> list[str]:
+    return [pipeline.shard_moments(store_url, s, storage_options, kind) for s in shards]
 
 
 @task(name="merge-moments", **TASK_OPTIONS)
