@@ -143,16 +143,27 @@ def preload_in_background(report: bool = True) -> threading.Thread:
     """Start importing great-expectations (and matplotlib, for the report) in a daemon thread.
 
     The imports take several seconds; a pipeline calls this when it starts so that the gate
-    stage, which needs them last, does not pay for them on the critical path.
+    stage, which needs them last, does not pay for them on the critical path. Started once per
+    process (a second call returns the running thread).
     """
-    def load() -> None:
-        importlib.import_module("great_expectations")
-        if report:
-            importlib.import_module("aniso.report_plots").preload()
+    global _PRELOAD
+    with _PRELOAD_LOCK:  # once per process: the CLI starts it first, the flow finds it running
+        if _PRELOAD is not None and (_PRELOAD[1] or not report):
+            return _PRELOAD[0]
 
-    thread = threading.Thread(target=load, daemon=True, name="aniso-preload-gates")
-    thread.start()
-    return thread
+        def load() -> None:
+            importlib.import_module("great_expectations")
+            if report:
+                importlib.import_module("aniso.report_plots").preload()
+
+        thread = threading.Thread(target=load, daemon=True, name="aniso-preload-gates")
+        thread.start()
+        _PRELOAD = (thread, report)
+        return thread
+
+
+_PRELOAD: tuple[threading.Thread, bool] | None = None
+_PRELOAD_LOCK = threading.Lock()
 
 
 def load_suites(path: str | Path | None = None) -> GateSuites:
