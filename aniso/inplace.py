@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ._fs import exists, join_url, open_url
+from ._fs import exists, filesystem, is_local, join_url, open_url
 from .arrays import row_norms
 from .errors import InputError, StoreCorrupt
 from .inputs import EmbeddingSource, NpyPart, open_embedding_source
@@ -129,6 +129,34 @@ class NpyView:
     def read_shard(self, shard: int, *, with_ids: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         start, stop = self.shard_range(shard)
         return self.read_rows(start, stop, with_ids=with_ids)
+
+    def read_rows_at(self, indices: np.ndarray) -> np.ndarray | None:
+        """float32 rows at sorted global ``indices``, read one by one through a memory map when
+        every part is a local file (a 20,000-row sample of 1M rows touches ~2% of the pages
+        instead of reading every shard); ``None`` for remote inputs (read whole ranges there).
+
+        Raises
+        ------
+        InputError
+            On a sampled row holding NaN/Inf or an all-zero row (names the file and row).
+        """
+        if not all(is_local(filesystem(p.url, self.storage_options)[0]) for p in self.source.parts):
+            return None
+        out = np.empty((len(indices), self.dim), np.float32)
+        for part in self.source.parts:
+            lo, hi = np.searchsorted(indices, [part.first_row, part.first_row + part.rows])
+            if lo == hi:
+                continue
+            rows = np.memmap(filesystem(part.url, self.storage_options)[1], dtype=part.dtype, mode="r",
+                             offset=part.data_offset, shape=(part.rows, part.dim))
+            out[lo:hi] = rows[indices[lo:hi] - part.first_row]
+            del rows
+        norms = row_norms(out)
+        bad = np.flatnonzero(~np.isfinite(norms) | (norms == 0))
+        if bad.size:  # validated by the statistics pass already; re-read the row's range to name it
+            row = int(indices[bad[0]])
+            self.read_rows(row, row + 1, with_ids=False)
+        return out
 
     def iter_shards(self, *, only_valid: bool = True) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         for shard in range(self.n_shards):

@@ -176,8 +176,13 @@ def reduce_moments(part_urls: list[str], out_url: str, storage_options: dict[str
 def sample_rows(store: EmbeddingStore | NpyView, indices: np.ndarray) -> np.ndarray:
     """The valid rows of ``store`` at sorted global *valid-row* ``indices``.
 
-    The markers give each shard's valid-row range, so only shards holding sampled rows are read.
+    The markers give each shard's valid-row range, so only shards holding sampled rows are read;
+    a local in-place input reads just the sampled rows (every row of it is valid).
     """
+    if isinstance(store, NpyView):
+        rows = store.read_rows_at(indices)
+        if rows is not None:
+            return rows
     offsets = np.cumsum([0] + [m["valid_rows"] for m in store.markers()])
     parts = []
     for shard in range(store.n_shards):

@@ -147,9 +147,9 @@ class Refiner:
     def apply(self, x: np.ndarray) -> np.ndarray:
         """x̂ = normalize(μ_i + y_c + Δ) for L2-normalised float64 rows (one forward pass)."""
         f = self.frame
+        if self.mlp is None:  # the closed form: no frame coordinates needed
+            return l2_normalize(f.mu_image + self.centred_init(x))
         yc, z, dth, dl, db = self.corrections(x)
-        if self.mlp is None:
-            return l2_normalize(f.mu_image + yc)
         z1, z2 = z[:, 0::2], z[:, 1::2]
         c, s, g = np.cos(dth), np.sin(dth), np.exp(dl)
         dz = np.empty_like(z)

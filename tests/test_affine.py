@@ -93,3 +93,19 @@ def test_kernel_formula_on_a_hand_made_case():
     total, n = NormalizedAffine(s, c).premap_sum(x)
     np.testing.assert_allclose(total, y.sum(axis=0), atol=1e-6)
     assert n == 2
+
+
+def test_closed_form_calibration_sum_uses_the_matrix_kernel(cone):
+    """AnisoAlign's closed form is normalize(A u + c): its calibration sums go through the fused
+    kernel (float32 matrix product) and agree with the float64 map; transform keeps the float64
+    path (a BLAS product's rows depend on the block), so it stays chunk-invariant."""
+    text, image = cone
+    aligner = get_aligner("anisoalign").fit(text, image)
+    assert aligner._fused(text, calibrated=False, rowwise=False) is not None
+    assert aligner._fused(text, calibrated=True) is None
+    total, n = aligner.premap_sum(text)
+    exact = aligner.premap(text).sum(axis=0)
+    assert n == text.shape[0]
+    assert np.abs(total - exact).max() / np.abs(exact).max() <= 1e-5
+    kernel = NormalizedAffine(aligner.refiner.A, aligner.mu_image - aligner.refiner.A @ aligner.mu_text)
+    np.testing.assert_allclose(kernel.transform(text), aligner.premap(text), rtol=0, atol=2e-6)

@@ -56,6 +56,33 @@ def test_view_reads_what_the_copy_holds(root, n_rows, chunk_rows, shard_rows):
     np.testing.assert_array_equal(stats.mean, Moments.from_chunk(copy.read_shard(0)[0], products="float32").mean)
 
 
+def test_sampled_rows_are_read_by_row_where_local(root):
+    """A fit's sample: rows read one by one through a memory map from local parts (straddling
+    files), whole shards on object storage; the same rows either way."""
+    url, options = root
+    rng = np.random.default_rng(3)
+    parts = [rng.normal(size=(n, 12)).astype(np.float16) for n in (37, 25, 1)]
+    for i, part in enumerate(parts):
+        _put_npy(join_url(url, "emb", f"text_emb_{i}.npy"), part, options)
+    view_url, _, _ = _prepare(join_url(url, "emb"), options, chunk_rows=8, shard_rows=16)
+    view = open_rows(view_url, options)
+    indices = np.array([0, 5, 36, 37, 40, 61, 62])
+    expected = np.concatenate(parts).astype(np.float32)[indices]
+    np.testing.assert_array_equal(pipeline.sample_rows(view, indices), expected)
+    assert (view.read_rows_at(indices) is None) == url.startswith("s3://")
+
+
+def test_bad_sampled_row_is_named(tmp_path):
+    data = np.random.default_rng(0).normal(size=(30, 6)).astype(np.float32)
+    data[13] = np.nan
+    _put_npy(str(tmp_path / "x.npy"), data, {})
+    view_url, _, _ = _prepare(str(tmp_path / "x.npy"), {}, chunk_rows=4, shard_rows=8)
+    view = open_rows(view_url, {})
+    np.testing.assert_array_equal(view.read_rows_at(np.array([1, 12, 14])), data[[1, 12, 14]])
+    with pytest.raises(InputError, match=r"x\.npy: row 13 contains NaN or Inf"):
+        view.read_rows_at(np.array([2, 13]))
+
+
 def test_clip_retrieval_parts_and_ids_in_place(root):
     """Shards that straddle files (37 + 25 + 1 rows, shards of 16) and ids from the metadata."""
     url, options = root

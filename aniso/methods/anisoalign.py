@@ -168,6 +168,12 @@ class AnisoAlign(Aligner):
         assert self.refiner is not None
         return self.refiner.apply(x)
 
+    def _affine(self) -> tuple[np.ndarray, np.ndarray] | None:
+        # the closed form (no learned refiner) is normalize(μ_i + A(u − μ_t)) = normalize(A u + c)
+        if self.refiner is None or self.refiner.mlp is not None:
+            return None
+        return self.refiner.A, self.mu_image - self.refiner.A @ self.mu_text
+
     def corrections(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """The bounded corrections Δθ, Δℓ, Δb applied to each row (for inspection and tests)."""
         _, _, dth, dl, db = self.refiner.corrections(self._check_input(x))  # type: ignore[union-attr]

@@ -209,18 +209,26 @@ class Aligner(ABC):
         """x̂ for a chunk: the map before the centroid calibration (float64)."""
         return self._premap(self._check_input(x))
 
-    def _affine(self) -> tuple[float, np.ndarray] | None:
-        """``(s, c)`` when the premap is ``normalize(s·u + c)`` of the unit rows ``u``, else None.
+    def _affine(self) -> tuple[float | np.ndarray, np.ndarray] | None:
+        """``(L, c)`` when the premap is ``normalize(L u + c)`` of the unit rows ``u`` (``L`` a
+        scalar or a ``d × d`` matrix), else None.
 
         Such methods get the fused float32 kernel (:mod:`aniso.affine`) for float16/float32
         input in :meth:`transform` and :meth:`premap_sum`.
         """
         return None
 
-    def _fused(self, x: np.ndarray, *, calibrated: bool) -> NormalizedAffine | None:
-        """The fused kernel for ``x``, or None where the float64 path applies."""
+    def _fused(self, x: np.ndarray, *, calibrated: bool, rowwise: bool = True) -> NormalizedAffine | None:
+        """The fused kernel for ``x``, or None where the float64 path applies.
+
+        ``rowwise``: the result must not depend on how rows are blocked (transform is
+        chunk-invariant bit for bit). A matrix ``L`` needs a BLAS product, whose float32 rows do
+        depend on the block, so it is used only for sums (the calibration pass).
+        """
         affine = self._affine()
         if affine is None or np.asarray(x).dtype not in (np.float16, np.float32):
+            return None
+        if rowwise and np.ndim(affine[0]) == 2:
             return None
         recentre = self.mu_hat - self.mu_image if calibrated and self.mu_hat is not None else None
         return NormalizedAffine(affine[0], affine[1], recentre)
@@ -235,7 +243,7 @@ class Aligner(ABC):
 
     def premap_sum(self, x: np.ndarray) -> tuple[np.ndarray, int]:
         """Sum of x̂ over a chunk and its row count: the calibration pass's partial result."""
-        fused = self._fused(self._check_shape(x), calibrated=False)
+        fused = self._fused(self._check_shape(x), calibrated=False, rowwise=False)
         if fused is not None:
             return fused.premap_sum(x, what=f"{self.name} calibration input")
         xh = self.premap(x)
