@@ -222,3 +222,26 @@ def test_custom_suite_file_from_settings(tmp_path):
                             settings=GateSettings(suite_file=str(path)))
     assert [r.name for r in report.results] == ["norm_mean_ok"] and report.passed
     assert report.results[0].bound == "in [0.99, 1.01]"
+
+
+def test_gate_libraries_preload_once_per_process():
+    """The CLI starts the preload, the flow calls it again: one import thread, not two; a
+    request for the report's libraries after a gates-only preload starts them."""
+    from aniso import gates as gates_module
+
+    saved = gates_module._PRELOAD
+    try:
+        gates_module._PRELOAD = None
+        first = gates_module.preload_in_background(report=False)
+        assert gates_module.preload_in_background(report=False) is first
+        with_report = gates_module.preload_in_background(report=True)
+        assert with_report is not first
+        assert gates_module.preload_in_background(report=False) is with_report
+        assert gates_module.preload_in_background(report=True) is with_report
+        with_report.join(120)
+        first.join(120)
+        import sys
+
+        assert "great_expectations" in sys.modules and "matplotlib" in sys.modules
+    finally:
+        gates_module._PRELOAD = saved

@@ -91,3 +91,22 @@ def test_a_silent_stage_gets_a_heartbeat_line(caplog):
     assert lines[0] == "gates: 3k rows, started" and lines[-1].startswith("gates: 3k/3k rows (100%) done in")
     beats = lines[1:-1]
     assert beats and all(b.startswith("gates: 0/3k rows (0%), ") and b.endswith("s elapsed") for b in beats)
+
+
+# -- shard batches: few, large tasks ---------------------------------------------------------
+@pytest.mark.parametrize("n, slots, sizes", [
+    (0, 2, []),
+    (1, 2, [1]),
+    (4, 2, [1, 1, 1, 1]),  # up to two tasks per worker thread: one shard each
+    (5, 2, [2, 2, 1]),
+    (16, 2, [4, 4, 4, 4]),  # 1M rows in 65,536-row shards on two threads
+    (32, 2, [4] * 8),  # never more than MAX_SHARDS_PER_TASK
+    (16, 16, [1] * 16),  # a large cluster keeps one shard per task
+])
+def test_shard_batches_are_consecutive_and_cover_every_shard(n, slots, sizes):
+    from aniso.flows._common import MAX_SHARDS_PER_TASK, shard_batches
+
+    groups = shard_batches(list(range(n)), slots)
+    assert [len(g) for g in groups] == sizes
+    assert [s for g in groups for s in g] == list(range(n))
+    assert all(len(g) <= MAX_SHARDS_PER_TASK for g in groups)
