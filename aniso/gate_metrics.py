@@ -71,7 +71,8 @@ def sample_metrics(
     Parameters
     ----------
     text, subs
-        Row-aligned samples of text rows and their substitutes.
+        Row-aligned samples of text rows and their substitutes. When ``subs is text`` (the
+        report's raw-text reference) the semantic metrics are 1 by definition and not computed.
     image
         A sample of image rows, or ``None`` (the distribution metrics are then left out).
     """
@@ -83,8 +84,11 @@ def sample_metrics(
         # semantic gates cannot be computed, so they fail with observed NaN.
         out.update(knn_overlap_10=math.nan, spearman=math.nan)
         return out
-    out["knn_overlap_10"] = knn_overlap(text, subs, 10)
-    out["spearman"] = pairwise_spearman(text, subs, n_pairs=settings.spearman_pairs, seed=settings.seed)
+    if subs is text:  # a set's neighbours and distance ranks are its own
+        out["knn_overlap_10"], out["spearman"] = 1.0, 1.0
+    else:
+        out["knn_overlap_10"] = knn_overlap(text, subs, 10)
+        out["spearman"] = pairwise_spearman(text, subs, n_pairs=settings.spearman_pairs, seed=settings.seed)
     if image is not None and image.shape[0] >= 4:
         m = min(settings.distribution_sample_rows, subs.shape[0], image.shape[0])
         s, t = subs[:m], image[:m]

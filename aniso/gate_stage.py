@@ -121,7 +121,8 @@ def gate_run(
     # the report's reference metrics (same samples, raw text and centroid baseline in place of the
     # substitutes) run beside the gated ones: numpy releases the GIL, the gate stage has the cores
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="aniso-gate-metrics") as pool:
-        pending = {name: pool.submit(sample_metrics, x64, ref, t64, settings=settings) for name, ref in stand_ins.items()}
+        pending = {name: pool.submit(sample_metrics, x64, x64 if name == "raw text" else ref, t64, settings=settings)
+                   for name, ref in stand_ins.items()}
         metrics.update(sample_metrics(x64, s64, t64, settings=settings))
         references = {name: future.result() for name, future in pending.items()}
     timings["sample_metrics"] = time.perf_counter() - started - sum(timings.values())

@@ -91,6 +91,7 @@ class LocalServer:
     def stop(self) -> None:
         """Terminate the server (idempotent; also registered with ``atexit``)."""
         if self.process.poll() is None:
+            _drain_prefect_clients()
             self.process.terminate()
             try:
                 self.process.wait(timeout=5)
@@ -100,6 +101,25 @@ class LocalServer:
         self._log.close()
         if os.environ.get("PREFECT_API_URL") == self.api_url:
             del os.environ["PREFECT_API_URL"]
+
+
+def _drain_prefect_clients(timeout: float = 10.0) -> None:
+    """Send Prefect's queued run logs and events while the server still answers.
+
+    The server's ``atexit`` stop runs before ``logging.shutdown`` (handlers run last-registered
+    first), whose Prefect log handler then waited 5 s for a server that was gone (measured: 5 of
+    the 25 s of a cold 3,000-row ``produce``), and the last log lines were lost.
+    """
+    if "prefect" not in sys.modules:
+        return
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        try:
+            worker.drain_all(timeout=timeout)
+        except Exception as exc:  # noqa: BLE001 - shutting down: never fail the command here
+            logger.debug("could not drain %s: %s", worker.__name__, exc)
 
 
 def start_local_server() -> LocalServer | None:
