@@ -1,75 +1,28 @@
-"""Embed stage: a raw corpus (text or images) → an open_clip embedding store, one task per shard.
+"""Embed stage: a raw corpus (text or images) → an open_clip embedding store, shards on Dask.
 
-Shards whose completion marker exists are skipped, so a rerun resumes. The store lives at
-``<root>/<dataset>/embeddings/<model-key>/<modality>.zarr``, where the model key names the model,
-its weights, the precision and the corpus plan (never worker count or batch size). After the
-last shard the corpus manifest is written and the failure rate checked.
+Shards whose completion marker exists are skipped, so a rerun resumes. Planning, the store and
+the corpus manifest are :mod:`aniso.embed_stage`; each shard is one task (``tasks/embed.py``).
 """
 
 from __future__ import annotations
 
-import hashlib
-import logging
-import math
-import re
 from typing import Any
 
 from prefect import flow
 
-from aniso._fs import join_url
-from aniso.config import Settings, config_hash
-from aniso.corpus import check_failure_rate, plan_digest, plan_shards, read_records, write_manifest
-from aniso.encode import get_encoder
-from aniso.layout import DatasetLayout
-from aniso.store import EmbeddingStore
+from aniso.config import Settings
+from aniso.embed_stage import finish_embedding, prepare_embedding
 from aniso.tasks.embed import embed_corpus_shard
 
 from ._common import map_shards
 
-logger = logging.getLogger(__name__)
-
-
-def model_key(model: str, pretrained: str | None, precision: str, digest: str) -> str:
-    """A safe directory name for (model, weights, precision, corpus plan)."""
-    weights = str(pretrained or "random")
-    if "/" in weights or len(weights) > 40:  # a checkpoint path: its name plus a hash of the path
-        weights = f"{weights.rstrip('/').rsplit('/', 1)[-1][:24]}-{hashlib.sha256(weights.encode()).hexdigest()[:8]}"
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{model}-{weights}-{precision}")
-    return f"{safe}-{digest[:12]}"
-
 
 def embed_corpus(url: str, modality: str, settings: Settings) -> dict[str, Any]:
     """Embed the corpus at ``url`` (resuming), write its manifest, check its failure rate."""
-    options = settings.storage.fs_options()
-    layout = DatasetLayout(settings.storage.root, settings.storage.dataset)
-    specs = plan_shards(url, settings.corpus, modality=modality, storage_options=options)  # type: ignore[arg-type]
-    logging.getLogger("aniso.notice").info("embed %s: %d item(s) in %d shard(s) planned; loading model %s (%s)",
-                                           modality, sum(sp.n_items for sp in specs), len(specs),
-                                           settings.embed.model, settings.embed.pretrained)
-    encoder = get_encoder(settings.embed)  # loud about device/precision before any task runs
-    digest = plan_digest(specs)
-    store_url = layout.embeddings(model_key(settings.embed.model, settings.embed.pretrained, encoder.key.precision, digest), modality)
-    per_shard = settings.corpus.items_per_shard
-    store = EmbeddingStore.create(
-        store_url, n_rows=sum(s.n_items for s in specs), dim=encoder.dim,
-        chunk_rows=math.gcd(settings.store.chunk_rows, per_shard), shard_rows=per_shard,
-        dtype=settings.store.output_dtype, compressor=settings.store.compressor, storage_options=options,
-        attrs={"modality": modality, "corpus": url, "plan_digest": digest, "config_hash": config_hash(settings),
-               **{k: v for k, v in encoder.attrs.items() if k != "device"}},
-    )
-    done = store.completed_shards()
-    pending = [s for s in specs if s.index not in done]
-    logger.info("embed %s: %d shard(s), %d already complete", modality, len(specs), len(specs) - len(pending))
+    store_url, specs, pending = prepare_embedding(url, modality, settings)
     results = map_shards(embed_corpus_shard, f"embed {modality}", pending, rows=[s.n_items for s in pending],
                          store_url=store_url, settings=settings)
-    records = [read_records(join_url(store_url, "_records", f"{s.index:06d}.parquet"), options) for s in specs]
-    import pandas as pd
-
-    frame = pd.concat(records, ignore_index=True)
-    manifest = write_manifest(frame, settings.storage.root, settings.storage.dataset, modality, options)
-    rate = check_failure_rate(frame, settings.corpus.max_failure_rate, what=f"{modality} corpus {url}")
-    return {"store": store_url, "manifest": manifest, "rows": len(frame), "failure_rate": rate,
-            "shards": len(specs), "embedded_now": len(results)}
+    return finish_embedding(url, modality, store_url, specs, settings, embedded_now=len(results))
 
 
 @flow(name="embed")
