@@ -29,6 +29,7 @@ import numpy as np
 from .arrays import l2_normalize
 from .frame import Frame
 from .polar import EPS32, EPS64, rotate_scale_torch, to_polar, to_polar_torch
+from .rowwise import rowwise_matmul
 
 if TYPE_CHECKING:  # training only: inference (Refiner.apply) is numpy and never imports torch
     import torch
@@ -116,7 +117,7 @@ class Refiner:
     # -- shared pieces ---------------------------------------------------------------------
     def centred_init(self, x: np.ndarray) -> np.ndarray:
         """``A(x − μ_t)``: the closed-form point relative to μ_i."""
-        return (x - self.frame.mu_text) @ self.A.T
+        return rowwise_matmul(x - self.frame.mu_text, self.A.T)
 
     def _bound(self, u: np.ndarray, delta: float) -> np.ndarray:
         return delta * (np.tanh(u) if self.bounded else u)
@@ -125,22 +126,22 @@ class Refiner:
         """``(yc, z, Δθ, Δℓ, Δb)`` for L2-normalised float64 rows (numpy; float64 MLP)."""
         f = self.frame
         yc = self.centred_init(x)
-        z = (yc @ f.U) @ f.R
+        z = rowwise_matmul(rowwise_matmul(yc, f.U), f.R)
         k, p = z.shape[1] // 2, f.p
         if self.mlp is None:
             zero = np.zeros((x.shape[0], k))
             return yc, z, zero, zero.copy(), np.zeros((x.shape[0], p))
         theta, ell = to_polar(z, EPS64)
         h = np.concatenate([np.cos(theta), np.sin(theta), (ell - self.l_mean) / self.l_std,
-                            (yc @ f.P) / self.sig_v], axis=1)
+                            rowwise_matmul(yc, f.P) / self.sig_v], axis=1)
         w = {key: self.mlp[key].astype(np.float64) for key in _MLP_KEYS}
         mu = h.mean(1, keepdims=True)
         var = ((h - mu) ** 2).mean(1, keepdims=True)
         h = (h - mu) / np.sqrt(var + 1e-5) * w["ln_w"] + w["ln_b"]
         for i in (1, 2):
-            h = h @ w[f"w{i}"].T + w[f"b{i}"]
+            h = rowwise_matmul(h, w[f"w{i}"].T) + w[f"b{i}"]
             h = h / (1 + np.exp(-h))  # SiLU
-        u = h @ w["w3"].T + w["b3"]
+        u = rowwise_matmul(h, w["w3"].T) + w["b3"]
         return (yc, z, self._bound(u[:, :k], self.bounds[0]), self._bound(u[:, k:2 * k], self.bounds[1]),
                 self._bound(u[:, 2 * k:], self.bounds[2]) * self.sig_v)
 
@@ -155,7 +156,7 @@ class Refiner:
         dz = np.empty_like(z)
         dz[:, 0::2] = g * (c * z1 - s * z2) - z1
         dz[:, 1::2] = g * (s * z1 + c * z2) - z2
-        delta = (dz @ f.R.T) @ f.U.T + db @ f.P.T
+        delta = rowwise_matmul(rowwise_matmul(dz, f.R.T), f.U.T) + rowwise_matmul(db, f.P.T)
         return l2_normalize(f.mu_image + yc + delta)
 
     def to_arrays(self, prefix: str = "ref_") -> dict[str, np.ndarray]:

@@ -12,6 +12,7 @@ import pytest
 
 from aniso.errors import AnisoError, InputError, NotFittedError
 from aniso.methods import Aligner, available_aligners, get_aligner
+from aniso.synthetic import planted_gap
 
 #: A tiny learned AnisoAlign, so the learned stages are held to the same contract.
 LEARNED = dict(r=8, p=4, closed_form_only=False, learned=True, min_samples_learned=100,
@@ -20,6 +21,10 @@ LEARNED = dict(r=8, p=4, closed_form_only=False, learned=True, min_samples_learn
 
 CASES = [pytest.param(name, {}, id=name) for name in available_aligners()]
 CASES.append(pytest.param("anisoalign", LEARNED, id="anisoalign-learned"))
+CASES.append(pytest.param("c3", {"noise": 0.1, "seed": 5}, id="c3-noise"))
+
+#: Ways to cut the apply rows into blocks: single rows, sizes around powers of two and BLAS tiles.
+CUTS = [(1, 117), (2, 3, 5, 7, 15, 33), (64, 255), (128, 256), (100, 257, 300), (150,)]
 
 N_FIT = 900
 N_APPLY = 301  # not a multiple of anything
@@ -65,8 +70,23 @@ def test_chunk_invariance_bitwise(fitted, data, name, params):
     a = fitted(name, params)
     x = data[2]
     whole = a.transform(x)
-    parts = np.concatenate([a.transform(x[:1]), a.transform(x[1:117]), a.transform(x[117:])])
-    assert np.array_equal(whole, parts)
+    for cuts in CUTS:
+        edges = [0, *cuts, len(x)]
+        parts = np.concatenate([a.transform(x[lo:hi]) for lo, hi in zip(edges[:-1], edges[1:])])
+        assert np.array_equal(whole, parts), f"blocks cut at {cuts} changed some rows' bits"
+
+
+@pytest.mark.parametrize("name,params", CASES)
+def test_chunk_invariance_bitwise_at_clip_width(name, params):
+    """At d=512 the BLAS picks other kernels and thread splits than at d=64; rows must not see it."""
+    g = planted_gap(n=1200, d=512, seed=11)
+    a = get_aligner(name, **params).fit(g.text[:600], g.image[600:], seed=3)
+    x = g.text[600:901]
+    whole = a.transform(x)
+    for cuts in CUTS:
+        edges = [0, *cuts, len(x)]
+        parts = np.concatenate([a.transform(x[lo:hi]) for lo, hi in zip(edges[:-1], edges[1:])])
+        assert np.array_equal(whole, parts), f"blocks cut at {cuts} changed some rows' bits"
 
 
 @pytest.mark.parametrize("name,params", CASES)

@@ -12,6 +12,7 @@ from ..arrays import l2_normalize
 from ..errors import InputError
 from ..method_params import C3Params, MomentMatchParams
 from ..moments import Moments
+from ..rowwise import row_normals, rowwise_matmul
 from .base import Aligner
 
 __all__ = ["Identity", "CentroidShift", "C3", "ReAlign", "MomentMatch"]
@@ -87,9 +88,9 @@ class C3(Aligner):
 
     ``x* = normalize(normalize(x_t) − μ_t + μ_i + σξ)``, ``ξ ~ N(0, I)``. C3 adds noise only while
     *training* a downstream model, so ``noise`` is 0 by default (evaluation); set it to
-    ``sqrt(0.016)`` (C3's default) to produce training-time corruptions. With noise on, the
-    noise is drawn from ``seed`` and the row count, so one call is reproducible but not
-    chunk-invariant.
+    ``sqrt(0.016)`` (C3's default) to produce training-time corruptions. With noise on, each
+    row's noise is keyed on ``seed`` and the row itself (:func:`aniso.rowwise.row_normals`), so
+    the output does not depend on how rows are sharded, and equal rows get equal noise.
     """
 
     name = "c3"
@@ -115,7 +116,7 @@ class C3(Aligner):
     def _premap(self, x: np.ndarray) -> np.ndarray:
         y = x - self.mu_text + self.mu_image
         if self.noise > 0:
-            y = y + np.random.default_rng([self.seed, x.shape[0]]).standard_normal(y.shape) * self.noise
+            y = y + row_normals(x, self.seed) * self.noise  # keyed per row: chunk-invariant
         return l2_normalize(y)
 
     def _affine(self) -> tuple[float, np.ndarray] | None:
@@ -164,7 +165,7 @@ class MomentMatch(Aligner):
         self.matrix = _sym_power(si, 0.5) @ _sym_power(st + lam * np.eye(d), -0.5)
 
     def _premap(self, x: np.ndarray) -> np.ndarray:
-        return l2_normalize(self.mu_image + (x - self.mu_text) @ self.matrix.T)
+        return l2_normalize(self.mu_image + rowwise_matmul(x - self.mu_text, self.matrix.T))
 
     def _get_state(self) -> dict[str, np.ndarray]:
         return {"matrix": self.matrix}
