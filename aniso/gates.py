@@ -139,30 +139,23 @@ def _fill(value: Any, values: Mapping[str, Any], where: str) -> Any:
     return value
 
 
-def preload_in_background(report: bool = True) -> threading.Thread:
-    """Start importing great-expectations (and matplotlib, for the report) in a daemon thread.
+def preload_in_background() -> threading.Thread:
+    """Start importing great-expectations in a daemon thread.
 
-    The imports take several seconds; a pipeline calls this when it starts so that the gate
-    stage, which needs them last, does not pay for them on the critical path. Started once per
-    process (a second call returns the running thread).
+    The import takes seconds; a pipeline calls this when it starts so that the gate stage, which
+    needs it last, does not pay for it on the critical path. Started once per process (a second
+    call returns the running thread).
     """
     global _PRELOAD
     with _PRELOAD_LOCK:  # once per process: the CLI starts it first, the flow finds it running
-        if _PRELOAD is not None and (_PRELOAD[1] or not report):
-            return _PRELOAD[0]
-
-        def load() -> None:
-            importlib.import_module("great_expectations")
-            if report:
-                importlib.import_module("aniso.report_plots").preload()
-
-        thread = threading.Thread(target=load, daemon=True, name="aniso-preload-gates")
-        thread.start()
-        _PRELOAD = (thread, report)
-        return thread
+        if _PRELOAD is None:
+            _PRELOAD = threading.Thread(target=importlib.import_module, args=("great_expectations",),
+                                        daemon=True, name="aniso-preload-gates")
+            _PRELOAD.start()
+        return _PRELOAD
 
 
-_PRELOAD: tuple[threading.Thread, bool] | None = None
+_PRELOAD: threading.Thread | None = None
 _PRELOAD_LOCK = threading.Lock()
 
 

@@ -130,6 +130,17 @@ class NpyView:
         start, stop = self.shard_range(shard)
         return self.read_rows(start, stop, with_ids=with_ids)
 
+    def ids_digest(self, shard: int) -> str:
+        """:func:`aniso.store.ids_digest` of a shard's ids, as a substitutes marker records it
+        (the ids are derived from the input, not stored: cheaper than reading an id column)."""
+        from .store import ids_digest
+
+        return ids_digest(self.source.read_ids(*self.shard_range(shard)))
+
+    def read_valid(self, start: int, stop: int) -> np.ndarray:
+        """Every row of an in-place input is valid (a bad row is an error, not a flag)."""
+        return np.ones(stop - start, bool)
+
     def read_rows_at(self, indices: np.ndarray) -> np.ndarray | None:
         """float32 rows at sorted global ``indices``, read one by one through a memory map when
         every part is a local file (a 20,000-row sample of 1M rows touches ~2% of the pages

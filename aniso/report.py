@@ -9,7 +9,7 @@ published, again beside the manifest (``published/<version>/report.html``, see
 * every gate with its verdict, observed value and bound; every metric with its meaning
   (:mod:`aniso.metric_info`) and reference values: the raw text and a fitted baseline (centroid
   shift), computed on the same samples;
-* plots drawn with matplotlib (:mod:`aniso.report_plots`), inlined as SVG:
+* plots written as inline SVG (:mod:`aniso.report_plots`):
 
 * covariance spectra (trace-normalised eigenvalues, log scale) of text, image and substitutes on
   the gate's samples;
@@ -39,7 +39,7 @@ import pandas as pd
 from ._fs import exists, join_url, open_url
 from .metric_info import METRICS
 
-__all__ = ["spectrum", "residual_spectrum", "direction_ratios", "centroid_baseline", "build_report",
+__all__ = ["spectrum", "residual_spectrum", "direction_ratios", "centroid_baseline", "sample_content", "build_report",
            "reference_stand_ins", "render_plots", "render_html", "write_report", "publish_report", "read_identity"]
 
 logger = logging.getLogger(__name__)
@@ -180,6 +180,26 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def sample_content(text: np.ndarray | None, subs: np.ndarray | None, image: np.ndarray | None) -> dict[str, Any]:
+    """The report's sample-based parts: ``spectra``, ``residual_spectrum`` and ``directions``.
+
+    They need only the samples, so the gate stage computes them while the substitutes are still
+    being written (:func:`aniso.gate_stage.prepare_gate_sample`).
+    """
+    # factors, not d × d covariances: the cost is bounded by the sample sizes (d may be 8192)
+    fac = {name: _factor(x) if _usable(x) else None for name, x in (("text", text), ("image", image), ("substitutes", subs))}
+    return {
+        "spectra": {name: [] if f is None else spectrum(None, factor=f) for name, f in fac.items()},
+        "residual_spectrum": {
+            "before": [] if fac["text"] is None or fac["image"] is None else
+            residual_spectrum(None, None, factor_a=fac["text"], factor_b=fac["image"]),
+            "after": [] if fac["substitutes"] is None or fac["image"] is None else
+            residual_spectrum(None, None, factor_a=fac["substitutes"], factor_b=fac["image"]),
+        },
+        "directions": direction_ratios(text, subs, image),
+    }
+
+
 def build_report(
     gates: Mapping[str, Any],
     shards: pd.DataFrame,
@@ -190,6 +210,7 @@ def build_report(
     title: str = "aniso run",
     identity: Mapping[str, Any] | None = None,
     references: Mapping[str, Mapping[str, Any]] | None = None,
+    samples: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The report's content as JSON-able data (what ``report.json`` holds and the HTML renders).
 
@@ -200,26 +221,20 @@ def build_report(
     references
         Reference metrics by name (e.g. ``"raw text"``, ``"baseline (centroid shift)"``), each
         ``{metric: value}`` computed on the same samples as the run's metrics.
+    samples
+        :func:`sample_content` of ``text``, ``subs`` and ``image`` when computed already.
     """
     metrics = dict(gates.get("metrics", {}))
-    # factors, not d × d covariances: the cost is bounded by the sample sizes (d may be 8192)
-    fac = {name: _factor(x) if _usable(x) else None for name, x in (("text", text), ("image", image), ("substitutes", subs))}
-    spectra = {name: [] if f is None else spectrum(None, factor=f) for name, f in fac.items()}
-    residual = {
-        "before": [] if fac["text"] is None or fac["image"] is None else
-        residual_spectrum(None, None, factor_a=fac["text"], factor_b=fac["image"]),
-        "after": [] if fac["substitutes"] is None or fac["image"] is None else
-        residual_spectrum(None, None, factor_a=fac["substitutes"], factor_b=fac["image"]),
-    }
+    samples = sample_content(text, subs, image) if samples is None else samples
     return {
         "title": title,
         "passed": bool(gates.get("passed")),
         "gates": [dict(r) for r in gates.get("results", [])],
         "metrics": metrics,
         "gap": {"before": metrics.get("gap_before"), "after": metrics.get("centroid_residual")},
-        "spectra": spectra,
-        "residual_spectrum": residual,
-        "directions": direction_ratios(text, subs, image),
+        "spectra": samples["spectra"],
+        "residual_spectrum": samples["residual_spectrum"],
+        "directions": samples["directions"],
         "identity": _plain(dict(identity or {})),
         "references": {k: _plain(dict(v)) for k, v in (references or {}).items()},
         "generated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -289,7 +304,7 @@ def _metric_rows(content: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]
 
 
 def render_plots(content: Mapping[str, Any]) -> list[str]:
-    """The report's four plots as inline ``<svg>`` elements (about a second of matplotlib)."""
+    """The report's four plots as inline ``<svg>`` elements (milliseconds)."""
     from .report_plots import direction_plot, gap_plot, residual_plot, spectra_plot
 
     return [spectra_plot(content), residual_plot(content), gap_plot(content), direction_plot(content)]
@@ -369,12 +384,14 @@ def write_report(
     title: str = "aniso run",
     reference_metrics: Callable[[np.ndarray], Mapping[str, Any]] | None = None,
     references: Mapping[str, Mapping[str, Any]] | None = None,
+    samples: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
     """Write ``report.json`` and ``report.html`` under ``quality_url``; returns their URLs.
 
     ``reference_metrics(s)`` computes the sample metrics for a stand-in ``s`` of the substitutes;
     it is called for each of :func:`reference_stand_ins` (the raw text and, with an image sample,
-    the centroid baseline). ``references`` gives those metrics already computed instead.
+    the centroid baseline). ``references`` gives those metrics already computed instead, and
+    ``samples`` the :func:`sample_content`.
     """
     identity = read_identity(quality_url, storage_options)
     if references is None:
@@ -385,7 +402,7 @@ def write_report(
         references["raw text"] = {"centroid_residual": gates.get("metrics", {}).get("gap_before"),
                                   **references["raw text"]}
     content = build_report(gates, shards, text=text, subs=subs, image=image, title=title, identity=identity,
-                           references=references)
+                           references=references, samples=samples)
     urls = {"html": join_url(quality_url, "report.html"), "json": join_url(quality_url, "report.json")}
     with open_url(urls["json"], "w", storage_options or {}) as f:
         json.dump(content, f, indent=2, sort_keys=True, default=str)

@@ -316,14 +316,14 @@ class EmbeddingStore:
         return [self.marker(s) for s in range(self.n_shards)]
 
     # -- reading ---------------------------------------------------------------------------
-    def read_rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def read_rows(self, start: int, stop: int, *, with_ids: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(embedding, ids, valid)`` for rows ``[start, stop)``; corrupt data raises StoreCorrupt.
 
-        ids come back as an object array of Python strings.
+        ids come back as an object array of Python strings (empty when ``with_ids`` is false).
         """
         try:
             emb = self.embedding[start:stop]
-            raw_ids = self.ids[start:stop]
+            raw_ids = self.ids[start:stop] if with_ids else np.empty(0, object)
             valid = self.group["valid"][start:stop] if "valid" in self.group else np.ones(stop - start, bool)
         except (ValueError, RuntimeError, KeyError) as exc:
             # Decoding failures (checksums, codecs) mean damaged data; OSError is left to
@@ -331,6 +331,13 @@ class EmbeddingStore:
             raise StoreCorrupt(f"rows [{start}, {stop}) of {self.url} are unreadable (truncated or corrupted): {exc}") from exc
         ids = np.array([str(v) for v in raw_ids.tolist()], dtype=object)
         return emb, ids, valid
+
+    def read_valid(self, start: int, stop: int) -> np.ndarray:
+        """The ``valid`` flags of rows ``[start, stop)`` (all true for a store without them)."""
+        try:
+            return self.group["valid"][start:stop] if "valid" in self.group else np.ones(stop - start, bool)
+        except (ValueError, RuntimeError) as exc:
+            raise StoreCorrupt(f"valid flags [{start}, {stop}) of {self.url} are unreadable: {exc}") from exc
 
     def read_shard(self, shard: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return self.read_rows(*self.shard_range(shard))

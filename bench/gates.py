@@ -73,6 +73,13 @@ def one_size(base: str, n: int, dim: int, method: str, shard_rows: int, chunk_ro
         out[label] = time.perf_counter() - started
     out["passed"] = result["passed"]
     out.update({f"t_{k}": v for k, v in result["timings"].items()})
+    # as produce runs it: the samples and their metrics prepared (beside apply), then the rest
+    started = time.perf_counter()
+    sample = gate_stage.prepare_gate_sample(model, text, GateSettings(), {}, image)
+    out["prepare_s"] = time.perf_counter() - started
+    started = time.perf_counter()
+    gate_stage.gate_run(model, text, subs, f"{base}/quality", GateSettings(), {}, image_store_url=image, sample=sample)
+    out["gate_after_apply_s"] = time.perf_counter() - started
     started = time.perf_counter()
     gate_stage.gate_run(model, text, subs, f"{base}/quality", GateSettings(report=False), {}, image_store_url=image)
     out["gate_no_report_s"] = time.perf_counter() - started
@@ -94,13 +101,17 @@ def main() -> None:
             rows.append(one_size(tmp, n, args.dim, args.method, args.shard_rows, args.chunk_rows))
     print(f"gate stage vs apply stage (method {args.method}, d={args.dim}, shards of {args.shard_rows} rows)")
     print(f"{'rows':>9} {'shards':>6} {'apply s':>8} {'gate s':>7} {'gate/apply':>10} {'cold gate s':>11} "
-          f"{'cold/apply':>10} {'no-report s':>11}  breakdown (steady state, s)")
+          f"{'no-report s':>11} {'prepare s':>9} {'after apply s':>13} {'after/apply':>11}  breakdown (steady state, s)")
     for r in rows:
         parts = ", ".join(f"{k[2:]} {v:.2f}" for k, v in r.items() if k.startswith("t_"))
         print(f"{r['rows']:>9} {r['shards']:>6} {r['apply_s']:>8.2f} {r['gate_s']:>7.2f} "
-              f"{100 * r['gate_s'] / r['apply_s']:>9.1f}% {r['gate_cold_s']:>11.2f} "
-              f"{100 * r['gate_cold_s'] / r['apply_s']:>9.1f}% {r['gate_no_report_s']:>11.2f}  {parts}")
-    print("goal: gate/apply <= 5 %; the gate's cost is a constant (samples of "
+              f"{100 * r['gate_s'] / r['apply_s']:>9.1f}% {r['gate_cold_s']:>11.2f} {r['gate_no_report_s']:>11.2f} "
+              f"{r['prepare_s']:>9.2f} {r['gate_after_apply_s']:>13.2f} "
+              f"{100 * r['gate_after_apply_s'] / r['apply_s']:>10.1f}%  {parts}")
+    print("gate s: the whole gate stage in one call; prepare s: the samples and their metrics, which produce "
+          "computes while apply runs; after apply s: the rest (markers, id digests, the sampled substitutes "
+          "read back and compared, great-expectations, report).")
+    print("goal: gates + report <= 5 % of apply; the gate's cost is a constant (samples of "
           f"{GateSettings().sample_rows} rows, one summary row per shard) while apply grows with the rows.")
 
 

@@ -43,7 +43,7 @@ def run_produce(text: str, image: str, settings: Settings, *, verbose: bool = Fa
 
     server = start_local_server()  # boots while the inputs are checked and the flows imported
     # the gate libraries import while this process would otherwise wait for the server's boot
-    preload_in_background(settings.gates.report)
+    preload_in_background()
     try:
         preflight(text, image, settings)
     except BaseException:

@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -20,6 +21,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from aniso._version import code_version
 from aniso.config import Settings, config_hash, load_settings, semantic_config
 from aniso.errors import ConfigError, GateFailed, InputError
+from aniso.gate_stage import GateSample, prepare_gate_sample
 from aniso.gates import preload_in_background
 from aniso.inputs import is_embedding_input, open_embedding_source
 from aniso.layout import DatasetLayout, run_key
@@ -146,7 +148,7 @@ def produce(text: str, image: str, settings: Settings | dict[str, Any]) -> dict[
 def run_stages(text: str, image: str, settings: Settings) -> dict[str, Any]:
     """The stages of :func:`produce` (its subflow, on the settings' Dask task runner)."""
     settings = resolve_settings(settings)
-    preload_in_background(settings.gates.report)  # gate and plot libraries load while the data stages run
+    preload_in_background()  # great-expectations loads while the data stages run
     announce_dashboard()
     options = settings.storage.fs_options()
     layout = DatasetLayout(settings.storage.root, settings.storage.dataset)
@@ -177,15 +179,20 @@ def run_stages(text: str, image: str, settings: Settings) -> dict[str, Any]:
     with _stage("fit"):
         model_url = fit_and_calibrate(layout.model(key), text_store, image_store, text_stats, image_stats, settings)
     subs_url = layout.substitutes(key)
-    with _stage("apply"):
-        apply_model(model_url, text_store, subs_url, settings,
-                    attrs={"run_key": key, "method": settings.method.name, "config_hash": config_hash(settings)})
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="aniso-gate-sample") as pool:
+        # the gate samples and their metrics need only the model: computed while apply writes
+        prepared = pool.submit(prepare_gate_sample, model_url, text_store, settings.gates, options, image_store)
+        with _stage("apply"):
+            apply_model(model_url, text_store, subs_url, settings,
+                        attrs={"run_key": key, "method": settings.method.name, "config_hash": config_hash(settings)})
+        sample = _prepared(prepared)
 
     rows = open_rows(text_store, options).n_rows
     with _stage("gates"):
-        # in the flow's own process, where preload_in_background has imported the gate libraries
+        # in the flow's own process, where preload_in_background has imported great-expectations
         gates = run_stage("gates", rows, lambda: gate(model_url, text_store, subs_url, layout.quality(key),
-                                                      settings.gates, options, image_store_url=image_store))
+                                                      settings.gates, options, image_store_url=image_store,
+                                                      sample=sample))
     _gate_artifacts(key, gates)
     if not gates["passed"]:
         failed = [{"name": r["name"], "observed": r["observed"], "bound": r["bound"]}
@@ -212,6 +219,16 @@ def run_stages(text: str, image: str, settings: Settings) -> dict[str, Any]:
         key="aniso-published",
     )
     return {"run_key": key, "published": pointer, "gates": gates, "substitutes": subs_url, "model": model_url}
+
+
+def _prepared(future: Future[GateSample]) -> GateSample | None:
+    """The gate sample prepared beside apply, or None when that failed: the gate stage then
+    prepares it itself and raises the failure where it belongs."""
+    try:
+        return future.result()
+    except Exception as exc:  # noqa: BLE001 - reported again, with its context, by the gate stage
+        logger.warning("gate sample not prepared beside apply (%s); the gate stage prepares it", exc)
+        return None
 
 
 def _link(url: str) -> str:

@@ -1,4 +1,4 @@
-"""The run report: self-contained HTML with matplotlib plots inlined as SVG, report.json, run
+"""The run report: self-contained HTML with its plots inlined as SVG, report.json, run
 identity, metric meanings and references, the copy beside the manifest, no credentials."""
 
 from __future__ import annotations
