@@ -23,17 +23,19 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ._fs import join_url, open_url
-from .errors import InputError
 from .inplace import NpyView, open_rows
 from .methods import Aligner
 from .pipeline import write_json
 from .sampling import sample_indices
 from .store import EmbeddingStore
+
+if TYPE_CHECKING:
+    from .gates import GateValidator
 
 __all__ = ["GateSample", "gate_rows", "read_rows_at", "prepare_gate_sample", "gate_run"]
 
@@ -59,10 +61,11 @@ def gate_rows(store: EmbeddingStore | NpyView, size: int, seed: int, *, max_chun
 
 
 def read_rows_at(store: EmbeddingStore | NpyView, rows: np.ndarray) -> np.ndarray:
-    """The embeddings at sorted global ``rows``: one read per chunk touched (a local in-place input
-    reads just those rows)."""
-    if isinstance(store, NpyView) and (direct := store.read_rows_at(rows)) is not None:
-        return direct
+    """The embeddings (float32) at sorted global ``rows``: a store fetches the chunks they touch in
+    one call, a local in-place input reads just those rows, a remote one a range per chunk."""
+    direct = store.read_rows_at(rows) if rows.size else None
+    if direct is not None:
+        return direct.astype(np.float32, copy=False)
     out = np.empty((rows.size, store.dim), np.float32)
     chunk_of = rows // store.chunk_rows
     for c in np.unique(chunk_of).tolist():
@@ -84,6 +87,8 @@ class GateSample:
     metrics: dict[str, Any]  # gate_metrics.sample_metrics of the three
     references: dict[str, dict[str, Any]]  # the report's reference metrics, by name
     report: dict[str, Any]  # report.sample_content, or {} without a report
+    ids_digests: dict[int, str]  # an in-place input's id digest per shard (derived, not stored)
+    validator: GateValidator  # the gate suites, ready for great-expectations
     seconds: float
 
 
@@ -139,7 +144,12 @@ def prepare_gate_sample(
                                                     max_chunks=settings.sample_chunks))
     subs = Aligner.load(model_url, storage_options).transform(text) if rows.size else text.copy()
     metrics, references, content = _judge(text, subs, image, settings)
-    return GateSample(rows, text, subs, image, metrics, references, content, time.perf_counter() - started)
+    digests = {s: text_store.ids_digest(s) for s in range(text_store.n_shards)} if isinstance(text_store, NpyView) else {}
+    from .gates import GateValidator
+
+    validator = GateValidator(settings, expected_rows=text_store.count_valid())
+    return GateSample(rows, text, subs, image, metrics, references, content, digests, validator,
+                      time.perf_counter() - started)
 
 
 def gate_run(
@@ -173,18 +183,19 @@ def gate_run(
     from .gates import evaluate_gates
 
     started = time.perf_counter()
+    if sample is None:
+        sample = prepare_gate_sample(model_url, text_store_url, settings, storage_options, image_store_url)
+        started = time.perf_counter()
+    timings = {"prepared": sample.seconds}
     text = open_rows(text_store_url, storage_options)
     subs_store = EmbeddingStore.open(subs_url, storage_options=storage_options)
     markers = subs_store.markers()
     same_shape = text.shape == subs_store.shape and text.shard_rows == subs_store.shard_rows
-    ids_match = [same_shape and _same_ids(text, subs_store, m) for m in markers]
+    ids_match = [same_shape and _same_ids(text, subs_store, m, sample.ids_digests) for m in markers]
     aligner = Aligner.load(model_url, storage_options)
     stats = [m["stats"] for m in markers]
-    timings = {"read_stats": time.perf_counter() - started}
+    timings["read_stats"] = time.perf_counter() - started
     metrics: dict[str, Any] = centroid_metrics(stats, aligner.mu_image, aligner.mu_text)
-    if sample is None:
-        sample = prepare_gate_sample(model_url, text_store_url, settings, storage_options, image_store_url)
-    timings["prepared"] = sample.seconds
     mark = time.perf_counter()
     if same_shape:
         written = read_rows_at(subs_store, sample.rows)
@@ -201,7 +212,8 @@ def gate_run(
     metrics.update(sample_metrics_)
     timings["read_sample"] = time.perf_counter() - mark
     table = shard_table(stats, ids_match)
-    report = evaluate_gates(table, metrics, expected_rows=text.count_valid(), settings=settings)
+    report = evaluate_gates(table, metrics, expected_rows=text.count_valid(), settings=settings,
+                            validator=sample.validator)
     timings["great_expectations"] = report.seconds
     with open_url(join_url(quality_url, "shard_stats.parquet"), "wb", storage_options) as f:
         table.assign(**pd_timings(stats)).to_parquet(f, index=False)
@@ -225,12 +237,12 @@ def gate_run(
     return result
 
 
-def _same_ids(text: EmbeddingStore, subs: EmbeddingStore, marker: dict[str, Any]) -> bool:
-    """Do a substitutes shard's ids equal the text shard's? From the markers' id digests when
-    both have one (no id arrays read), else by comparing the id arrays."""
-    text_digest = text.marker(marker["shard"]).get("ids_sha256")
-    if text_digest is None and isinstance(text, NpyView):
-        text_digest = text.ids_digest(marker["shard"])
+def _same_ids(text: EmbeddingStore | NpyView, subs: EmbeddingStore, marker: dict[str, Any],
+              digests: dict[int, str]) -> bool:
+    """Do a substitutes shard's ids equal the text shard's? From the id digests when both sides
+    have one (the text's from its marker, or ``digests`` of an in-place input: no id arrays
+    read), else by comparing the id arrays."""
+    text_digest = text.marker(marker["shard"]).get("ids_sha256") or digests.get(marker["shard"])
     if "ids_sha256" in marker and text_digest is not None:
         return marker["ids_sha256"] == text_digest
     start, stop = marker["start"], marker["stop"]

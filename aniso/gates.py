@@ -205,6 +205,7 @@ def evaluate_gates(
     expected_rows: int,
     settings: GateSettings,
     suites: GateSuites | None = None,
+    validator: GateValidator | None = None,
 ) -> GateReport:
     """Validate the shard table and the one-row run-metrics table with great-expectations.
 
@@ -221,6 +222,9 @@ def evaluate_gates(
         Bounds (``"{field}"`` in the suites) and the suites file.
     suites
         Pre-loaded suites (default: ``settings.suite_file`` or ``conf/gates.yaml``).
+    validator
+        A :class:`GateValidator` built ahead for the same settings and ``expected_rows``
+        (built here otherwise).
 
     Returns
     -------
@@ -229,9 +233,9 @@ def evaluate_gates(
         missing or NaN fails (a metric that could not be computed never passes a gate).
     """
     started = time.perf_counter()
-    suites = suites or load_suites(settings.suite_file)
-    values = {**settings.model_dump(), "expected_rows": int(expected_rows)}
-    resolved = suites.resolved(values)
+    if validator is None or validator.expected_rows != int(expected_rows):
+        validator = GateValidator(settings, expected_rows=expected_rows, suites=suites)
+    resolved = validator.resolved
     frames = {
         "shard_stats": shards,
         "run_metrics": pd.DataFrame([{k: _cell(v) for k, v in metrics.items()}]),
@@ -239,8 +243,8 @@ def evaluate_gates(
     for table, items in resolved.items():
         missing = sorted({i["kwargs"]["column"] for i in items if "column" in i["kwargs"]} - set(frames[table].columns))
         if missing:
-            raise ConfigError(f"{suites.source}: table {table!r} has no column(s) {', '.join(missing)}")
-    gx_results = _run_gx(resolved, frames)
+            raise ConfigError(f"{validator.source}: table {table!r} has no column(s) {', '.join(missing)}")
+    gx_results = validator.run(frames)
     results = []
     for table, items in resolved.items():
         for item, res in zip(items, gx_results[table]):
@@ -254,31 +258,46 @@ def evaluate_gates(
     return report
 
 
-def _run_gx(resolved: dict[str, list[dict[str, Any]]], frames: dict[str, pd.DataFrame]) -> dict[str, list[Any]]:
-    """Run every suite on its table through one checkpoint of an ephemeral context."""
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import ProgressBarsConfig
+class GateValidator:
+    """The great-expectations side of the gates, built before there is anything to validate.
 
-    # An ephemeral context announces its temporary docs folder at INFO on every validation.
-    logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    source = context.data_sources.add_pandas("aniso")
-    definitions = []
-    for table, items in resolved.items():
-        batch = source.add_dataframe_asset(name=table).add_batch_definition_whole_dataframe(table)
-        suite = context.suites.add(gx.ExpectationSuite(name=f"aniso-{table}"))
-        for item in items:
-            cls = _expectation_class(gx, item["type"])
-            suite.add_expectation(cls(**item["kwargs"], meta={"name": item["name"]}))
-        definitions.append((table, batch, suite))
-    out: dict[str, list[Any]] = {}
-    for table, batch, suite in definitions:
-        vd = context.validation_definitions.add(gx.ValidationDefinition(name=f"aniso-{table}", data=batch, suite=suite))
-        result = vd.run(batch_parameters={"dataframe": frames[table]}, result_format="SUMMARY")
-        by_name = {r.expectation_config.meta.get("name"): r for r in result.results}
-        out[table] = [by_name[item["name"]] for item in resolved[table]]
-    return out
+    Building the ephemeral context, its data assets, suites and validation definitions depends
+    only on the suites, the settings and the expected row count; ``produce`` builds it while the
+    substitutes are still being written, and :meth:`run` validates the tables afterwards.
+    """
+
+    def __init__(self, settings: GateSettings, *, expected_rows: int, suites: GateSuites | None = None) -> None:
+        import great_expectations as gx
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        suites = suites or load_suites(settings.suite_file)
+        self.source = suites.source
+        self.expected_rows = int(expected_rows)
+        self.resolved = suites.resolved({**settings.model_dump(), "expected_rows": self.expected_rows})
+        # An ephemeral context announces its temporary docs folder at INFO on every validation.
+        logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
+        context = gx.get_context(mode="ephemeral")
+        context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        data = context.data_sources.add_pandas("aniso")
+        self._definitions = []
+        for table, items in self.resolved.items():
+            batch = data.add_dataframe_asset(name=table).add_batch_definition_whole_dataframe(table)
+            suite = context.suites.add(gx.ExpectationSuite(name=f"aniso-{table}"))
+            for item in items:
+                cls = _expectation_class(gx, item["type"])
+                suite.add_expectation(cls(**item["kwargs"], meta={"name": item["name"]}))
+            self._definitions.append(
+                (table, context.validation_definitions.add(gx.ValidationDefinition(name=f"aniso-{table}", data=batch,
+                                                                                  suite=suite))))
+
+    def run(self, frames: dict[str, pd.DataFrame]) -> dict[str, list[Any]]:
+        """Each suite's results on its table, in suite order."""
+        out: dict[str, list[Any]] = {}
+        for table, definition in self._definitions:
+            result = definition.run(batch_parameters={"dataframe": frames[table]}, result_format="SUMMARY")
+            by_name = {r.expectation_config.meta.get("name"): r for r in result.results}
+            out[table] = [by_name[item["name"]] for item in self.resolved[table]]
+        return out
 
 
 def _observed(result: Mapping[str, Any]) -> Any:

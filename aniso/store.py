@@ -332,6 +332,14 @@ class EmbeddingStore:
         ids = np.array([str(v) for v in raw_ids.tolist()], dtype=object)
         return emb, ids, valid
 
+    def read_rows_at(self, rows: np.ndarray) -> np.ndarray:
+        """The embeddings at sorted global ``rows``, every chunk they touch fetched in one call
+        (concurrently on object storage); corrupt data raises StoreCorrupt."""
+        try:
+            return self.embedding.get_orthogonal_selection((np.asarray(rows, dtype=np.int64), slice(None)))
+        except (ValueError, RuntimeError) as exc:
+            raise StoreCorrupt(f"sampled rows of {self.url} are unreadable (truncated or corrupted): {exc}") from exc
+
     def read_valid(self, start: int, stop: int) -> np.ndarray:
         """The ``valid`` flags of rows ``[start, stop)`` (all true for a store without them)."""
         try:

@@ -184,6 +184,22 @@ def test_each_check_can_fail(suites, case):
     json.dumps(report.to_dict(), allow_nan=False)  # strict JSON even with NaN observed values
 
 
+def test_a_validator_built_ahead_is_used_once_and_rebuilt_for_other_rows(suites):
+    """``produce`` builds the great-expectations side while apply runs; a validator for another
+    expected row count is not trusted."""
+    from aniso.gates import GateValidator
+
+    stats, ids_match, metrics = _good_tables()
+    ahead = GateValidator(GateSettings(), expected_rows=300, suites=suites)
+    report = evaluate_gates(shard_table(stats, ids_match), metrics, expected_rows=300, settings=GateSettings(),
+                            validator=ahead)
+    assert report.passed and [r.name for r in report.results] == GATE_NAMES
+    stale = GateValidator(GateSettings(), expected_rows=299, suites=suites)
+    report = evaluate_gates(shard_table(stats, ids_match), metrics, expected_rows=300, settings=GateSettings(),
+                            suites=suites, validator=stale)
+    assert report.passed  # 300 rows against 300, not against the stale 299
+
+
 # -- suites as data -------------------------------------------------------------------------
 def test_default_suites_cover_both_tables(suites):
     assert set(suites.suites) == {"shard_stats", "run_metrics"}
