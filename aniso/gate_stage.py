@@ -121,7 +121,7 @@ def _judge(text: np.ndarray, subs: np.ndarray, image: np.ndarray | None, setting
 
 def prepare_gate_sample(
     model_url: str, text_store_url: str, settings: Any, storage_options: dict[str, Any],
-    image_store_url: str | None = None,
+    image_store_url: str | None = None, *, output_dtype: str = "float32",
 ) -> GateSample:
     """Draw the gate samples, map the text sample with the model, compute the sample metrics.
 
@@ -132,6 +132,9 @@ def prepare_gate_sample(
     ----------
     settings
         :class:`aniso.config.GateSettings`.
+    output_dtype
+        The substitutes' stored dtype (``store.output_dtype``): the mapped sample is rounded
+        to it, as apply's rows are when written.
     """
     started = time.perf_counter()
     text_store = open_rows(text_store_url, storage_options)
@@ -143,6 +146,8 @@ def prepare_gate_sample(
         image = read_rows_at(image_store, gate_rows(image_store, settings.distribution_sample_rows, settings.seed + 7,
                                                     max_chunks=settings.sample_chunks))
     subs = Aligner.load(model_url, storage_options).transform(text) if rows.size else text.copy()
+    if np.dtype(output_dtype) != np.float32:
+        subs = subs.astype(output_dtype).astype(np.float32)
     metrics, references, content = _judge(text, subs, image, settings)
     digests = {s: text_store.ids_digest(s) for s in range(text_store.n_shards)} if isinstance(text_store, NpyView) else {}
     from .gates import GateValidator
@@ -183,12 +188,13 @@ def gate_run(
     from .gates import evaluate_gates
 
     started = time.perf_counter()
+    subs_store = EmbeddingStore.open(subs_url, storage_options=storage_options)
     if sample is None:
-        sample = prepare_gate_sample(model_url, text_store_url, settings, storage_options, image_store_url)
+        sample = prepare_gate_sample(model_url, text_store_url, settings, storage_options, image_store_url,
+                                     output_dtype=str(subs_store.embedding.dtype))
         started = time.perf_counter()
     timings = {"prepared": sample.seconds}
     text = open_rows(text_store_url, storage_options)
-    subs_store = EmbeddingStore.open(subs_url, storage_options=storage_options)
     markers = subs_store.markers()
     same_shape = text.shape == subs_store.shape and text.shard_rows == subs_store.shard_rows
     ids_match = [same_shape and _same_ids(text, subs_store, m, sample.ids_digests) for m in markers]

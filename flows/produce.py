@@ -181,7 +181,8 @@ def run_stages(text: str, image: str, settings: Settings) -> dict[str, Any]:
     subs_url = layout.substitutes(key)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="aniso-gate-sample") as pool:
         # the gate samples and their metrics need only the model: computed while apply writes
-        prepared = pool.submit(prepare_gate_sample, model_url, text_store, settings.gates, options, image_store)
+        prepared = pool.submit(prepare_gate_sample, model_url, text_store, settings.gates, options, image_store,
+                               output_dtype=settings.store.output_dtype)
         with _stage("apply"):
             apply_model(model_url, text_store, subs_url, settings,
                         attrs={"run_key": key, "method": settings.method.name, "config_hash": config_hash(settings)})

@@ -276,6 +276,24 @@ def test_a_sample_prepared_before_apply_gives_the_same_gates(run_urls):
     assert ahead["timings"]["prepared"] == sample.seconds
 
 
+def test_a_prepared_sample_matches_float16_substitutes(run_urls, caplog):
+    """With ``store.output_dtype: float16`` the prepared sample is rounded as apply's rows are:
+    it matches what was written, and the gates equal those computed from the rows read."""
+    subs16 = run_urls["subs"].replace("substitutes", "substitutes16")
+    for shard in pipeline.prepare_substitutes(subs16, run_urls["text"], attrs={}, dtype="float16", compressor="none",
+                                              storage_options={}):
+        pipeline.apply_shard(run_urls["model"], run_urls["text"], subs16, shard, {})
+    urls = {**run_urls, "subs": subs16}
+    sample = gate_stage.prepare_gate_sample(run_urls["model"], run_urls["text"], GateSettings(report=False), {},
+                                            run_urls["image"], output_dtype="float16")
+    with caplog.at_level("WARNING", logger="aniso.gate_stage"):
+        ahead = gate_stage.gate_run(urls["model"], urls["text"], subs16, urls["quality"], GateSettings(report=False),
+                                    {}, image_store_url=urls["image"], sample=sample)
+    assert "differ" not in caplog.text
+    assert _without_timing(ahead) == _without_timing(_gate(urls, GateSettings(report=False)))
+    assert ahead["passed"]
+
+
 def test_a_stale_sample_never_hides_what_was_written(run_urls, caplog):
     """Substitutes that differ from the model's own map (finite, unit norm: only the sample
     metrics can tell) are judged as written, not as prepared."""
