@@ -147,6 +147,7 @@ def preload_in_background() -> threading.Thread:
     call returns the running thread).
     """
     global _PRELOAD
+    _quiet_gx_imports()
     with _PRELOAD_LOCK:  # once per process: the CLI starts it first, the flow finds it running
         if _PRELOAD is None:
             _PRELOAD = threading.Thread(target=importlib.import_module, args=("great_expectations",),
@@ -156,6 +157,13 @@ def preload_in_background() -> threading.Thread:
 
 
 _PRELOAD: threading.Thread | None = None
+
+
+def _quiet_gx_imports() -> None:
+    """great-expectations logs dozens of "Skipping registering function" lines at INFO while its
+    modules import; a verbose run's log is for the run, not for them."""
+    logging.getLogger("great_expectations._docs_decorators").setLevel(logging.WARNING)
+    logging.getLogger("great_expectations.expectations.registry").setLevel(logging.WARNING)
 _PRELOAD_LOCK = threading.Lock()
 
 
@@ -267,6 +275,7 @@ class GateValidator:
     """
 
     def __init__(self, settings: GateSettings, *, expected_rows: int, suites: GateSuites | None = None) -> None:
+        _quiet_gx_imports()
         import great_expectations as gx
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
