@@ -164,6 +164,8 @@ def _quiet_gx_imports() -> None:
     modules import; a verbose run's log is for the run, not for them."""
     logging.getLogger("great_expectations._docs_decorators").setLevel(logging.WARNING)
     logging.getLogger("great_expectations.expectations.registry").setLevel(logging.WARNING)
+
+
 _PRELOAD_LOCK = threading.Lock()
 
 
@@ -241,7 +243,7 @@ def evaluate_gates(
         missing or NaN fails (a metric that could not be computed never passes a gate).
     """
     started = time.perf_counter()
-    if validator is None or validator.expected_rows != int(expected_rows):
+    if validator is None or not validator.serves(settings, expected_rows, suites):
         validator = GateValidator(settings, expected_rows=expected_rows, suites=suites)
     resolved = validator.resolved
     frames = {
@@ -282,7 +284,8 @@ class GateValidator:
         suites = suites or load_suites(settings.suite_file)
         self.source = suites.source
         self.expected_rows = int(expected_rows)
-        self.resolved = suites.resolved({**settings.model_dump(), "expected_rows": self.expected_rows})
+        self.values = {**settings.model_dump(), "expected_rows": self.expected_rows}
+        self.resolved = suites.resolved(self.values)
         # An ephemeral context announces its temporary docs folder at INFO on every validation.
         logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
         context = gx.get_context(mode="ephemeral")
@@ -298,6 +301,11 @@ class GateValidator:
             self._definitions.append(
                 (table, context.validation_definitions.add(gx.ValidationDefinition(name=f"aniso-{table}", data=batch,
                                                                                   suite=suite))))
+
+    def serves(self, settings: GateSettings, expected_rows: int, suites: GateSuites | None = None) -> bool:
+        """Was this validator built for these settings, row count and suites?"""
+        same_suites = suites is None or suites.source == self.source
+        return same_suites and self.values == {**settings.model_dump(), "expected_rows": int(expected_rows)}
 
     def run(self, frames: dict[str, pd.DataFrame]) -> dict[str, list[Any]]:
         """Each suite's results on its table, in suite order."""

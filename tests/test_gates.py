@@ -184,9 +184,9 @@ def test_each_check_can_fail(suites, case):
     json.dumps(report.to_dict(), allow_nan=False)  # strict JSON even with NaN observed values
 
 
-def test_a_validator_built_ahead_is_used_once_and_rebuilt_for_other_rows(suites):
-    """``produce`` builds the great-expectations side while apply runs; a validator for another
-    expected row count is not trusted."""
+def test_a_validator_built_ahead_is_used_and_rebuilt_for_other_rows_or_bounds(suites):
+    """``produce`` builds the great-expectations side while apply runs; a validator built for
+    another expected row count or other bounds is not trusted."""
     from aniso.gates import GateValidator
 
     stats, ids_match, metrics = _good_tables()
@@ -198,6 +198,10 @@ def test_a_validator_built_ahead_is_used_once_and_rebuilt_for_other_rows(suites)
     report = evaluate_gates(shard_table(stats, ids_match), metrics, expected_rows=300, settings=GateSettings(),
                             suites=suites, validator=stale)
     assert report.passed  # 300 rows against 300, not against the stale 299
+    strict = GateValidator(GateSettings(knn_overlap_min=0.99), expected_rows=300, suites=suites)
+    report = evaluate_gates(shard_table(stats, ids_match), metrics, expected_rows=300, settings=GateSettings(),
+                            suites=suites, validator=strict)
+    assert report.passed  # the run's bounds, not the ones the validator was built with
 
 
 # -- suites as data -------------------------------------------------------------------------
