@@ -20,9 +20,9 @@ a row's result does not depend on which block it was transformed in: transform s
 chunk-invariant bit for bit (``tests/test_affine.py``, ``tests/test_aligner_contract.py``). A
 matrix needs a BLAS product, whose rows can change in the last bits with the block's size and a
 row's place in it, so :class:`~aniso.methods.Aligner` uses the matrix form for the calibration
-pass's sums only. A row whose float32 squared norm
-overflows (finite entries above ~1e19) is rescaled by its largest entry first, which leaves ``u``
-unchanged; NaN/Inf rows raise :class:`~aniso.errors.InputError`.
+pass's sums only. A row whose float32 squared norm overflows (finite entries above ~1e19) is
+rescaled by its largest entry first, which leaves ``u`` unchanged; NaN/Inf rows raise
+:class:`~aniso.errors.InputError`.
 
 The same scalars give the calibration pass's sum of ``ŷ`` (:meth:`NormalizedAffine.premap_sum`)
 and the trace statistics (:func:`unit_row_sums`): one matrix–vector product per block.

@@ -88,6 +88,7 @@ class GateSample:
     references: dict[str, dict[str, Any]]  # the report's reference metrics, by name
     report: dict[str, Any]  # report.sample_content, or {} without a report
     ids_digests: dict[int, str]  # an in-place input's id digest per shard (derived, not stored)
+    centroids: tuple[np.ndarray, np.ndarray]  # the model's (μ_image, μ_text)
     validator: GateValidator  # the gate suites, ready for great-expectations
     seconds: float
 
@@ -136,6 +137,8 @@ def prepare_gate_sample(
         The substitutes' stored dtype (``store.output_dtype``): the mapped sample is rounded
         to it, as apply's rows are when written.
     """
+    from .gates import GateValidator
+
     started = time.perf_counter()
     text_store = open_rows(text_store_url, storage_options)
     rows = gate_rows(text_store, settings.sample_rows, settings.seed, max_chunks=settings.sample_chunks)
@@ -145,15 +148,15 @@ def prepare_gate_sample(
         image_store = open_rows(image_store_url, storage_options)
         image = read_rows_at(image_store, gate_rows(image_store, settings.distribution_sample_rows, settings.seed + 7,
                                                     max_chunks=settings.sample_chunks))
-    subs = Aligner.load(model_url, storage_options).transform(text) if rows.size else text.copy()
+    aligner = Aligner.load(model_url, storage_options)
+    subs = aligner.transform(text) if rows.size else text.copy()
     if np.dtype(output_dtype) != np.float32:
         subs = subs.astype(output_dtype).astype(np.float32)
     metrics, references, content = _judge(text, subs, image, settings)
     digests = {s: text_store.ids_digest(s) for s in range(text_store.n_shards)} if isinstance(text_store, NpyView) else {}
-    from .gates import GateValidator
-
     validator = GateValidator(settings, expected_rows=text_store.count_valid())
-    return GateSample(rows, text, subs, image, metrics, references, content, digests, validator,
+    return GateSample(rows, text, subs, image, metrics, references, content, digests,
+                      (aligner.mu_image, aligner.mu_text), validator,
                       time.perf_counter() - started)
 
 
@@ -198,10 +201,9 @@ def gate_run(
     markers = subs_store.markers()
     same_shape = text.shape == subs_store.shape and text.shard_rows == subs_store.shard_rows
     ids_match = [same_shape and _same_ids(text, subs_store, m, sample.ids_digests) for m in markers]
-    aligner = Aligner.load(model_url, storage_options)
     stats = [m["stats"] for m in markers]
     timings["read_stats"] = time.perf_counter() - started
-    metrics: dict[str, Any] = centroid_metrics(stats, aligner.mu_image, aligner.mu_text)
+    metrics: dict[str, Any] = centroid_metrics(stats, *sample.centroids)
     mark = time.perf_counter()
     if same_shape:
         written = read_rows_at(subs_store, sample.rows)

@@ -81,7 +81,10 @@ class _Axes:
         return self.x0 + (x - self.xlim[0]) / (self.xlim[1] - self.xlim[0]) * (self.x1 - self.x0)
 
     def py(self, y: float) -> float:
-        v = math.log10(y) if self.log_y else y
+        return self._py_axis(math.log10(y) if self.log_y else y)
+
+    def _py_axis(self, v: float) -> float:
+        """Pixel row of a value in axis units (decades on a log axis)."""
         return self.y0 - (v - self.ylim[0]) / (self.ylim[1] - self.ylim[0]) * (self.y0 - self.y1)
 
     def decorations(self, xlabel: str, ylabel: str) -> list[str]:
@@ -91,7 +94,7 @@ class _Axes:
             grid.append(f"M{_num(x)} {_num(self.y0)}V{_num(self.y1)}")
             out.append(_text(x, self.y0 + 15, _tick_label(t), size=10))
         for t in self.yticks:
-            y = self.y0 - (t - self.ylim[0]) / (self.ylim[1] - self.ylim[0]) * (self.y0 - self.y1)
+            y = self._py_axis(t)
             grid.append(f"M{_num(self.x0)} {_num(y)}H{_num(self.x1)}")
             out.append(_text(self.x0 - 5, y + 3.5, f"1e{int(t)}" if self.log_y else _tick_label(t), anchor="end", size=10))
         out.insert(0, f'<path d="{"".join(grid)}" stroke="#ddd" stroke-width="0.6" fill="none"/>')

@@ -324,7 +324,7 @@ class EmbeddingStore:
         try:
             emb = self.embedding[start:stop]
             raw_ids = self.ids[start:stop] if with_ids else np.empty(0, object)
-            valid = self.group["valid"][start:stop] if "valid" in self.group else np.ones(stop - start, bool)
+            valid = self.read_valid(start, stop)
         except (ValueError, RuntimeError, KeyError) as exc:
             # Decoding failures (checksums, codecs) mean damaged data; OSError is left to
             # propagate because a storage outage is transient and the task may retry.
