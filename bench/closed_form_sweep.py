@@ -14,7 +14,8 @@ The shipped baselines are always scored; ``--variants`` picks the rest by regula
 (one set and a few variants run in 10–40 s; everything on every set takes several minutes).
 ``--big`` adds the planted-gap 50k set and the demo world (``bench/demo_world.py``, cached).
 Figures quoted in ``docs/quality.md`` ("Why the default does not dominate every baseline") come
-from the variants ``OT^a ps7``, ``CORAL0.9 blend b radial``, ``shift+radial`` and ``shift+calib``.
+from the variants ``OT^a ps7``, ``CORAL0.9 blend b radial``, ``shift+radial``, ``shift+calib`` and
+the two nonlinear families ``entropic map`` and ``entropic smooth``.
 """
 
 from __future__ import annotations
@@ -186,6 +187,52 @@ def coral_blend(beta: float, shrinkage: float) -> Callable[[Moments, Moments], n
     return make
 
 
+# -- nonlinear: the entropic OT map (Pooladian & Niles-Weed's estimator) ----------------------
+def entropic_map(lam: float, eps_rel: float, smooth_k: int = 0, anchors: int = 2000) -> Fitter:
+    """Move the shifted text ``λ`` of the way to its entropic-OT barycentric image among the training
+    images (uniform weights, cost ``½‖x − y‖²``, ``ε = eps_rel ×`` the median cost, log-domain
+    Sinkhorn on at most ``anchors`` rows of each modality). ``smooth_k`` > 0: a new row moves by the
+    mean displacement of its ``k`` nearest training texts (a smoother field), instead of by its own
+    entropic image."""
+
+    def fit(text: np.ndarray, image: np.ndarray) -> Transform:
+        from scipy.special import logsumexp
+
+        mu_t, mu_i = text.mean(0), image.mean(0)
+        rng = np.random.default_rng(0)
+        tx = text if text.shape[0] <= anchors else text[np.sort(rng.choice(text.shape[0], anchors, replace=False))]
+        im = image if image.shape[0] <= anchors else image[np.sort(rng.choice(image.shape[0], anchors, replace=False))]
+
+        def cost(x: np.ndarray) -> np.ndarray:
+            return 0.5 * ((x * x).sum(1)[:, None] + (im * im).sum(1)[None, :] - 2 * x @ im.T)
+
+        xs = tx - mu_t + mu_i
+        c = cost(xs)
+        eps = eps_rel * float(np.median(c))
+        f, g = np.zeros(c.shape[0]), np.zeros(c.shape[1])
+        for _ in range(300):
+            f = -eps * logsumexp((g[None, :] - c) / eps, axis=1, b=1.0 / c.shape[1])
+            g = -eps * logsumexp((f[:, None] - c) / eps, axis=0, b=1.0 / c.shape[0])
+
+        def barycentre(x: np.ndarray) -> np.ndarray:
+            z = (g[None, :] - cost(x)) / eps
+            w = np.exp(z - z.max(1, keepdims=True))
+            return (w / w.sum(1, keepdims=True)) @ im
+
+        disp = barycentre(xs) - xs
+
+        def premap(x: np.ndarray) -> np.ndarray:
+            shifted = x - mu_t + mu_i
+            if not smooth_k:
+                return shifted + lam * (barycentre(shifted) - shifted)
+            nearest = np.argsort(-(x @ tx.T), axis=1)[:, :smooth_k]
+            return shifted + lam * disp[nearest].mean(1)
+
+        return calibrated(premap, text, mu_i)
+
+    return fit
+
+
 def current(**kw) -> Callable[[Moments, Moments], np.ndarray]:
     return lambda mt, mi: fit_closed_form(mt, mi, **kw).A
 
@@ -221,6 +268,7 @@ def variants() -> dict[str, Fitter]:
         "shift+calib": linear(lambda mt, mi: np.eye(mt.dim)),
         "AnisoAlign, no kNN budget": aligner("anisoalign", knn_budget=None),
         "AnisoAlign, no kNN budget, no radial": aligner("anisoalign", knn_budget=None, radial=False),
+        "AnisoAlign, no radial": aligner("anisoalign", radial=False),
     }
     for b in (0.015, 0.02, 0.03):
         v[f"AnisoAlign budget {b}"] = aligner("anisoalign", knn_budget=b)
@@ -249,6 +297,12 @@ def variants() -> dict[str, Fitter]:
         for down in (0.3, 0.6, 1.0):
             for lift in ("down", "none"):
                 v[f"cap up{up} down{down} lift-{lift}"] = linear(capped(1.0, up, down, lift=lift))
+    for lam in (0.3, 0.5, 0.7):
+        for eps in (0.05, 0.2):
+            v[f"entropic map {lam} eps{eps}"] = entropic_map(lam, eps)
+    for lam in (0.25, 0.5, 1.0):
+        for k in (10, 30):
+            v[f"entropic smooth {lam} k{k}"] = entropic_map(lam, 0.05, smooth_k=k)
     return v
 
 

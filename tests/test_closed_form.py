@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from aniso.arrays import l2_normalize
-from aniso.closed_form import fit_budget, fit_closed_form, noise_spread, ot_log_scales, radial_scale
+from aniso.closed_form import centroid_offset, fit_budget, fit_closed_form, noise_spread, ot_log_scales, radial_scale
 from aniso.diagnostics import centroid_residual, domain_classifier_accuracy, knn_overlap
 from aniso.errors import InputError
 from aniso.methods import AnisoAlign, CentroidShift
@@ -151,6 +151,25 @@ def test_knn_budget_stops_the_noise_amplifying_over_correction():
     shift_knn, full_knn, kept = knn_of(cf.with_strength(0.0)), knn_of(cf), knn_of(budgets[1])
     assert full_knn < shift_knn - 0.2  # the unbudgeted correction collapses the neighbourhoods
     assert kept >= shift_knn - 0.03  # out of sample, the budget holds them
+
+
+@pytest.mark.parametrize("radial", [True, False])
+def test_knn_budget_is_measured_against_the_plain_shift_after_calibration(radial):
+    """The budget's promise, on the rows it is measured on: the substitutes as applied (radially
+    scaled, centroid-calibrated) keep the kNN overlap within ``budget`` of the plain centroid
+    shift's, not of a radially scaled or uncalibrated stand-in for it."""
+    text, image = _noise_amplifying_pair(1500, 5)
+    mt, mi = _moments(text), _moments(image)
+    mu_t, mu_i = np.asarray(mt.mean), np.asarray(mi.mean)
+    cf = fit_closed_form(mt, mi)
+    budget = 0.01
+    m = fit_budget(cf, text, mu_t, mu_i, budget=budget, rows=2000, radial=radial)  # every row is measured
+    y = mu_i + (text - mu_t) @ m.A.T
+    subs = l2_normalize(y + centroid_offset(y, mu_i)[0])
+    shift = l2_normalize(text - mu_t + mu_i)
+    assert np.linalg.norm(subs.mean(0) - mu_i) < 1e-6
+    assert knn_overlap(text, subs) >= knn_overlap(text, shift) - budget - 1e-9
+    assert m.scale == 1.0 or radial
 
 
 @pytest.mark.realdata
