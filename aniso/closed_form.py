@@ -28,9 +28,9 @@ second-moment correction.
 * **kNN budget** (:func:`fit_budget`): only the share ``α ∈ [0, 1]`` of ``h`` is applied whose
   substitutes, as applied (radially scaled, centroid-calibrated), keep the kNN overlap@10 with the
   source text within ``knn_budget`` of the plain centroid shift's, measured on rows of the fitting
-  text. Where a mismatch can only be matched by
-  amplifying the text's noise (a residual independent of the content), the per-direction caps
-  lift with the evidence but the neighbourhoods would collapse; the budget stops it.
+  text. Where a mismatch can only be matched by amplifying the text's noise (a residual
+  independent of the content), the per-direction caps lift with the evidence but the
+  neighbourhoods would collapse; the budget stops it.
 * **Radial scale** (:func:`radial_scale`): the deviations are scaled so that the renormalised
   substitutes' mean has the length of ``μ_i``; the calibration then only fixes its direction.
 * **Calibration** is done by the aligner: the fixed-point centroid calibration after the final
