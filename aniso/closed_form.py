@@ -265,11 +265,10 @@ def fit_budget(
         return cf.with_strength(alpha, s), overlap(y + centroid_offset(y, mu_image)[0])
 
     shift_knn = overlap(mu_image + dev)
-    best, best_knn = at(0.0)
-    full, full_knn = at(1.0)
-    if shift_knn - full_knn <= budget or not np.any(cf.h):
-        best, best_knn = full, full_knn
-    elif shift_knn - best_knn <= budget:
+    best, best_knn = at(1.0)  # the whole correction: most often within budget, then nothing else is measured
+    if shift_knn - best_knn > budget and np.any(cf.h):
+        best, best_knn = at(0.0)
+    if shift_knn - best_knn <= budget and best.alpha < 1.0:
         lo, hi = 0.0, 1.0
         for _ in range(steps):
             mid = (lo + hi) / 2
@@ -278,8 +277,8 @@ def fit_budget(
                 best, best_knn, lo = cand, knn, mid
             else:
                 hi = mid
-    logger.info("closed form: kNN budget %.3f on %d rows: α=%.3f, kNN overlap %.3f (shift %.3f, full correction %.3f), "
-                "radial scale %.3f", budget, x.shape[0], best.alpha, best_knn, shift_knn, full_knn, best.scale)
+    logger.info("closed form: kNN budget %.3f on %d rows: α=%.3f, kNN overlap %.3f (shift %.3f), radial scale %.3f",
+                budget, x.shape[0], best.alpha, best_knn, shift_knn, best.scale)
     return best
 
 

@@ -157,6 +157,7 @@ def preload_in_background() -> threading.Thread:
 
 
 _PRELOAD: threading.Thread | None = None
+_PRELOAD_LOCK = threading.Lock()
 
 
 def _quiet_gx_imports() -> None:
@@ -164,9 +165,6 @@ def _quiet_gx_imports() -> None:
     modules import; a verbose run's log is for the run, not for them."""
     logging.getLogger("great_expectations._docs_decorators").setLevel(logging.WARNING)
     logging.getLogger("great_expectations.expectations.registry").setLevel(logging.WARNING)
-
-
-_PRELOAD_LOCK = threading.Lock()
 
 
 def load_suites(path: str | Path | None = None) -> GateSuites:

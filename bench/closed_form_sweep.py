@@ -40,8 +40,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 from quality import BASELINES, DOM_REPEATS, load_sets, make_folds  # noqa: E402
 
 from aniso.arrays import l2_normalize  # noqa: E402
-from aniso.closed_form import centroid_offset, fit_closed_form, ot_log_scales  # noqa: E402
-from aniso.diagnostics import domain_classifier_accuracy, knn_overlap, recall_at_k  # noqa: E402
+from aniso.closed_form import centroid_offset, fit_closed_form, ot_log_scales, radial_scale  # noqa: E402
+from aniso.diagnostics import domain_classifier_accuracy, knn_indices, knn_overlap, recall_at_k  # noqa: E402
 from aniso.methods import get_aligner  # noqa: E402
 from aniso.moments import Moments  # noqa: E402
 
@@ -57,25 +57,6 @@ def calibrated(premap: Callable[[np.ndarray], np.ndarray], text: np.ndarray, mu_
     """Exact centroid calibration of ``premap`` on the training text (AnisoAlign's Newton steps)."""
     c, _, _ = centroid_offset(premap(text), mu_i)
     return lambda x: l2_normalize(premap(x) + c)
-
-
-def radial_scale(dev: np.ndarray, mu_i: np.ndarray) -> float:
-    """``s`` with ``μ̂_i · mean(normalize(μ_i + s·dev)) = ‖μ_i‖`` (bisection on log s; the projection
-    falls as ``s`` grows)."""
-    m = float(np.linalg.norm(mu_i))
-    u = mu_i / m
-
-    def proj(s: float) -> float:
-        return float(np.mean(l2_normalize(mu_i + s * dev) @ u))
-
-    lo, hi = -3.0, 3.0
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        if proj(np.exp(mid)) > m:
-            lo = mid
-        else:
-            hi = mid
-    return float(np.exp((lo + hi) / 2))
 
 
 def linear(make_a: Callable[[Moments, Moments], np.ndarray], scale: bool = False) -> Fitter:
@@ -225,7 +206,7 @@ def entropic_map(lam: float, eps_rel: float, smooth_k: int = 0, anchors: int = 2
             shifted = x - mu_t + mu_i
             if not smooth_k:
                 return shifted + lam * (barycentre(shifted) - shifted)
-            nearest = np.argsort(-(x @ tx.T), axis=1)[:, :smooth_k]
+            nearest = knn_indices(x, tx, smooth_k, exclude_self=False)
             return shifted + lam * disp[nearest].mean(1)
 
         return calibrated(premap, text, mu_i)
