@@ -8,8 +8,9 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._version import __version__
-from .errors import (
+from aniso import _moved
+from aniso._version import __version__
+from aniso.errors import (
     AnisoError,
     ConfigError,
     GateFailed,
@@ -19,40 +20,32 @@ from .errors import (
     StoreCorrupt,
     StoreNotFound,
 )
+from aniso.methods.table import METHODS
 
 if TYPE_CHECKING:
-    from .config import Settings, load_settings
-    from .methods import (
-        C3,
-        Aligner,
-        AnisoAlign,
-        CentroidShift,
-        Identity,
-        MomentMatch,
-        ReAlign,
-        available_aligners,
-        get_aligner,
-    )
-    from .moments import Moments
-    from .publish import PublishedDataset, open_published
-    from .store import EmbeddingStore
+    from aniso.config import Settings, load_settings
+    from aniso.io.store import EmbeddingStore
+    from aniso.methods import Aligner, available_aligners, get_aligner
+    from aniso.numeric.moments import Moments
+    from aniso.published.dataset import PublishedDataset, open_published
 
 # The rest of the surface loads on first use (PEP 562): ``import aniso`` costs numpy-free
 # milliseconds, and neither it nor a worker applying a numpy method imports torch, zarr or pydantic
-# before they are needed.
+# before they are needed. Every method class of the method table is exported under its class name.
 _LAZY = {
-    "Settings": ".config", "load_settings": ".config",
-    "Aligner": ".methods", "AnisoAlign": ".methods", "C3": ".methods", "CentroidShift": ".methods",
-    "Identity": ".methods", "MomentMatch": ".methods", "ReAlign": ".methods",
-    "available_aligners": ".methods", "get_aligner": ".methods",
-    "Moments": ".moments", "PublishedDataset": ".publish", "open_published": ".publish",
-    "EmbeddingStore": ".store",
+    "Settings": "aniso.config", "load_settings": "aniso.config",
+    "Aligner": "aniso.methods", "available_aligners": "aniso.methods", "get_aligner": "aniso.methods",
+    **{entry.class_name: "aniso.methods" for entry in METHODS.values()},
+    "Moments": "aniso.numeric.moments", "PublishedDataset": "aniso.published.dataset",
+    "open_published": "aniso.published.dataset", "EmbeddingStore": "aniso.io.store",
 }
+
+_moved.install()
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -71,12 +64,7 @@ __all__ = [
     "StoreCorrupt",
     "StoreNotFound",
     "Aligner",
-    "AnisoAlign",
-    "C3",
-    "CentroidShift",
-    "Identity",
-    "MomentMatch",
-    "ReAlign",
+    *(entry.class_name for entry in METHODS.values()),
     "available_aligners",
     "get_aligner",
     "Moments",

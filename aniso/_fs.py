@@ -7,6 +7,7 @@ are; with none given, s3fs/boto read the standard ``AWS_*`` variables, profiles 
 
 from __future__ import annotations
 
+import json
 import os
 import posixpath
 import uuid
@@ -15,7 +16,7 @@ from typing import IO, Any
 import fsspec
 from fsspec.core import url_to_fs
 
-__all__ = ["filesystem", "join_url", "open_url", "exists", "strip_scheme", "is_local", "write_atomic"]
+__all__ = ["filesystem", "join_url", "open_url", "exists", "is_local", "write_atomic", "write_json", "redact_url"]
 
 
 def filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -49,10 +50,6 @@ def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return protocol in ("file", "local")
 
 
-def strip_scheme(url: str) -> str:
-    return url.split("://", 1)[1] if "://" in url else url
-
-
 def write_atomic(url: str, data: bytes | str, storage_options: dict[str, Any] | None = None) -> None:
     """Write a whole object so that readers see all of it or none of it.
 
@@ -71,3 +68,17 @@ def write_atomic(url: str, data: bytes | str, storage_options: dict[str, Any] | 
         os.replace(tmp, path)
     else:
         fs.pipe_file(path, payload)
+
+
+def write_json(url: str, payload: dict[str, Any], storage_options: dict[str, Any]) -> None:
+    """``payload`` as indented, key-sorted JSON at ``url`` (anything not JSON-able as ``str``)."""
+    with open_url(url, "w", storage_options) as f:
+        json.dump(payload, f, indent=2, sort_keys=True, default=str)
+
+
+def redact_url(url: str) -> str:
+    """``url`` without any ``user:password@`` part, before it is written anywhere."""
+    if "://" in url and "@" in url.split("://", 1)[1].split("/", 1)[0]:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://{rest.split('@', 1)[1]}"
+    return url

@@ -33,8 +33,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from .errors import ConfigError
-from .method_params import semantic_params, validate_method
+from aniso.errors import ConfigError
+from aniso.methods.params import semantic_params, validate_method
 
 __all__ = [
     "Settings",
@@ -175,7 +175,7 @@ class EmbedSettings(_Section):
 
 class MethodSettings(_Section):
     """Which aligner runs and its hyper-parameters, validated against the method's own
-    parameter model (:mod:`aniso.method_params`) when the settings load."""
+    parameter model (:mod:`aniso.methods.params`) when the settings load."""
 
     name: str = "anisoalign"
     params: dict[str, Any] = Field(default_factory=dict)
@@ -376,7 +376,8 @@ def semantic_config(settings: Settings) -> dict[str, Any]:
     """The part of the settings that determines the result (no execution details, no secrets).
 
     Fields marked ``EXECUTION`` are left out, and so are a method's execution-only parameters
-    (:data:`aniso.method_params.EXECUTION_PARAMS`, e.g. AnisoAlign's ``torch_threads``).
+    (``execution_params`` in :data:`aniso.methods.table.METHODS`, e.g. AnisoAlign's
+    ``torch_threads``).
     """
     out = _semantic(settings)
     out["method"]["params"] = semantic_params(settings.method.name, settings.method.params)

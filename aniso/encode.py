@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .config import EmbedSettings, Settings
-from .corpus import ItemRecord, ShardSpec, decode_image, read_shard
-from .errors import ConfigError, DeviceUnavailable
+from aniso.config import EmbedSettings, Settings
+from aniso.corpus import ItemRecord, ShardSpec, decode_image, read_shard
+from aniso.errors import ConfigError, DeviceUnavailable
 
 __all__ = [
     "Encoder",
@@ -220,7 +220,7 @@ def _open_clip_version() -> str:
 
 def _resolve_pretrained(model: str, pretrained: str | None) -> tuple[str | None, Path | None]:
     """``(tag_or_path_for_open_clip, demo_weights_path)``."""
-    from .demo.model import DEMO_MODEL, DEMO_PRETRAINED, WEIGHTS_PATH
+    from aniso.demo.model import DEMO_MODEL, DEMO_PRETRAINED, WEIGHTS_PATH
 
     if pretrained in (None, "", "none", "None"):
         return None, None
@@ -246,7 +246,7 @@ def load_encoder(settings: EmbedSettings) -> Encoder:
     """
     import open_clip
 
-    from .demo.model import DEMO_MODEL, load_demo_weights, register_demo_config, weights_loaded_separately
+    from aniso.demo.model import DEMO_MODEL, load_demo_weights, register_demo_config, weights_loaded_separately
 
     device = resolve_device(settings)
     precision = resolve_precision(settings, device)

@@ -50,7 +50,7 @@ def synthetic_store(url: str, n_rows: int, dim: int = 512, shard_rows: int = 655
     ``offset``: rows around a common random mean (an anisotropic cloud, as embeddings are), else
     around the origin. ``id_of(row)`` names each row.
     """
-    from aniso.store import EmbeddingStore
+    from aniso.io.store import EmbeddingStore
 
     store = EmbeddingStore.create(url, n_rows=n_rows, dim=dim, chunk_rows=chunk_rows, shard_rows=shard_rows,
                                   storage_options=storage_options or {})

@@ -25,10 +25,10 @@ import numpy as np
 
 from _common import synthetic_store
 
-from aniso import pipeline
+from aniso.stages import apply as apply_stage
 from aniso.config import Settings, load_settings
 from aniso.methods import get_aligner
-from aniso.store import EmbeddingStore
+from aniso.io.store import EmbeddingStore
 
 
 def plain_apply(text_url: str, out_url: str, weights: np.ndarray) -> float:
@@ -56,9 +56,9 @@ def library_fit(text_url: str, image_url: str, workdir: str, method: str) -> tup
 def library_apply(model_url: str, text_url: str, subs: str) -> float:
     """The pipeline's apply (every shard: read, transform, quality stats, write, marker), no orchestrator."""
     start = time.perf_counter()
-    pending = pipeline.prepare_substitutes(subs, text_url, attrs={}, dtype="float32", compressor=CODEC, storage_options={})
+    pending = apply_stage.prepare_substitutes(subs, text_url, attrs={}, dtype="float32", compressor=CODEC, storage_options={})
     for shard in pending:
-        pipeline.apply_shard(model_url, text_url, subs, shard, {})
+        apply_stage.apply_shard(model_url, text_url, subs, shard, {})
     return time.perf_counter() - start
 
 

@@ -39,11 +39,11 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from quality import BASELINES, DOM_REPEATS, load_sets, make_folds  # noqa: E402
 
-from aniso.arrays import l2_normalize  # noqa: E402
-from aniso.closed_form import centroid_offset, fit_closed_form, ot_log_scales, radial_scale  # noqa: E402
-from aniso.diagnostics import domain_classifier_accuracy, knn_indices, knn_overlap, recall_at_k  # noqa: E402
+from aniso.numeric.arrays import l2_normalize  # noqa: E402
+from aniso.methods.anisoalign.closed_form import centroid_offset, fit_closed_form, ot_log_scales, radial_scale  # noqa: E402
+from aniso.quality.diagnostics import domain_classifier_accuracy, knn_indices, knn_overlap, recall_at_k  # noqa: E402
 from aniso.methods import get_aligner  # noqa: E402
-from aniso.moments import Moments  # noqa: E402
+from aniso.numeric.moments import Moments  # noqa: E402
 
 Transform = Callable[[np.ndarray], np.ndarray]
 Fitter = Callable[[np.ndarray, np.ndarray], Transform]
@@ -246,7 +246,7 @@ def capped(gain: float, up: float, down: float, ps: float = 7.0, lift: str = "do
     """``h = clip(γ_N · w · g, −cap_down, cap_up)`` with evidence-lifted caps on the ``lift`` side only."""
 
     def make(mt: Moments, mi: Moments) -> np.ndarray:
-        from aniso.closed_form import noise_spread
+        from aniso.methods.anisoalign.closed_form import noise_spread
 
         d = mt.dim
         g, q = ot_log_scales(shrink(mt, ps * d), shrink(mi, ps * d))
@@ -345,7 +345,7 @@ def main() -> None:
     args = ap.parse_args()
     sets, _ = load_sets()
     if args.big:
-        from aniso.synthetic import planted_gap
+        from aniso.testing.synthetic import planted_gap
 
         g = planted_gap(n=50_000, d=64, seed=args.seed)
         sets["planted gap 50k"] = (g.text, g.image, "")

@@ -28,8 +28,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from quality import DOM_REPEATS, load_sets, make_folds  # noqa: E402
 
-from aniso.arrays import l2_normalize  # noqa: E402
-from aniso.diagnostics import domain_classifier_by_class, knn_indices  # noqa: E402
+from aniso.numeric.arrays import l2_normalize  # noqa: E402
+from aniso.quality.diagnostics import domain_classifier_by_class, knn_indices  # noqa: E402
 from aniso.methods import get_aligner  # noqa: E402
 
 METHODS = {"centroid shift": ("centroid", {}), "ReAlign": ("realign", {}),

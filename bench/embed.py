@@ -38,7 +38,7 @@ from aniso.encode import embed_shard, get_encoder
 
 
 def _pipeline(url: str, modality: str, settings: Settings, out: str) -> tuple[float, dict[str, float]]:
-    from aniso.store import EmbeddingStore
+    from aniso.io.store import EmbeddingStore
 
     t0 = time.perf_counter()
     specs = plan_shards(url, settings.corpus, modality=modality)

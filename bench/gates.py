@@ -4,7 +4,7 @@ Run: ``.venv/bin/python bench/gates.py [--rows 50000 200000] [--dim 512] [--meth
 
 For each corpus size this builds text/image stores (unit-norm rows with a planted centroid gap),
 fits and calibrates the method with the library's stage functions, applies it shard by shard
-(the apply stage, timed), then runs :func:`aniso.gate_stage.gate_run` (the gate stage: id checks,
+(the apply stage, timed), then runs :func:`aniso.stages.gate.gate_run` (the gate stage: id checks,
 sampled semantic/distribution metrics, great-expectations validation, report) twice: the first
 call includes importing great-expectations (once per worker process), the second is the steady
 state. Both stages run in this one process, with no Prefect or Dask overhead on either side.
@@ -22,10 +22,12 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 import numpy as np
 
-from aniso import gate_stage, pipeline
+from aniso.stages import gate as gate_stage
+from aniso.stages import apply as apply_stage
+from aniso.stages import fit as fit_stage
+from aniso.stages import statistics as statistics_stage
 from aniso.config import GateSettings
-from aniso.moments import Moments, merge_all
-from aniso.store import EmbeddingStore
+from aniso.io.store import EmbeddingStore
 
 
 def _store(url: str, n: int, dim: int, shift: np.ndarray, seed: int, shard_rows: int, chunk_rows: int) -> str:
@@ -41,8 +43,8 @@ def _store(url: str, n: int, dim: int, shift: np.ndarray, seed: int, shard_rows:
 
 def _stats(store_url: str) -> str:
     store = EmbeddingStore.open(store_url)
-    parts = [pipeline.shard_moments(store_url, s, {}) for s in range(store.n_shards)]
-    return pipeline.reduce_moments(parts, f"{store_url}/_stats/all.npz", {})
+    parts = [statistics_stage.shard_moments(store_url, s, {}) for s in range(store.n_shards)]
+    return statistics_stage.reduce_moments(parts, f"{store_url}/_stats/all.npz", {})
 
 
 def one_size(base: str, n: int, dim: int, method: str, shard_rows: int, chunk_rows: int) -> dict[str, float]:
@@ -53,17 +55,17 @@ def one_size(base: str, n: int, dim: int, method: str, shard_rows: int, chunk_ro
     image = _store(f"{base}/image.zarr", n, dim, common + 0.6 * rng.normal(size=dim).astype(np.float32), 2,
                    shard_rows, chunk_rows)
     text_stats, image_stats = _stats(text), _stats(image)
-    model = pipeline.fit_model(f"{base}/model", method, {}, text_stats, image_stats, text, image, seed=0,
+    model = fit_stage.fit_model(f"{base}/model", method, {}, text_stats, image_stats, text, image, seed=0,
                                sample_size=None, storage_options={})
     n_shards = EmbeddingStore.open(text).n_shards
-    partials = [pipeline.calibration_shard(model, text, s, {}) for s in range(n_shards)]
-    pipeline.finish_calibration(model, partials, {})
+    partials = [fit_stage.calibration_shard(model, text, s, {}) for s in range(n_shards)]
+    fit_stage.finish_calibration(model, partials, {})
 
     subs = f"{base}/substitutes.zarr"
     started = time.perf_counter()
-    for shard in pipeline.prepare_substitutes(subs, text, attrs={}, dtype="float32", compressor="zstd",
+    for shard in apply_stage.prepare_substitutes(subs, text, attrs={}, dtype="float32", compressor="zstd",
                                               storage_options={}):
-        pipeline.apply_shard(model, text, subs, shard, {})
+        apply_stage.apply_shard(model, text, subs, shard, {})
     apply_s = time.perf_counter() - started
 
     out = {"rows": n, "shards": n_shards, "apply_s": apply_s}

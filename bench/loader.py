@@ -29,9 +29,10 @@ import time
 
 import torch
 
-from aniso.layout import DatasetLayout
-from aniso.publish import open_published, publish
-from aniso.torch_loader import PublishedDataLoader, PublishedIterableDataset
+from aniso.io.layout import DatasetLayout
+from aniso.published.dataset import open_published
+from aniso.published.writer import publish
+from aniso.published.torch_loader import PublishedDataLoader, PublishedIterableDataset
 from _common import synthetic_store
 
 

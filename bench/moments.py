@@ -18,7 +18,7 @@ import numpy as np
 
 from _common import best_of, run_child, synthetic_store
 
-from aniso.moments import F32_BLOCK, Moments, merge_all
+from aniso.numeric.moments import F32_BLOCK, Moments, merge_all
 
 
 def throughput(rows: int, dim: int = 512, block: int = 65536, repeat: int = 3) -> dict:
@@ -66,7 +66,7 @@ def throughput(rows: int, dim: int = 512, block: int = 65536, repeat: int = 3) -
 def peak_rss(n_rows: int, workdir: str) -> dict:
     url = synthetic_store(f"{workdir}/s{n_rows}.zarr", n_rows)
     return run_child(
-        "from aniso.store import EmbeddingStore\nfrom aniso.moments import moments_of\n"
+        "from aniso.io.store import EmbeddingStore\nfrom aniso.numeric.moments import moments_of\n"
         f"m = moments_of(EmbeddingStore.open({url!r}))\nresult = {{'rows': m.n}}"
     )
 

@@ -3,7 +3,7 @@
 Run: ``nice -n 5 .venv/bin/python bench/publish.py [--rows 262144] [--dim 512] [--repeat 3]``.
 
 For each backend (a local directory, the loopback S3 server): write a text store, fit ReAlign,
-run the apply stage (``pipeline.apply_shard`` for every shard, as the flow's tasks do), then
+run the apply stage (``apply_stage.apply_shard`` for every shard, as the flow's tasks do), then
 ``publish`` (which links or copies the substitutes into ``published/<version>/data.zarr``).
 Reps alternate apply and publish on fresh run keys; the figure is publish time / apply time
 (min and median over reps).
@@ -26,12 +26,12 @@ import tempfile
 import time
 
 
-from aniso import pipeline
+from aniso.stages import apply as apply_stage
 from aniso._fs import join_url
-from aniso.layout import DatasetLayout
+from aniso.io.layout import DatasetLayout
 from aniso.methods import get_aligner
-from aniso.publish import publish
-from aniso.store import EmbeddingStore
+from aniso.published.writer import publish
+from aniso.io.store import EmbeddingStore
 from _common import synthetic_store
 
 
@@ -51,9 +51,9 @@ def measure(name: str, root: str, options: dict, args: argparse.Namespace) -> No
         key = f"benchrun{rep:04d}abcd"
         subs = layout.substitutes(key)
         t0 = time.perf_counter()
-        for shard in pipeline.prepare_substitutes(subs, text, attrs={}, dtype="float32", compressor="zstd",
+        for shard in apply_stage.prepare_substitutes(subs, text, attrs={}, dtype="float32", compressor="zstd",
                                                   storage_options=options):
-            pipeline.apply_shard(model, text, subs, shard, options)
+            apply_stage.apply_shard(model, text, subs, shard, options)
         applies.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         pointer = publish(layout, key, gate_results={}, lineage={}, storage_options=options)

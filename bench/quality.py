@@ -7,7 +7,7 @@ the paired metrics). Same folds for every method. Sets:
   skipped and the page says so);
 * the demo world (``bench/demo_world.py``: ≥ 60,000 captioned scenes embedded by the shipped
   ``aniso-demo-tiny`` open_clip model; cached under ``.cache/``);
-* a planted-gap set (:func:`aniso.synthetic.planted_gap`) at 50,000 pairs.
+* a planted-gap set (:func:`aniso.testing.synthetic.planted_gap`) at 50,000 pairs.
 
 On the large sets the metrics are computed on a seeded sample of ``--eval-rows`` held-out rows
 per fold. ``--learned`` adds the learned-stage comparison on the demo world (fit time and quality
@@ -34,8 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from aniso.arrays import l2_normalize  # noqa: E402
-from aniso.diagnostics import (centroid_residual, diagnose, domain_classifier_accuracy,  # noqa: E402
+from aniso.numeric.arrays import l2_normalize  # noqa: E402
+from aniso.quality.diagnostics import (centroid_residual, diagnose, domain_classifier_accuracy,  # noqa: E402
                                domain_classifier_by_class, format_table)
 from aniso.methods import get_aligner  # noqa: E402
 
@@ -257,7 +257,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "docs" / "quality.md"))
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    from aniso.synthetic import planted_gap
+    from aniso.testing.synthetic import planted_gap
     from demo_world import demo_world
 
     sets, skipped = load_sets()

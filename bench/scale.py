@@ -47,7 +47,7 @@ THREADS = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_
 
 # -- data -----------------------------------------------------------------------------------
 def planted_rows(n: int, d: int, *, image: bool, seed: int = 0):
-    """Planted-gap rows (aniso.synthetic's model) generated block by block: same basis for every
+    """Planted-gap rows (aniso.testing.synthetic's model) generated block by block: same basis for every
     block, so any size streams in bounded memory. Yields fp16 unit rows."""
     rng = np.random.default_rng(seed)
     latent, gap_rank = 16, 3

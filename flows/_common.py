@@ -93,7 +93,7 @@ def run_stage(stage: str, rows: int, work: Callable[[], T]) -> T:
 
 def store_shard_rows(store_url: str, storage_options: dict[str, Any], shards: Sequence[int] | None = None) -> list[int]:
     """Rows of each shard of an embedding store (every shard when ``shards`` is ``None``)."""
-    from aniso.inplace import open_rows
+    from aniso.io.npy_view import open_rows
 
     store = open_rows(store_url, storage_options)
     indices = range(store.n_shards) if shards is None else shards

@@ -9,7 +9,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from aniso.metric_info import describe
+from aniso.quality.metric_info import describe
 
 from ._console import fmt_value
 
@@ -82,7 +82,7 @@ def diagnose_output(rows: Mapping[str, Mapping[str, float]], fmt: str = "table",
     meaning, cut to ``width`` columns; ``markdown`` is the wide table (one row per input),
     ``json`` the raw numbers, ``csv`` one row per (input, metric).
     """
-    from aniso.diagnostics import METRIC_ORDER, format_table
+    from aniso.quality.diagnostics import METRIC_ORDER, format_table
 
     if fmt == "markdown":
         return format_table({k: dict(v) for k, v in rows.items()})

@@ -38,8 +38,8 @@ def run_produce(text: str, image: str, settings: Settings, *, verbose: bool = Fa
     """Check inputs and storage (fast, no Prefect server yet), then run the ``produce`` flow, which
     builds its Dask task runner from ``settings.cluster``, with the progress display."""
     from aniso.flows._server import start_local_server
-    from aniso.gates import preload_in_background
-    from aniso.preflight import preflight
+    from aniso.quality.gates import preload_in_background
+    from aniso.stages.preflight import preflight
 
     server = start_local_server()  # boots while the inputs are checked and the flows imported
     # the gate libraries import while this process would otherwise wait for the server's boot

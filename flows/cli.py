@@ -10,8 +10,6 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -34,6 +32,7 @@ os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
 import typer  # noqa: E402
 
 from aniso.errors import AnisoError, ConfigError, FailureRateExceeded, GateFailed, InputError  # noqa: E402
+from aniso.methods.table import METHODS  # noqa: E402
 
 if TYPE_CHECKING:  # settings (pydantic), Prefect and the library load only when a command runs,
     from aniso.config import Settings  # so ``aniso --help`` stays fast
@@ -131,7 +130,7 @@ def produce(
     image: Annotated[str, typer.Option(help="Image embeddings: .npy, clip-retrieval folder or Zarr store URL.")],
     out: OutOpt = None,
     dataset: DatasetOpt = None,
-    method: Annotated[Optional[str], typer.Option(help="identity, centroid, realign, c3, moment, anisoalign. "
+    method: Annotated[Optional[str], typer.Option(help=f"{', '.join(METHODS)}. "
                                                       f"{_setting_default('method.name')}")] = None,
     config: ConfigOpt = None,
     profile: ProfileOpt = None,
@@ -242,9 +241,9 @@ def diagnose(
 ) -> None:
     """Print the geometric diagnostics of raw text and, if given, substitutes against the images
     (what each value means: docs/diagnostics.md)."""
-    from aniso.diagnostics import diagnose as run_diagnostics
-    from aniso.inputs import open_embedding_source
-    from aniso.sampling import collect_rows, sample_indices
+    from aniso.quality.diagnostics import diagnose as run_diagnostics
+    from aniso.io.inputs import open_embedding_source
+    from aniso.numeric.sampling import collect_rows, sample_indices
 
     _configure_logging(False)
     if format_ not in DIAGNOSE_FORMATS:
@@ -281,7 +280,7 @@ def show(
     as_json: Annotated[bool, typer.Option("--json", help="Print the full manifest as JSON (what a training team reads).")] = False,
 ) -> None:
     """Summarise the published version: rows, method, gates, where the data and the report are."""
-    from aniso.publish import open_published
+    from aniso.published.dataset import open_published
 
     _configure_logging(False)
     try:
@@ -312,7 +311,7 @@ def verify(
     Exit 0 when intact; 3 naming each damaged shard and its rows (or a corrupt manifest/LATEST).
     """
     from aniso.errors import StoreCorrupt
-    from aniso.publish import open_published
+    from aniso.published.dataset import open_published
 
     try:
         options = _settings(profile, config, set_).storage.fs_options()
@@ -346,8 +345,8 @@ def gc(
     set_: SetOpt = None,
 ) -> None:
     """Remove old published versions and the run data no kept version needs."""
-    from aniso.layout import DatasetLayout
-    from aniso.retention import collect_garbage
+    from aniso.io.layout import DatasetLayout
+    from aniso.published.retention import collect_garbage
 
     try:
         options = _settings(profile, config, set_).storage.fs_options()
@@ -375,7 +374,7 @@ def export(
     set_: SetOpt = None,
 ) -> None:
     """Export a published version (streaming, resumable, each part verified after writing)."""
-    from aniso.export import export_published, verify_export
+    from aniso.published.export import export_published, verify_export
 
     try:
         options = _settings(profile, config, set_).storage.fs_options()

@@ -1,7 +1,7 @@
 """Embed stage: a raw corpus (text or images) → an open_clip embedding store, shards on Dask.
 
 Shards whose completion marker exists are skipped, so a rerun resumes. Planning, the store and
-the corpus manifest are :mod:`aniso.embed_stage`; each shard is one task (``tasks/embed.py``).
+the corpus manifest are :mod:`aniso.stages.embed`; each shard is one task (``tasks/embed.py``).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 from prefect import flow
 
 from aniso.config import Settings
-from aniso.embed_stage import finish_embedding, prepare_embedding
+from aniso.stages.embed import finish_embedding, prepare_embedding
 from aniso.tasks.embed import embed_corpus_shard
 
 from ._common import map_shards

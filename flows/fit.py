@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from prefect import flow
 
-from aniso import pipeline
+from aniso.stages import fit as fit_stage
 from aniso.config import Settings
-from aniso.inplace import open_rows
+from aniso.io.npy_view import open_rows
 from aniso.tasks.fit import calibration_shards, finish_calibration, fit_model
 
 from ._common import map_shards, run_stage, store_shard_rows
@@ -16,7 +16,7 @@ def fit_and_calibrate(model_url: str, text_store: str, image_store: str, text_st
                       settings: Settings) -> str:
     """Fit (skipped when the model exists) and calibrate (skipped when μ̂ is stored)."""
     options = settings.storage.fs_options()
-    if pipeline.model_is_final(model_url, options):
+    if fit_stage.model_is_final(model_url, options):
         return model_url
     text_rows = open_rows(text_store, options).n_rows
     image_rows = open_rows(image_store, options).n_rows

@@ -7,9 +7,9 @@ from typing import Any
 
 from prefect import flow
 
-from aniso import pipeline
+from aniso.stages import ingest as ingest_stage
 from aniso.config import Settings
-from aniso.layout import DatasetLayout
+from aniso.io.layout import DatasetLayout
 from aniso.tasks.ingest import check_unique_ids, import_shard, prepare_input
 
 from ._common import map_shards, store_shard_rows
@@ -38,7 +38,7 @@ def ingest_inputs(inputs: list[tuple[str, str]], layout: DatasetLayout, settings
         if pending:
             map_shards(import_shard, f"ingest {modality}", pending, rows=store_shard_rows(store_url, options, pending),
                        url=url, store_url=store_url, storage_options=options, ids=settings.corpus.embedding_ids)
-        if pending or pipeline.needs_id_check(store_url, options):
+        if pending or ingest_stage.needs_id_check(store_url, options):
             check_unique_ids.submit(store_url, options, f"{modality} input {url}").result()
         opened.append((store_url, fingerprint))
     return opened

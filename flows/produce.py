@@ -21,13 +21,14 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from aniso._version import code_version
 from aniso.config import Settings, config_hash, load_settings, semantic_config
 from aniso.errors import ConfigError, GateFailed, InputError
-from aniso.gate_stage import GateSample, prepare_gate_sample
-from aniso.gates import preload_in_background
-from aniso.inputs import is_embedding_input, open_embedding_source
-from aniso.layout import DatasetLayout, run_key
-from aniso.pipeline import _redact, statistics_kind, write_json
-from aniso.inplace import open_rows
-from aniso.preflight import preflight
+from aniso.stages.gate import GateSample, prepare_gate_sample
+from aniso.quality.gates import preload_in_background
+from aniso.io.inputs import is_embedding_input, open_embedding_source
+from aniso.io.layout import DatasetLayout, run_key
+from aniso._fs import redact_url, write_json
+from aniso.stages.statistics import statistics_kind
+from aniso.io.npy_view import open_rows
+from aniso.stages.preflight import preflight
 from aniso.tasks.gate import gate
 from aniso.tasks.publish import publish
 
@@ -36,7 +37,7 @@ from ._console import fmt_value
 from .apply import apply_model
 from .fit import fit_and_calibrate
 from .ingest import ingest_embeddings, ingest_inputs
-from .stats import compute_statistics_together
+from .statistics import compute_statistics_together
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ def resolve_settings(settings: Settings | dict[str, Any]) -> Settings:
 def produce(text: str, image: str, settings: Settings | dict[str, Any]) -> dict[str, Any]:
     """Produce and publish substitute image embeddings for a text corpus.
 
-    The flow checks the settings, inputs and output root first (:func:`aniso.preflight.preflight`),
+    The flow checks the settings, inputs and output root first (:func:`aniso.stages.preflight.preflight`),
     then runs the stages as a subflow on the Dask task runner built from ``settings.cluster``
     (``address``: an existing scheduler; else a temporary ``cluster_class`` cluster), so a CLI
     run, ``serve`` and a ``prefect deploy`` deployment all execute on the configured cluster.
@@ -235,7 +236,7 @@ def _prepared(future: Future[GateSample]) -> GateSample | None:
 def _link(url: str) -> str:
     """The report's real URL for a Prefect link artifact: ``s3://bucket/key`` on object storage,
     ``file:///abs/path`` on a local root; any ``user:password@`` dropped."""
-    link = _redact(url)
+    link = redact_url(url)
     return link if "://" in link else "file://" + os.path.abspath(link)
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from prefect import task
 
-from aniso import pipeline
+from aniso.stages import apply as apply_stage
 
 from ._retry import TASK_OPTIONS
 
@@ -14,4 +14,4 @@ from ._retry import TASK_OPTIONS
 @task(name="apply-shards", **TASK_OPTIONS)
 def apply_shards(model_url: str, text_store_url: str, subs_url: str, shards: list[int],
                  storage_options: dict[str, Any]) -> list[dict[str, Any]]:
-    return [pipeline.apply_shard(model_url, text_store_url, subs_url, s, storage_options) for s in shards]
+    return [apply_stage.apply_shard(model_url, text_store_url, subs_url, s, storage_options) for s in shards]

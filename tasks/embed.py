@@ -10,7 +10,7 @@ from aniso._fs import join_url
 from aniso.config import Settings
 from aniso.corpus import ShardSpec, write_records
 from aniso.encode import embed_shard
-from aniso.store import EmbeddingStore
+from aniso.io.store import EmbeddingStore
 
 from ._retry import TASK_OPTIONS
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from prefect import task
 
-from aniso import gate_stage
+from aniso.stages import gate as gate_stage
 from aniso.config import GateSettings
 
 from ._retry import TASK_OPTIONS

@@ -6,21 +6,21 @@ from typing import Any
 
 from prefect import task
 
-from aniso import pipeline
+from aniso.stages import ingest as ingest_stage
 
 from ._retry import TASK_OPTIONS
 
 
 @task(name="prepare-input", **TASK_OPTIONS)
 def prepare_input(url: str, store_url_for: Any, **kwargs: Any) -> tuple[str, str, list[int]]:
-    return pipeline.prepare_input(url, store_url_for, **kwargs)
+    return ingest_stage.prepare_input(url, store_url_for, **kwargs)
 
 
 @task(name="import-shard", **TASK_OPTIONS)
 def import_shard(url: str, store_url: str, shard: int, storage_options: dict[str, Any], ids: str = "auto") -> dict[str, Any]:
-    return pipeline.import_shard(url, store_url, shard, storage_options, ids)
+    return ingest_stage.import_shard(url, store_url, shard, storage_options, ids)
 
 
 @task(name="check-unique-ids", **TASK_OPTIONS)
 def check_unique_ids(store_url: str, storage_options: dict[str, Any], what: str) -> None:
-    pipeline.check_unique_ids(store_url, storage_options, what=what)
+    ingest_stage.check_unique_ids(store_url, storage_options, what=what)

@@ -6,8 +6,8 @@ from typing import Any
 
 from prefect import task
 
-from aniso.layout import DatasetLayout
-from aniso.publish import publish as publish_version
+from aniso.io.layout import DatasetLayout
+from aniso.published.writer import publish as publish_version
 
 from ._retry import TASK_OPTIONS
 

@@ -2,7 +2,7 @@
 
 1. Environment: offline, quiet, hermetic (set before anything imports Prefect).
 2. Data: the real paired sets in ``../shared/data`` (skipped when absent) and synthetic corpora
-   with a planted gap (:mod:`aniso.synthetic`).
+   with a planted gap (:mod:`aniso.testing.synthetic`).
 3. Storage: a real S3-protocol server on loopback (moto ``ThreadedMotoServer``, port 0) and the
    ``root`` fixture parametrised over a local directory and an S3 bucket.
 4. Execution: a Dask ``LocalCluster`` and the Prefect test harness (session scoped).
@@ -33,7 +33,7 @@ for _var in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "ANISO_PROFILE"):
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from aniso.synthetic import PlantedGap, planted_gap  # noqa: E402
+from aniso.testing.synthetic import PlantedGap, planted_gap  # noqa: E402
 
 # --- 2. data -------------------------------------------------------------------------------
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -1,5 +1,5 @@
-"""Test-side name for the synthetic generator (lives in :mod:`aniso.synthetic`)."""
+"""Test-side name for the synthetic generator (lives in :mod:`aniso.testing.synthetic`)."""
 
-from aniso.synthetic import PlantedGap, planted_gap
+from aniso.testing.synthetic import PlantedGap, planted_gap
 
 __all__ = ["PlantedGap", "planted_gap"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aniso.affine import BLOCK, NormalizedAffine
+from aniso.numeric.fused_affine import BLOCK, NormalizedAffine
 from aniso.errors import InputError
 from aniso.methods import get_aligner
 

@@ -12,7 +12,7 @@ import pytest
 
 from aniso.errors import AnisoError, InputError, NotFittedError
 from aniso.methods import Aligner, available_aligners, get_aligner
-from aniso.synthetic import planted_gap
+from aniso.testing.synthetic import planted_gap
 
 #: A tiny learned AnisoAlign, so the learned stages are held to the same contract.
 LEARNED = dict(r=8, p=4, closed_form_only=False, learned=True, min_samples_learned=100,

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aniso.diagnostics import centroid_residual, domain_classifier_accuracy, knn_overlap
+from aniso.quality.diagnostics import centroid_residual, domain_classifier_accuracy, knn_overlap
 from aniso.errors import ConfigError
 from aniso.methods import AnisoAlign, CentroidShift, ReAlign
 

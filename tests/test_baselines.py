@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from aniso.arrays import l2_normalize
+from aniso.numeric.arrays import l2_normalize
 from aniso.methods import C3, Aligner, CentroidShift, Identity, MomentMatch, ReAlign, get_aligner
-from aniso.rowwise import row_normals
+from aniso.numeric.rowwise import row_normals
 
 
 def _ref_normalize(x):

@@ -120,7 +120,7 @@ def test_every_settings_field_is_classified():
 
 @pytest.mark.parametrize("field", sorted(FIELDS))
 def test_field_changes_the_run_key_only_when_semantic(field):
-    from aniso.layout import run_key
+    from aniso.io.layout import run_key
 
     value, semantic = FIELDS[field]
     section, name = field.split(".")
@@ -143,16 +143,18 @@ def test_execution_parameters_of_a_method_stay_out_of_the_run_key(param):
 def test_every_method_parameter_is_classified():
     """Each method's parameter model is known to the settings, and only the listed
     execution parameters are left out of the run key."""
-    from aniso.method_params import EXECUTION_PARAMS, METHOD_PARAMS
+    from aniso.methods.table import METHODS
 
-    assert EXECUTION_PARAMS == {"anisoalign": frozenset(ANISOALIGN_EXECUTION)}
-    for name, model in METHOD_PARAMS.items():
+    assert {n: e.execution_params for n, e in METHODS.items() if e.execution_params} == {
+        "anisoalign": frozenset(ANISOALIGN_EXECUTION)}
+    for name, entry in METHODS.items():
+        model = entry.params_model()
         for param in model.model_fields:
             default = model.model_fields[param].default
             params = {param: default}
             s = Settings(method={"name": name, "params": params})
             kept = param in semantic_config(s)["method"]["params"]
-            assert kept is (param not in EXECUTION_PARAMS.get(name, ())), (name, param)
+            assert kept is (param not in entry.execution_params), (name, param)
 
 
 # -- method name and parameters validated at load ---------------------------------------------
@@ -172,14 +174,17 @@ def test_method_and_params_are_validated_at_load(overrides, message):
         load_settings(overrides=overrides, environ={})
 
 
-def test_each_aligner_declares_its_parameter_model():
-    from aniso.method_params import METHOD_PARAMS, MethodParams
+def test_each_aligner_takes_its_parameter_model_from_the_method_table():
     from aniso.methods import aligner_class, available_aligners
+    from aniso.methods.params import MethodParams
+    from aniso.methods.table import METHODS
 
-    assert set(available_aligners()) == set(METHOD_PARAMS)
-    for name in available_aligners():
+    assert available_aligners() == list(METHODS)
+    for name, entry in METHODS.items():
         cls = aligner_class(name)
-        assert cls.Params is METHOD_PARAMS[name] and issubclass(cls.Params, MethodParams)
+        assert cls.name == name and cls.__name__ == entry.class_name
+        assert cls.Params is entry.params_model() and issubclass(cls.Params, MethodParams)
+        assert cls.statistics == entry.statistics
 
 
 def test_valid_method_params_load():

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aniso import diagnostics as dg
+from aniso.quality import diagnostics as dg
 from aniso.errors import InputError
 from aniso.methods import ReAlign
 from data_generation import planted_gap

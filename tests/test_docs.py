@@ -30,8 +30,8 @@ def test_nothing_points_outside_the_repository():
 
 
 def test_every_reported_metric_has_a_meaning():
-    from aniso.diagnostics import METRIC_ORDER
-    from aniso.metric_info import METRICS
+    from aniso.quality.diagnostics import METRIC_ORDER
+    from aniso.quality.metric_info import METRICS
 
     missing = [m for m in [*METRIC_ORDER, "gap_before", "knn_overlap_10", "row_count", "unit_norm"] if m not in METRICS]
     assert missing == []

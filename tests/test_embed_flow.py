@@ -11,7 +11,7 @@ from aniso.config import CorpusSettings, EmbedSettings, Settings, StorageSetting
 from aniso.corpus import read_manifest
 from aniso.demo.scenes import write_demo_corpus
 from aniso.errors import FailureRateExceeded
-from aniso.store import EmbeddingStore
+from aniso.io.store import EmbeddingStore
 
 TINY = "aniso-flow-tiny"
 

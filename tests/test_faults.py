@@ -10,11 +10,11 @@ import uuid
 import numpy as np
 import pytest
 
-from aniso import pipeline
-from aniso._fs import filesystem, join_url, open_url
+from aniso.stages import apply as apply_stage
+from aniso._fs import filesystem
 from aniso.errors import StoreCorrupt
-from aniso.layout import DatasetLayout
-from aniso.publish import open_published, read_latest
+from aniso.io.layout import DatasetLayout
+from aniso.published.dataset import open_published, read_latest
 from test_produce import _inputs, _settings, run
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -43,7 +43,7 @@ def test_s3_outage_during_apply_is_retried(tmp_path, gap, monkeypatch):
     url = f"s3://{bucket}/root"
     settings = _settings(url, options)
     paths = _inputs(url, options, gap)
-    real_apply = pipeline.apply_shard
+    real_apply = apply_stage.apply_shard
     state = {"server": server, "stopped": False}
 
     def apply_with_outage(model_url, text_store_url, subs_url, shard, storage_options):
@@ -55,7 +55,7 @@ def test_s3_outage_during_apply_is_retried(tmp_path, gap, monkeypatch):
             threading.Timer(2.0, restart.start).start()
         return real_apply(model_url, text_store_url, subs_url, shard, storage_options)
 
-    monkeypatch.setattr(pipeline, "apply_shard", apply_with_outage)
+    monkeypatch.setattr(apply_stage, "apply_shard", apply_with_outage)
     try:
         run(settings, paths)
         assert state["stopped"]
@@ -72,7 +72,7 @@ def test_lost_dask_worker_is_survived(tmp_path, gap, monkeypatch):
     """A worker dies mid-task: Dask reschedules the shard elsewhere; output is identical."""
     from distributed import LocalCluster, get_worker
 
-    real_apply = pipeline.apply_shard
+    real_apply = apply_stage.apply_shard
     killed = threading.Event()
 
     def apply_then_die(model_url, text_store_url, subs_url, shard, storage_options):
@@ -86,7 +86,7 @@ def test_lost_dask_worker_is_survived(tmp_path, gap, monkeypatch):
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
         url = str(tmp_path / "killed")
         settings = _settings(url, {}, **{"cluster.address": cluster.scheduler_address})
-        monkeypatch.setattr(pipeline, "apply_shard", apply_then_die)
+        monkeypatch.setattr(apply_stage, "apply_shard", apply_then_die)
         cluster.scale(3)
         run(settings, _inputs(url, {}, gap))
     assert killed.is_set()
@@ -120,7 +120,7 @@ def test_corrupted_store_gives_a_clear_error(tmp_path, gap):
     """An aniso Zarr store given as input (used as it is) with a damaged chunk: a clear error
     naming the store, and the previous publication untouched. (``.npy`` inputs are read in place
     and have no Zarr copy to damage.)"""
-    from aniso.store import EmbeddingStore
+    from aniso.io.store import EmbeddingStore
 
     url = str(tmp_path / "corrupt")
     paths = _inputs(url, {}, gap)

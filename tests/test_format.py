@@ -9,9 +9,10 @@ import jsonschema
 import numpy as np
 import pytest
 
-from aniso.layout import DatasetLayout
-from aniso.publish import MANIFEST_FORMAT, publish, schema
-from aniso.store import EmbeddingStore
+from aniso.io.layout import DatasetLayout
+from aniso.published.dataset import MANIFEST_FORMAT, schema
+from aniso.published.writer import publish
+from aniso.io.store import EmbeddingStore
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "format.md"
 

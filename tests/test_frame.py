@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from aniso.errors import InputError
-from aniso.frame import energy_rank, fit_frame, haar_orthogonal
-from aniso.moments import Moments
+from aniso.methods.anisoalign.frame import energy_rank, fit_frame, haar_orthogonal
+from aniso.numeric.moments import Moments
 
 
 def _moments(gap):

@@ -9,12 +9,14 @@ import math
 import numpy as np
 import pytest
 
-from aniso import gate_stage, pipeline
+from aniso.stages import gate as gate_stage
+from aniso.stages import apply as apply_stage
+from aniso.stages import ingest as ingest_stage
 from aniso.config import GateSettings, load_settings
 from aniso.errors import ConfigError
-from aniso.gates import evaluate_gates, load_suites, shard_table
+from aniso.quality.gates import evaluate_gates, load_suites, shard_table
 from aniso.methods import get_aligner
-from aniso.store import EmbeddingStore
+from aniso.io.store import EmbeddingStore
 
 GATE_NAMES = ["row_count", "ids_match_input", "ids_unique", "no_nan_inf", "unit_norm",
               "centroid_residual", "knn_overlap@10", "pairwise_spearman"]
@@ -39,9 +41,9 @@ def run_urls(tmp_path, gap):
     model = str(base / "model")
     get_aligner("realign").fit(gap.text, gap.image).save(model)
     subs = str(base / "substitutes.zarr")
-    for shard in pipeline.prepare_substitutes(subs, text, attrs={}, dtype="float32", compressor="zstd",
+    for shard in apply_stage.prepare_substitutes(subs, text, attrs={}, dtype="float32", compressor="zstd",
                                               storage_options={}):
-        pipeline.apply_shard(model, text, subs, shard, {})
+        apply_stage.apply_shard(model, text, subs, shard, {})
     return {"model": model, "text": text, "image": image, "subs": subs, "quality": str(base / "quality")}
 
 
@@ -90,7 +92,7 @@ def test_nan_substitutes_fail_no_nan_inf(run_urls):
     emb, ids, _ = subs.read_shard(1)
     emb = emb.copy()
     emb[[3, 7]] = np.nan
-    subs.write_shard(1, emb, list(ids), stats=pipeline.shard_quality(emb, list(ids)))
+    subs.write_shard(1, emb, list(ids), stats=apply_stage.shard_quality(emb, list(ids)))
     result = _gate(run_urls, GateSettings(report=False))
     failed = {r["name"]: r for r in result["results"] if not r["passed"]}
     assert failed["no_nan_inf"]["observed"] == 2 and failed["no_nan_inf"]["bound"] == "== 0"
@@ -187,7 +189,7 @@ def test_each_check_can_fail(suites, case):
 def test_a_validator_built_ahead_is_used_and_rebuilt_for_other_rows_or_bounds(suites):
     """``produce`` builds the great-expectations side while apply runs; a validator built for
     another expected row count or other bounds is not trusted."""
-    from aniso.gates import GateValidator
+    from aniso.quality.gates import GateValidator
 
     stats, ids_match, metrics = _good_tables()
     ahead = GateValidator(GateSettings(), expected_rows=300, suites=suites)
@@ -246,7 +248,7 @@ def test_custom_suite_file_from_settings(tmp_path):
 
 def test_gate_libraries_preload_once_per_process():
     """The CLI starts the preload, the flow calls it again: one import thread, not two."""
-    from aniso import gates as gates_module
+    from aniso.quality import gates as gates_module
 
     saved = gates_module._PRELOAD
     try:
@@ -284,13 +286,13 @@ def test_a_prepared_sample_matches_float16_substitutes(run_urls, caplog):
     """With ``store.output_dtype: float16`` the prepared sample is rounded as apply's rows are:
     it matches what was written, and the gates equal those computed from the rows read."""
     subs16 = run_urls["subs"].replace("substitutes", "substitutes16")
-    for shard in pipeline.prepare_substitutes(subs16, run_urls["text"], attrs={}, dtype="float16", compressor="none",
+    for shard in apply_stage.prepare_substitutes(subs16, run_urls["text"], attrs={}, dtype="float16", compressor="none",
                                               storage_options={}):
-        pipeline.apply_shard(run_urls["model"], run_urls["text"], subs16, shard, {})
+        apply_stage.apply_shard(run_urls["model"], run_urls["text"], subs16, shard, {})
     urls = {**run_urls, "subs": subs16}
     sample = gate_stage.prepare_gate_sample(run_urls["model"], run_urls["text"], GateSettings(report=False), {},
                                             run_urls["image"], output_dtype="float16")
-    with caplog.at_level("WARNING", logger="aniso.gate_stage"):
+    with caplog.at_level("WARNING", logger="aniso.stages.gate"):
         ahead = gate_stage.gate_run(urls["model"], urls["text"], subs16, urls["quality"], GateSettings(report=False),
                                     {}, image_store_url=urls["image"], sample=sample)
     assert "differ" not in caplog.text
@@ -305,8 +307,8 @@ def test_a_stale_sample_never_hides_what_was_written(run_urls, caplog):
     subs, text = EmbeddingStore.open(run_urls["subs"], mode="r+"), EmbeddingStore.open(run_urls["text"])
     for shard in range(subs.n_shards):  # write the raw text rows as "substitutes"
         emb, ids, _ = text.read_shard(shard)
-        subs.write_shard(shard, emb, list(ids), stats=pipeline.shard_quality(emb, list(ids)))
-    with caplog.at_level("WARNING", logger="aniso.gate_stage"):
+        subs.write_shard(shard, emb, list(ids), stats=apply_stage.shard_quality(emb, list(ids)))
+    with caplog.at_level("WARNING", logger="aniso.stages.gate"):
         stale = gate_stage.gate_run(run_urls["model"], run_urls["text"], run_urls["subs"], run_urls["quality"],
                                     GateSettings(report=False), {}, image_store_url=run_urls["image"], sample=sample)
     assert "differ from the model's own map" in caplog.text
@@ -342,20 +344,20 @@ def test_ids_of_an_in_place_input_are_checked_by_digest(tmp_path, gap):
     """A ``.npy`` input has no id column: its shards' id digests are derived from the input and
     compared with the substitutes' markers, without reading any id array."""
     np.save(tmp_path / "text.npy", gap.text[:700])
-    text, _, _ = pipeline.prepare_input(str(tmp_path / "text.npy"), lambda fp: str(tmp_path / "view" / fp[:16]),
+    text, _, _ = ingest_stage.prepare_input(str(tmp_path / "text.npy"), lambda fp: str(tmp_path / "view" / fp[:16]),
                                         modality="text", chunk_rows=64, shard_rows=256, storage_options={})
     model = str(tmp_path / "model")
     get_aligner("realign").fit(gap.text[:700], gap.image).save(model)
     subs = str(tmp_path / "substitutes.zarr")
-    for shard in pipeline.prepare_substitutes(subs, text, attrs={}, dtype="float32", compressor="none",
+    for shard in apply_stage.prepare_substitutes(subs, text, attrs={}, dtype="float32", compressor="none",
                                               storage_options={}):
-        pipeline.apply_shard(model, text, subs, shard, {})
+        apply_stage.apply_shard(model, text, subs, shard, {})
     urls = {"model": model, "text": text, "subs": subs, "image": None, "quality": str(tmp_path / "quality")}
     result = _gate(urls, GateSettings(report=False), image=False)
     assert {r["name"]: r["passed"] for r in result["results"]}["ids_match_input"]
     store = EmbeddingStore.open(subs, mode="r+")
     emb, ids, _ = store.read_shard(1)
     shifted = [f"x{i}" for i in ids]
-    store.write_shard(1, emb, shifted, stats=pipeline.shard_quality(emb, shifted))
+    store.write_shard(1, emb, shifted, stats=apply_stage.shard_quality(emb, shifted))
     failed = {r["name"]: r for r in _gate(urls, GateSettings(report=False), image=False)["results"] if not r["passed"]}
     assert set(failed) == {"ids_match_input"} and failed["ids_match_input"]["observed"] == 0

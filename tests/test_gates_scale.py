@@ -8,11 +8,13 @@ import math
 
 import numpy as np
 
-from aniso import gate_stage, pipeline
+from aniso.stages import gate as gate_stage
+from aniso.stages import apply as apply_stage
+from aniso.stages import ingest as ingest_stage
 from aniso.config import GateSettings
 from aniso.methods import get_aligner
-from aniso.report import _cov, residual_spectrum, spectrum
-from aniso.synthetic import planted_gap
+from aniso.quality.report import _cov, residual_spectrum, spectrum
+from aniso.testing.synthetic import planted_gap
 
 
 def test_gates_and_report_at_d8192(tmp_path):
@@ -21,15 +23,15 @@ def test_gates_and_report_at_d8192(tmp_path):
     np.save(tmp_path / "image.npy", gap.image.astype(np.float16))
     urls = {}
     for name in ("text", "image"):
-        urls[name], _, _ = pipeline.prepare_input(
+        urls[name], _, _ = ingest_stage.prepare_input(
             str(tmp_path / f"{name}.npy"), lambda fp, n=name: str(tmp_path / "emb" / f"{n}.zarr"), modality=name,
             chunk_rows=64, shard_rows=128, storage_options={})
     model = str(tmp_path / "model")
     get_aligner("realign").fit(gap.text, gap.image).save(model)
     subs = str(tmp_path / "subs.zarr")
-    for shard in pipeline.prepare_substitutes(subs, urls["text"], attrs={}, dtype="float32", compressor="zstd",
+    for shard in apply_stage.prepare_substitutes(subs, urls["text"], attrs={}, dtype="float32", compressor="zstd",
                                               storage_options={}):
-        pipeline.apply_shard(model, urls["text"], subs, shard, {})
+        apply_stage.apply_shard(model, urls["text"], subs, shard, {})
     result = gate_stage.gate_run(model, urls["text"], subs, str(tmp_path / "quality"), GateSettings(), {},
                                image_store_url=urls["image"])
     assert result["metrics"]["sample_rows"] == 200

@@ -11,10 +11,11 @@ from typer.testing import CliRunner
 
 from aniso.errors import ConfigError
 from aniso.flows.cli import app
-from aniso.layout import DatasetLayout
-from aniso.publish import list_versions, open_published, publish
-from aniso.retention import collect_garbage
-from aniso.store import EmbeddingStore
+from aniso.io.layout import DatasetLayout
+from aniso.published.dataset import list_versions, open_published
+from aniso.published.writer import publish
+from aniso.published.retention import collect_garbage
+from aniso.io.store import EmbeddingStore
 
 
 def _run(layout: DatasetLayout, key: str, options: dict, seed: int) -> np.ndarray:

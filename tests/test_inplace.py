@@ -6,12 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from aniso import pipeline
+from aniso.stages import ingest as ingest_stage
+from aniso.stages import statistics as statistics_stage
 from aniso._fs import exists, join_url, open_url
 from aniso.errors import InputError
-from aniso.inplace import NpyView, open_rows
-from aniso.moments import Moments
-from aniso.store import EmbeddingStore
+from aniso.io.npy_view import NpyView, open_rows
+from aniso.numeric.moments import Moments
+from aniso.io.store import EmbeddingStore
 
 
 def _put_npy(url, array, options):
@@ -20,7 +21,7 @@ def _put_npy(url, array, options):
 
 
 def _prepare(url, options, *, chunk_rows, shard_rows, in_place=True):
-    return pipeline.prepare_input(url, lambda fp: join_url(url + "-out", f"input-{fp[:16]}", "text.zarr"),
+    return ingest_stage.prepare_input(url, lambda fp: join_url(url + "-out", f"input-{fp[:16]}", "text.zarr"),
                                   modality="text", chunk_rows=chunk_rows, shard_rows=shard_rows,
                                   storage_options=options, in_place=in_place)
 
@@ -38,7 +39,7 @@ def test_view_reads_what_the_copy_holds(root, n_rows, chunk_rows, shard_rows):
     copy_url, copy_fp, todo = _prepare(join_url(url, "x.npy"), options, chunk_rows=chunk_rows,
                                        shard_rows=shard_rows, in_place=False)
     for shard in todo:
-        pipeline.import_shard(join_url(url, "x.npy"), copy_url, shard, options)
+        ingest_stage.import_shard(join_url(url, "x.npy"), copy_url, shard, options)
     view, copy = open_rows(view_url, options), open_rows(copy_url, options)
     assert isinstance(view, NpyView) and isinstance(copy, EmbeddingStore)
     assert fingerprint == copy_fp
@@ -52,7 +53,7 @@ def test_view_reads_what_the_copy_holds(root, n_rows, chunk_rows, shard_rows):
     np.testing.assert_array_equal(view.ids[3:5], copy.ids[3:5])
     merged = [Moments.from_chunk(e) for e in view]
     assert sum(m.n for m in merged) == n_rows
-    stats = pipeline.load_moments(pipeline.shard_moments(view_url, 0, options), options)
+    stats = statistics_stage.load_moments(statistics_stage.shard_moments(view_url, 0, options), options)
     np.testing.assert_array_equal(stats.mean, Moments.from_chunk(copy.read_shard(0)[0], products="float32").mean)
 
 
@@ -68,7 +69,7 @@ def test_sampled_rows_are_read_by_row_where_local(root):
     view = open_rows(view_url, options)
     indices = np.array([0, 5, 36, 37, 40, 61, 62])
     expected = np.concatenate(parts).astype(np.float32)[indices]
-    np.testing.assert_array_equal(pipeline.sample_rows(view, indices), expected)
+    np.testing.assert_array_equal(statistics_stage.sample_rows(view, indices), expected)
     assert (view.read_rows_at(indices) is None) == url.startswith("s3://")
 
 
@@ -94,8 +95,8 @@ def test_clip_retrieval_parts_and_ids_in_place(root):
             pd.DataFrame({"key": [f"k{i}-{j}" for j in range(len(part))]}).to_parquet(f)
     view_url, _, _ = _prepare(join_url(url, "cr", "img_emb"), options, chunk_rows=8, shard_rows=16)
     view = open_rows(view_url, options)
-    assert pipeline.needs_id_check(view_url, options)
-    pipeline.check_unique_ids(view_url, options, what="image")
+    assert ingest_stage.needs_id_check(view_url, options)
+    ingest_stage.check_unique_ids(view_url, options, what="image")
     emb, ids, _ = view.read_shard(2)  # rows 32..47: file 0 rows 32-36, file 1 rows 0-10
     np.testing.assert_array_equal(emb, np.concatenate(parts)[32:48])
     assert ids[0] == "k0-32" and ids[5] == "k1-0" and len(ids) == 16
@@ -111,7 +112,7 @@ def test_duplicate_ids_are_named(tmp_path):
     pd.DataFrame({"key": ["a", "b", "c", "d", "b", "e"]}).to_parquet(folder / "metadata" / "metadata_0.parquet")
     view_url, _, _ = _prepare(str(folder / "text_emb"), {}, chunk_rows=2, shard_rows=4)
     with pytest.raises(InputError, match="id 'b' appears at rows 1 and 4"):
-        pipeline.check_unique_ids(view_url, {}, what="text")
+        ingest_stage.check_unique_ids(view_url, {}, what="text")
 
 
 @pytest.mark.parametrize("bad, message", [("nan", r"x\.npy: row 13 contains NaN or Inf"),
@@ -125,9 +126,9 @@ def test_bad_rows_are_named_when_read(root, bad, message):
         data[13, 1:] = 1.0
     _put_npy(join_url(url, "x.npy"), data, options)
     view_url, _, _ = _prepare(join_url(url, "x.npy"), options, chunk_rows=4, shard_rows=8)
-    pipeline.shard_moments(view_url, 0, options)  # rows 0..7 are fine
+    statistics_stage.shard_moments(view_url, 0, options)  # rows 0..7 are fine
     with pytest.raises(InputError, match=message):
-        pipeline.shard_moments(view_url, 1, options)
+        statistics_stage.shard_moments(view_url, 1, options)
 
 
 def test_large_finite_rows_are_not_rejected(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 
 from aniso._fs import join_url, open_url
 from aniso.errors import InputError
-from aniso.inputs import open_embedding_source
+from aniso.io.inputs import open_embedding_source
 
 
 def _put_npy(url, array, options):

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from aniso.errors import ConfigError
-from aniso.layout import DatasetLayout
-from aniso.loader import chunks_for_rank
-from aniso.publish import open_published, publish
-from aniso.store import EmbeddingStore
+from aniso.io.layout import DatasetLayout
+from aniso.published.loader import chunks_for_rank
+from aniso.published.dataset import open_published
+from aniso.published.writer import publish
+from aniso.io.store import EmbeddingStore
 
 N, D, CHUNK, SHARD = 1000, 8, 64, 256  # 16 chunks, the last one 40 rows; 4 shards, the last 232
 
@@ -74,7 +75,7 @@ def test_bad_rank_is_a_config_error():
 
 def test_torch_dataloader_two_workers_over_s3(s3_root):
     torch = pytest.importorskip("torch")
-    from aniso.torch_loader import PublishedIterableDataset
+    from aniso.published.torch_loader import PublishedIterableDataset
 
     url, options = s3_root
     data, valid = _publish(url, options)
@@ -141,7 +142,7 @@ def test_plain_client_without_aniso_reads_and_checks(tmp_path):
 
 def test_torch_dataset_in_process_follows_set_epoch(tmp_path):
     pytest.importorskip("torch")
-    from aniso.torch_loader import PublishedIterableDataset
+    from aniso.published.torch_loader import PublishedIterableDataset
 
     _publish(str(tmp_path), {})
     ds = PublishedIterableDataset(str(tmp_path), "ds", batch_size=50, shuffle=True, seed=3)
@@ -181,7 +182,7 @@ def test_all_valid_manifest_skips_the_valid_array(tmp_path):
 def test_published_dataloader_batches_like_the_dataset(root, drop_last):
     """Blocks cross from the workers once per slot; batches, rows and values are the dataset's."""
     torch = pytest.importorskip("torch")
-    from aniso.torch_loader import PublishedDataLoader, PublishedIterableDataset
+    from aniso.published.torch_loader import PublishedDataLoader, PublishedIterableDataset
 
     url, options = root
     data, valid = _publish(url, options)
@@ -212,7 +213,7 @@ def test_published_dataloader_batches_like_the_dataset(root, drop_last):
 def test_published_dataloader_survives_an_epoch_stopped_early(tmp_path):
     """Blocks in flight when an epoch stops are dropped; the next epoch is whole and correct."""
     pytest.importorskip("torch")
-    from aniso.torch_loader import PublishedDataLoader, PublishedIterableDataset
+    from aniso.published.torch_loader import PublishedDataLoader, PublishedIterableDataset
 
     data, valid = _publish(str(tmp_path), {})
     ds = PublishedIterableDataset(str(tmp_path), "ds", batch_size=32, shuffle=True)
@@ -233,7 +234,7 @@ def test_published_dataloader_survives_an_epoch_stopped_early(tmp_path):
 
 def test_block_ring_reuses_only_acknowledged_blocks():
     torch = pytest.importorskip("torch")
-    from aniso.torch_loader import _BlockRing
+    from aniso.published.torch_loader import _BlockRing
 
     acks = torch.zeros(1, dtype=torch.int64)
     cached = torch.full((1, 2), -1, dtype=torch.int64)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aniso.arrays import l2_normalize
+from aniso.numeric.arrays import l2_normalize
 from aniso.errors import InputError
-from aniso.moments import Moments, merge_all, moments_of
+from aniso.numeric.moments import Moments, merge_all, moments_of
 
 
 def _reference(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

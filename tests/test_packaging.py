@@ -44,7 +44,7 @@ def test_wheel_contents(wheel):
     for shipped in ("default", "ci", "local", "s3", "gates"):
         assert f"aniso/conf/{shipped}.yaml" in names
     for module in ("aniso/flows/produce.py", "aniso/flows/cli.py", "aniso/flows/deployments.py",
-                   "aniso/tasks/__init__.py", "aniso/tasks/gate.py", "aniso/preflight.py", "aniso/method_params.py"):
+                   "aniso/tasks/__init__.py", "aniso/tasks/gate.py", "aniso/stages/preflight.py", "aniso/methods/params.py"):
         assert module in names
     assert any(n.startswith("aniso/demo/weights/") for n in names)
     assert not any(n.startswith(("tests/", "infra/", "bench/", "flows/", "tasks/", "conf/")) for n in names)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from aniso.errors import InputError
-from aniso.polar import from_polar, from_polar_torch, rotate_scale_torch, to_polar, to_polar_torch
+from aniso.methods.anisoalign.polar import from_polar, from_polar_torch, rotate_scale_torch, to_polar, to_polar_torch
 
 
 def test_round_trip_numpy_and_torch():

@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from aniso.flows.cli import app
-from aniso.preflight import MIN_ROWS
+from aniso.stages.preflight import MIN_ROWS
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -158,7 +158,7 @@ def test_s3_profile_honours_aws_endpoint_url(inputs, moto_server, monkeypatch):
     """The README's S3 recipe: ``--profile s3`` with AWS_ENDPOINT_URL and AWS_* credentials."""
     import s3fs
 
-    from aniso.publish import open_published
+    from aniso.published.dataset import open_published
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
     s3fs.S3FileSystem.clear_instance_cache()

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from aniso.prior import PhasePrior, fit_prior, wrap
+from aniso.methods.anisoalign.prior import PhasePrior, fit_prior, wrap
 
 
 def test_energy_is_periodic_and_drift_points_to_anchor():

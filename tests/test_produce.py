@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
 
-from aniso import pipeline
-from aniso._fs import exists, join_url, open_url
+from aniso.stages import apply as apply_stage
+from aniso._fs import join_url, open_url
 from aniso.config import load_settings
 from aniso.errors import GateFailed, InputError
-from aniso.layout import DatasetLayout
+from aniso.io.layout import DatasetLayout
 from aniso.methods import Aligner
-from aniso.publish import open_published, read_latest
+from aniso.published.dataset import open_published, read_latest
 from aniso.flows._common import make_task_runner
 from aniso.flows.produce import produce
 
@@ -78,18 +77,18 @@ def test_rerun_is_resumed_and_identical(tmp_path, gap, monkeypatch):
     url = str(tmp_path / "crashy")
     settings = _settings(url, {})
     paths = _inputs(url, {}, gap)
-    real_apply = pipeline.apply_shard
+    real_apply = apply_stage.apply_shard
 
     def crash_on_shard_1(model_url, text_store_url, subs_url, shard, storage_options):
         if shard == 1:
             raise RuntimeError("injected crash in shard 1")
         return real_apply(model_url, text_store_url, subs_url, shard, storage_options)
 
-    monkeypatch.setattr(pipeline, "apply_shard", crash_on_shard_1)
+    monkeypatch.setattr(apply_stage, "apply_shard", crash_on_shard_1)
     with pytest.raises(RuntimeError, match="injected crash"):
         run(settings, paths)
     assert read_latest(DatasetLayout(url, "t")) is None  # nothing published
-    monkeypatch.setattr(pipeline, "apply_shard", real_apply)
+    monkeypatch.setattr(apply_stage, "apply_shard", real_apply)
 
     result = run(settings, paths)
     resumed = open_published(url, "t")

@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from aniso.gates import shard_table
-from aniso.report import (build_report, centroid_baseline, direction_ratios, publish_report, render_html,
+from aniso.quality.gates import shard_table
+from aniso.quality.report import (build_report, centroid_baseline, direction_ratios, publish_report, render_html,
                           residual_spectrum, spectrum, write_report)
-from aniso.report_plots import svg_is_inline_safe
+from aniso.quality.report_plots import svg_is_inline_safe
 
 
 def _gates(passed=True):
@@ -131,7 +131,8 @@ def test_report_from_a_gate_run_holds_no_secret(tmp_path, gap, monkeypatch):
     """A run over storage options carrying a secret writes no trace of it into quality/."""
     from test_gates import _store
 
-    from aniso import gate_stage, pipeline
+    from aniso.stages import gate as gate_stage
+    from aniso.stages import apply as apply_stage
     from aniso.config import GateSettings
     from aniso.methods import get_aligner
 
@@ -144,9 +145,9 @@ def test_report_from_a_gate_run_holds_no_secret(tmp_path, gap, monkeypatch):
     model = str(base / "model")
     get_aligner("realign").fit(gap.text[:600], gap.image[:600]).save(model)
     subs = str(base / "substitutes.zarr")
-    for shard in pipeline.prepare_substitutes(subs, text, attrs={}, dtype="float32", compressor="zstd",
+    for shard in apply_stage.prepare_substitutes(subs, text, attrs={}, dtype="float32", compressor="zstd",
                                               storage_options=options):
-        pipeline.apply_shard(model, text, subs, shard, options)
+        apply_stage.apply_shard(model, text, subs, shard, options)
     result = gate_stage.gate_run(model, text, subs, str(base / "quality"), GateSettings(), options,
                                image_store_url=image)
     assert result["passed"]
@@ -158,7 +159,7 @@ def test_report_from_a_gate_run_holds_no_secret(tmp_path, gap, monkeypatch):
 def test_report_has_identity_references_and_a_copy_beside_the_manifest(gap, tmp_path, monkeypatch):
     """run.json supplies the identity; the reference columns come from the same metric function
     applied to the raw text and the centroid baseline; publish_report adds the version."""
-    from aniso.diagnostics import centroid_residual
+    from aniso.quality.diagnostics import centroid_residual
 
     run = tmp_path / "runs" / "k1"
     (run / "quality").mkdir(parents=True)
@@ -183,12 +184,12 @@ def test_report_has_identity_references_and_a_copy_beside_the_manifest(gap, tmp_
     page = (run / "quality" / "report.html").read_text()
     for needle in ("coco", "realign", "k1", "0.1.0+abc", "f-text", "not published", "raw text", "baseline"):
         assert needle in page, needle
-    import aniso.report
+    import aniso.quality.report
 
     def no_drawing(content):
         raise AssertionError("publish_report drew the plots again")
 
-    monkeypatch.setattr(aniso.report, "render_plots", no_drawing)  # the run's drawn plots are reused
+    monkeypatch.setattr(aniso.quality.report, "render_plots", no_drawing)  # the run's drawn plots are reused
     url = publish_report(str(run / "quality"), str(tmp_path / "published" / "v1"), "v1", "coco")
     published = (tmp_path / "published" / "v1" / "report.html").read_text()
     assert url.endswith("published/v1/report.html") and "not published" not in published

@@ -11,12 +11,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aniso import pipeline
+from aniso.stages import apply as apply_stage
 from aniso._fs import join_url, open_url
 from aniso.config import load_settings
-from aniso.layout import DatasetLayout
-from aniso.publish import open_published, read_latest
-from aniso.store import EmbeddingStore
+from aniso.io.layout import DatasetLayout
+from aniso.published.dataset import open_published, read_latest
+from aniso.io.store import EmbeddingStore
 from aniso.flows.produce import produce
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -83,16 +83,16 @@ def test_resume_after_a_crash_below_one_shard(request, tmp_path, gap, monkeypatc
     url, options = _root(request, tmp_path, backend)
     paths = _inputs(url, options, gap, n)
     settings = _settings("ci", url, options)
-    real_apply = pipeline.apply_shard
+    real_apply = apply_stage.apply_shard
 
     def crash(*args, **kwargs):
         raise RuntimeError("injected crash in apply")
 
-    monkeypatch.setattr(pipeline, "apply_shard", crash)
+    monkeypatch.setattr(apply_stage, "apply_shard", crash)
     with pytest.raises(RuntimeError, match="injected crash"):
         _run(settings, paths)
     assert read_latest(DatasetLayout(url, "r"), storage_options=options) is None
-    monkeypatch.setattr(pipeline, "apply_shard", real_apply)
+    monkeypatch.setattr(apply_stage, "apply_shard", real_apply)
     resumed = _run(settings, paths)
 
     clean_url = join_url(url, "clean")

@@ -1,11 +1,11 @@
-"""Row-deterministic products and per-row noise (aniso/rowwise.py)."""
+"""Row-deterministic products and per-row noise (aniso/numeric/rowwise.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from aniso.rowwise import TILE, row_normals, rowwise_matmul
+from aniso.numeric.rowwise import TILE, row_normals, rowwise_matmul
 
 #: Block boundaries: single rows, around the tile size, and sizes that are multiples of nothing.
 CUTS = [(1,), (3, 7, 33), (TILE - 1,), (TILE,), (TILE + 1, 2 * TILE + 5), (117, 600)]

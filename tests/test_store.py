@@ -7,7 +7,7 @@ import pytest
 
 from aniso._fs import filesystem, join_url
 from aniso.errors import InputError, ShardAlignmentError, StoreCorrupt, StoreNotFound
-from aniso.store import EmbeddingStore
+from aniso.io.store import EmbeddingStore
 
 
 def _make(url, options, n=1000, d=8, shard_rows=256):

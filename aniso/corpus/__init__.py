@@ -8,14 +8,15 @@ folder trees (jpg, png, webp) or webdataset tars. Bad items are recorded, never 
     write_manifest(records, root, dataset, "text")
     check_failure_rate(records, settings.corpus.max_failure_rate)
 
-(Precomputed embeddings in clip-retrieval's layout are read by :mod:`aniso.inputs`.)
+(Precomputed embeddings in clip-retrieval's layout are read by :mod:`aniso.io.inputs`.)
 """
 
 from __future__ import annotations
 
-from ._images import decode_image
-from ._plan import FileRange, ShardSpec, list_corpus, plan_digest, plan_shards
-from ._records import (
+from aniso.corpus._images import decode_image
+from aniso.corpus._formats import FileRange
+from aniso.corpus._plan import ShardSpec, list_corpus, plan_digest, plan_shards
+from aniso.corpus._records import (
     ItemRecord,
     MANIFEST_COLUMNS,
     check_failure_rate,
@@ -27,7 +28,7 @@ from ._records import (
     write_manifest,
     write_records,
 )
-from ._shard import ShardItems, read_shard
+from aniso.corpus._shard import ShardItems, read_shard
 
 __all__ = [
     "FileRange",

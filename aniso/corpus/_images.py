@@ -8,8 +8,8 @@ import warnings
 
 from PIL import Image, UnidentifiedImageError
 
-from ._plan import IMAGE_EXTENSIONS, PAST_EOF, TRUNCATED, FileRange, tar_samples
-from ._text import check_text
+from aniso.corpus._formats import IMAGE_EXTENSIONS, PAST_EOF, TRUNCATED, FileRange, tar_samples
+from aniso.corpus._text import check_text
 
 __all__ = ["RawItem", "read_image_range", "read_tar_range", "decode_image"]
 

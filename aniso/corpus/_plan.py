@@ -13,7 +13,6 @@ own bytes.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import posixpath
 import tarfile
@@ -22,47 +21,18 @@ from typing import Any, Literal
 
 import pyarrow.parquet as pq
 
-from .._fs import filesystem, join_url
-from ..config import CorpusSettings
-from ..errors import InputError
+from aniso._fs import filesystem, join_url
+from aniso.config import CorpusSettings
+from aniso.corpus._formats import (
+    IMAGE_EXTENSIONS, TAR_EXTENSION, TEXT_FORMATS, TRUNCATED, FileRange, parse_json_line, read_csv_rows, tar_samples,
+)
+from aniso.errors import InputError
 
-__all__ = [
-    "TEXT_FORMATS",
-    "IMAGE_EXTENSIONS",
-    "FileRange",
-    "ShardSpec",
-    "Unit",
-    "list_corpus",
-    "plan_shards",
-    "plan_digest",
-    "tar_samples",
-]
+__all__ = ["ShardSpec", "Unit", "list_corpus", "plan_shards", "plan_digest"]
 
 logger = logging.getLogger(__name__)
 
 Modality = Literal["text", "image"]
-#: file extension → text format
-TEXT_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".csv": "csv", ".tsv": "csv", ".txt": "txt"}
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
-_TAR = ".tar"
-
-
-@dataclass(frozen=True)
-class FileRange:
-    """Items ``[start, stop)`` of one file (rows, or samples of a tar; one image file is one item).
-
-    ``byte_start``/``byte_end``/``line_start`` locate the rows of line-based files (jsonl, txt).
-    """
-
-    url: str
-    rel: str
-    format: str
-    start: int
-    stop: int
-    byte_start: int = 0
-    byte_end: int = -1
-    line_start: int = 0
-    content: str = ""  # size + ETag/mtime of the file: an edited file changes the plan digest
 
 
 @dataclass(frozen=True)
@@ -101,70 +71,11 @@ class Unit:
 
 def _detect(rel: str, modality: Modality) -> str | None:
     ext = posixpath.splitext(rel)[1].lower()
-    if ext == _TAR:
+    if ext == TAR_EXTENSION:
         return "webdataset"
     if modality == "image":
         return "image" if ext in IMAGE_EXTENSIONS else None
     return TEXT_FORMATS.get(ext)
-
-
-#: Key prefix of the pseudo-sample that stands for the lost tail of a truncated tar.
-TRUNCATED = "#truncated-at-"
-#: Member name marking a sample whose data run past the end of a truncated tar.
-PAST_EOF = "!past-eof"
-
-
-def tar_samples(fileobj) -> list[tuple[str, dict[str, tarfile.TarInfo]]]:
-    """Group a tar's members into webdataset samples ``(key, {extension: member})``, in order.
-
-    The key is the member path up to the first ``.`` of its basename (webdataset's convention).
-    A truncated tar (cut inside a member, or before its end-of-archive blocks) is never read as a
-    shorter complete one: a sample whose data run past the end of the file carries a
-    :data:`PAST_EOF` member, and a last pseudo-sample ``#truncated-at-<byte>`` stands for the
-    samples lost after the cut (how many is unknowable), so both become error records.
-    """
-    size = fileobj.seek(0, 2)
-    fileobj.seek(0)
-    samples: list[tuple[str, dict[str, tarfile.TarInfo]]] = []
-    cut: int | None = None
-    with tarfile.open(fileobj=fileobj, mode="r:") as tar:
-        try:
-            for member in tar:
-                if member.offset_data + member.size > size:
-                    cut = size
-                if not member.isfile():
-                    continue
-                folder, base = posixpath.split(member.name)
-                if "." not in base:
-                    continue
-                stem, ext = base.split(".", 1)
-                key = posixpath.join(folder, stem)
-                if samples and samples[-1][0] == key:
-                    samples[-1][1][ext.lower()] = member
-                else:
-                    samples.append((key, {ext.lower(): member}))
-                if cut is not None:
-                    samples[-1][1][PAST_EOF] = member
-                    break
-        except tarfile.ReadError:  # a header cut short
-            cut = size
-        if cut is None and tar.offset + tarfile.BLOCKSIZE > size:  # no end-of-archive block
-            cut = size
-    if cut is not None:
-        samples.append((f"{TRUNCATED}{cut}", {}))
-    return samples
-
-
-def parse_json_line(raw: bytes) -> tuple[Any, str | None]:
-    """``(record, error)`` of one jsonl line; a non-UTF-8 line still yields its record (for the id)."""
-    try:
-        text, error = raw.decode("utf-8"), None
-    except UnicodeDecodeError as exc:
-        text, error = raw.decode("utf-8", errors="surrogateescape"), f"not valid UTF-8 ({exc.reason} at byte {exc.start})"
-    try:
-        return json.loads(text), error
-    except ValueError as exc:
-        return None, error or f"invalid JSON: {exc}"
 
 
 def _record_id(record: Any, id_field: str | None, default: str) -> str:
@@ -205,8 +116,6 @@ def _scan_file(fs, path: str, rel: str, fmt: str, settings: CorpusSettings) -> U
                 ids = [str(v) if v not in (None, "") else ids[i] for i, v in enumerate(column)]
         return Unit(url="", rel=rel, format=fmt, ids=ids)
     if fmt == "csv":
-        from ._text import read_csv_rows
-
         with fs.open(path, "rb") as f:
             rows = read_csv_rows(f.read(), delimiter="\t" if rel.lower().endswith(".tsv") else ",")
         ids = [_record_id(row, settings.id_field, f"{rel}:{i}") for i, row in enumerate(rows)]

@@ -12,8 +12,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .._fs import join_url, open_url
-from ..errors import FailureRateExceeded
+from aniso._fs import join_url, open_url
+from aniso.errors import FailureRateExceeded
 
 __all__ = [
     "ItemRecord",

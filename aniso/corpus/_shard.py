@@ -6,11 +6,11 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from .._fs import filesystem
-from ._images import read_image_range, read_tar_range
-from ._plan import ShardSpec
-from ._records import ItemRecord
-from ._text import read_text_range
+from aniso._fs import filesystem
+from aniso.corpus._images import read_image_range, read_tar_range
+from aniso.corpus._plan import ShardSpec
+from aniso.corpus._records import ItemRecord
+from aniso.corpus._text import read_text_range
 
 __all__ = ["ShardItems", "read_shard"]
 

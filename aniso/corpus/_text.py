@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from typing import Any
 
 import pyarrow.parquet as pq
 
-from ._plan import FileRange, parse_json_line
+from aniso.corpus._formats import FileRange, parse_json_line, read_csv_rows
 
-__all__ = ["TextItem", "read_text_range", "read_csv_rows", "check_text"]
+__all__ = ["TextItem", "read_text_range", "check_text"]
 
 #: ``(id, source, text or None, error or None)``
 TextItem = tuple[str, str, "str | None", "str | None"]
-
-
-def read_csv_rows(data: bytes, delimiter: str = ",") -> list[dict[str, str]]:
-    """Parse CSV bytes into dict rows; undecodable bytes survive as surrogates (see :func:`check_text`)."""
-    text = data.decode("utf-8", errors="surrogateescape")
-    return list(csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter))
 
 
 def check_text(value: Any, field: str) -> tuple[str | None, str | None]:

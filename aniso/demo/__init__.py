@@ -12,8 +12,8 @@ run the real path end to end (captioned corpus → open_clip embeddings → alig
 
 from __future__ import annotations
 
-from .model import DEMO_MODEL, DEMO_PRETRAINED, load_demo_model, register_demo_config
-from .scenes import Scene, caption, generate, render, sample_scene, write_demo_corpus
+from aniso.demo.model import DEMO_MODEL, DEMO_PRETRAINED, load_demo_model, register_demo_config
+from aniso.demo.scenes import Scene, caption, generate, render, sample_scene, write_demo_corpus
 
 __all__ = [
     "DEMO_MODEL",

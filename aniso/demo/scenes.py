@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .._fs import join_url, open_url
+from aniso._fs import join_url, open_url
 
 __all__ = [
     "SHAPES",

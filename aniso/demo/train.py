@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .model import DEMO_MODEL, WEIGHTS_PATH, load_demo_weights, register_demo_config, save_demo_weights
-from .scenes import generate
+from aniso.demo.model import DEMO_MODEL, WEIGHTS_PATH, load_demo_weights, register_demo_config, save_demo_weights
+from aniso.demo.scenes import generate
 
 __all__ = ["TrainConfig", "train", "evaluate", "render_set"]
 

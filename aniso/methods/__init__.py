@@ -1,42 +1,30 @@
 """Alignment methods behind one interface (see :mod:`aniso.methods.base`).
 
-The method classes are imported on first use (PEP 562), so ``import aniso.methods`` stays
-numpy-only: AnisoAlign's training code (torch) loads only when AnisoAlign is used.
+Every method is a row of :data:`aniso.methods.table.METHODS`; its class is imported on first use
+(PEP 562), so ``import aniso.methods`` (and the settings, which read the table and the parameter
+models) never imports numpy-heavy or torch code: AnisoAlign's training code loads only when
+AnisoAlign is used.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .base import ALIGNERS, METHOD_MODULES, Aligner, aligner_class, available_aligners, get_aligner
+from aniso.methods.table import METHODS, MethodEntry
 
-if TYPE_CHECKING:
-    from .anisoalign import AnisoAlign
-    from .baselines import C3, CentroidShift, Identity, MomentMatch, ReAlign
+_BASE = ("Aligner", "aligner_class", "available_aligners", "get_aligner")
 
-__all__ = [
-    "ALIGNERS",
-    "METHOD_MODULES",
-    "Aligner",
-    "aligner_class",
-    "available_aligners",
-    "get_aligner",
-    "Identity",
-    "CentroidShift",
-    "ReAlign",
-    "C3",
-    "MomentMatch",
-    "AnisoAlign",
-]
-
-_LAZY = {"Identity": ".baselines", "CentroidShift": ".baselines", "ReAlign": ".baselines", "C3": ".baselines",
-         "MomentMatch": ".baselines", "AnisoAlign": ".anisoalign"}
+__all__ = ["METHODS", "MethodEntry", *_BASE, *(entry.class_name for entry in METHODS.values())]
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name in _BASE:
+        value = getattr(importlib.import_module("aniso.methods.base"), name)
+    else:
+        entry = next((e for e in METHODS.values() if e.class_name == name), None)
+        if entry is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = entry.load()
+    globals()[name] = value
+    return value

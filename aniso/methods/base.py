@@ -9,9 +9,9 @@ An aligner maps L2-normalised text embeddings to substitute image embeddings::
 
 Fitting is split in three steps so that an orchestrator can distribute the passes over data:
 
-1. statistics: :class:`~aniso.moments.Moments` of each modality (mergeable, per shard);
+1. statistics: :class:`~aniso.numeric.moments.Moments` of each modality (mergeable, per shard);
 2. :meth:`Aligner.fit_statistics`: the model proper, from the moments plus, for methods with
-   ``sample_size > 0``, row samples drawn with :func:`aniso.sampling.sample_indices`;
+   ``sample_size > 0``, row samples drawn with :func:`aniso.numeric.sampling.sample_indices`;
 3. calibration: :meth:`Aligner.premap_sum` per chunk, summed, then
    :meth:`Aligner.set_calibration` (the centroid calibration of docs/method.md §6).
 
@@ -28,41 +28,25 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 
-from ..affine import NormalizedAffine
-from .._fs import join_url, open_url
-from .._version import __version__
-from ..arrays import ArrayLike2D, check_finite, iter_chunks, l2_normalize
-from ..method_params import MethodParams, NoParams
-from ..errors import AnisoError, InputError, NotFittedError, StoreCorrupt, StoreNotFound
-from ..moments import Moments, moments_of
-from ..sampling import collect_rows, sample_indices
+from aniso.numeric.fused_affine import NormalizedAffine
+from aniso._fs import join_url, open_url
+from aniso._version import __version__
+from aniso.numeric.arrays import ArrayLike2D, check_finite, iter_chunks, l2_normalize
+from aniso.methods.params import MethodParams, NoParams
+from aniso.methods.table import METHODS, method_entry
+from aniso.errors import InputError, NotFittedError, StoreCorrupt, StoreNotFound
+from aniso.numeric.moments import Moments, moments_of
+from aniso.numeric.sampling import collect_rows, sample_indices
 
-__all__ = ["Aligner", "get_aligner", "aligner_class", "available_aligners", "ALIGNERS", "METHOD_MODULES"]
+__all__ = ["Aligner", "get_aligner", "aligner_class", "available_aligners"]
 
 logger = logging.getLogger(__name__)
 
-#: name -> class, filled by ``Aligner.__init_subclass__`` as method modules are imported.
-ALIGNERS: dict[str, type[Aligner]] = {}
-
-#: name -> module defining it. Method modules are imported on first use, so that ``import aniso``
-#: and a worker applying a numpy-only method never import torch (the AnisoAlign training code).
-METHOD_MODULES: dict[str, str] = {
-    "identity": "aniso.methods.baselines",
-    "centroid": "aniso.methods.baselines",
-    "realign": "aniso.methods.baselines",
-    "c3": "aniso.methods.baselines",
-    "moment": "aniso.methods.baselines",
-    "anisoalign": "aniso.methods.anisoalign",
-}
-
-
 def aligner_class(name: str) -> type[Aligner] | None:
-    """The class registered under ``name``, importing its module on first use (None: unknown)."""
-    if name not in ALIGNERS and name in METHOD_MODULES:
-        import importlib
+    """The class of method ``name`` (:data:`~aniso.methods.table.METHODS`; None: unknown)."""
+    entry = METHODS.get(name)
+    return entry.load() if entry is not None else None
 
-        importlib.import_module(METHOD_MODULES[name])
-    return ALIGNERS.get(name)
 
 _MODEL_JSON = "aligner.json"
 _STATE_NPZ = "state.npz"
@@ -83,7 +67,7 @@ class Aligner(ABC):
 
     name: ClassVar[str] = ""
     #: The method's hyper-parameter model (everything but ``calibrate``), validated when the
-    #: settings load; see :mod:`aniso.method_params`.
+    #: settings load; see :mod:`aniso.methods.params`.
     Params: ClassVar[type[MethodParams]] = NoParams
     #: Rows of each modality the fit wants beyond the moments (0: moments suffice).
     sample_size: ClassVar[int] = 0
@@ -95,9 +79,13 @@ class Aligner(ABC):
     min_rows: ClassVar[int] = 2
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
+        # A named method takes its parameter model and statistics from its row of the method
+        # table, so the table is the one place they are stated.
         super().__init_subclass__(**kwargs)
         if cls.name:
-            ALIGNERS[cls.name] = cls
+            entry = method_entry(cls.name)
+            cls.Params = entry.params_model()
+            cls.statistics = entry.statistics
 
     def __init__(self, calibrate: bool | None = None) -> None:
         self.calibrate = self.default_calibrate if calibrate is None else bool(calibrate)
@@ -213,7 +201,7 @@ class Aligner(ABC):
         """``(L, c)`` when the premap is ``normalize(L u + c)`` of the unit rows ``u`` (``L`` a
         scalar or a ``d × d`` matrix), else None.
 
-        Such methods get the fused float32 kernel (:mod:`aniso.affine`) for float16/float32
+        Such methods get the fused float32 kernel (:mod:`aniso.numeric.fused_affine`) for float16/float32
         input in :meth:`transform` and :meth:`premap_sum`.
         """
         return None
@@ -338,13 +326,10 @@ class Aligner(ABC):
 
 
 def available_aligners() -> list[str]:
-    """Names accepted by :func:`get_aligner` (and the CLI's ``--method``)."""
-    return sorted(set(ALIGNERS) | set(METHOD_MODULES))
+    """Names accepted by :func:`get_aligner` (and the CLI's ``--method``), in table order."""
+    return list(METHODS)
 
 
 def get_aligner(name: str, **params: Any) -> Aligner:
     """Construct the aligner registered under ``name`` with ``params``."""
-    aligner_cls = aligner_class(name)
-    if aligner_cls is None:
-        raise AnisoError(f"unknown method {name!r}; available: {', '.join(available_aligners())}")
-    return aligner_cls(**params)
+    return method_entry(name).load()(**params)

@@ -8,12 +8,11 @@ import math
 
 import numpy as np
 
-from ..arrays import l2_normalize
-from ..errors import InputError
-from ..method_params import C3Params, MomentMatchParams
-from ..moments import Moments
-from ..rowwise import row_normals, rowwise_matmul
-from .base import Aligner
+from aniso.numeric.arrays import l2_normalize
+from aniso.errors import InputError
+from aniso.numeric.moments import Moments
+from aniso.numeric.rowwise import row_normals, rowwise_matmul
+from aniso.methods.base import Aligner
 
 __all__ = ["Identity", "CentroidShift", "C3", "ReAlign", "MomentMatch"]
 
@@ -22,7 +21,6 @@ class Identity(Aligner):
     """No alignment: ``x* = normalize(x_t)`` (the lower bound)."""
 
     name = "identity"
-    statistics = "trace"
     default_calibrate = False
 
     def _fit(self, text_stats: Moments, image_stats: Moments, text_sample: Any, image_sample: Any) -> None:
@@ -39,7 +37,6 @@ class CentroidShift(Aligner):
     """Global centroid shift: ``x* = normalize(x_t − μ_t + μ_i)`` (ReAlign's anchor step)."""
 
     name = "centroid"
-    statistics = "trace"
     default_calibrate = False
 
     def _fit(self, text_stats: Moments, image_stats: Moments, text_sample: Any, image_sample: Any) -> None:
@@ -60,7 +57,6 @@ class ReAlign(Aligner):
     """
 
     name = "realign"
-    statistics = "trace"
     default_calibrate = True
 
     def __init__(self, calibrate: bool | None = None) -> None:
@@ -89,13 +85,11 @@ class C3(Aligner):
     ``x* = normalize(normalize(x_t) − μ_t + μ_i + σξ)``, ``ξ ~ N(0, I)``. C3 adds noise only while
     *training* a downstream model, so ``noise`` is 0 by default (evaluation); set it to
     ``sqrt(0.016)`` (C3's default) to produce training-time corruptions. With noise on, each
-    row's noise is keyed on ``seed`` and the row itself (:func:`aniso.rowwise.row_normals`), so
+    row's noise is keyed on ``seed`` and the row itself (:func:`aniso.numeric.rowwise.row_normals`), so
     the output does not depend on how rows are sharded, and equal rows get equal noise.
     """
 
     name = "c3"
-    statistics = "trace"
-    Params = C3Params
     default_calibrate = False
     #: C3's own noise level, ``--noise_level`` default in its ``run.py``.
     TRAIN_NOISE = math.sqrt(0.016)
@@ -141,7 +135,6 @@ class MomentMatch(Aligner):
     """
 
     name = "moment"
-    Params = MomentMatchParams
     default_calibrate = False
 
     def __init__(self, calibrate: bool | None = None, shrinkage: float = 0.0) -> None:

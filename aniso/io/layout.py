@@ -1,0 +1,89 @@
+"""Where everything lives under a storage root (docs/storage.md) and how runs are keyed.
+
+::
+
+    <root>/<dataset>/
+      corpus/<modality>/manifest.parquet
+      embeddings/<input-key>/<modality>.zarr
+      runs/<run-key>/model/ | substitutes.zarr | quality/
+      published/<version>/manifest.json
+      published/LATEST
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from aniso._fs import join_url
+from aniso.errors import ConfigError
+
+__all__ = ["DatasetLayout", "run_key", "check_name"]
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def check_name(value: str, what: str) -> str:
+    """Reject names that could escape the dataset root (``..``, slashes, empty, odd chars)."""
+    if not _SAFE_NAME.match(value or "") or ".." in value:
+        raise ConfigError(
+            f"{what} {value!r} is not a safe name: use letters, digits, '.', '_' or '-' "
+            "(no slashes, no '..')"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class DatasetLayout:
+    """Paths of one dataset under a storage root."""
+
+    root: str
+    dataset: str
+
+    def __post_init__(self) -> None:
+        check_name(self.dataset, "dataset name")
+
+    @property
+    def base(self) -> str:
+        return join_url(self.root, self.dataset)
+
+    def corpus_manifest(self, modality: str) -> str:
+        return join_url(self.base, "corpus", check_name(modality, "modality"), "manifest.parquet")
+
+    def embeddings(self, input_key: str, modality: str) -> str:
+        return join_url(self.base, "embeddings", check_name(input_key, "input key"), f"{check_name(modality, 'modality')}.zarr")
+
+    def run(self, key: str) -> str:
+        return join_url(self.base, "runs", check_name(key, "run key"))
+
+    def model(self, key: str) -> str:
+        return join_url(self.run(key), "model")
+
+    def substitutes(self, key: str) -> str:
+        return join_url(self.run(key), "substitutes.zarr")
+
+    def quality(self, key: str) -> str:
+        return join_url(self.run(key), "quality")
+
+    def published(self, version: str) -> str:
+        return join_url(self.base, "published", check_name(version, "version"))
+
+    @property
+    def latest(self) -> str:
+        return join_url(self.base, "published", "LATEST")
+
+
+def run_key(inputs: dict[str, str], semantic_config: dict[str, Any], code_version: str, length: int = 20) -> str:
+    """Hash of what determines a run's result: input fingerprints, semantic config, code version.
+
+    Execution details (workers, batch sizes, storage options) are not part of it, so changing
+    them resumes the same run instead of starting a new one.
+    """
+    payload = json.dumps(
+        {"inputs": inputs, "config": semantic_config, "code": code_version},
+        sort_keys=True, separators=(",", ":"), default=str,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:length]

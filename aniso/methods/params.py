@@ -1,0 +1,129 @@
+"""Each method's hyper-parameter model, importable without torch.
+
+``method.params`` is validated against the model of ``method.name`` when the settings load
+(:func:`aniso.config.load_settings`), so a misspelt or out-of-range parameter fails before any
+work starts. Which model belongs to which method is a column of the method table
+(:data:`aniso.methods.table.METHODS`); each aligner class exposes its model as ``Params``.
+``calibrate`` (every method's switch for the final centroid calibration) is common to all.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from aniso.errors import ConfigError
+from aniso.methods.table import method_entry
+
+__all__ = [
+    "MethodParams",
+    "NoParams",
+    "C3Params",
+    "MomentMatchParams",
+    "AnisoAlignParams",
+    "validate_method",
+    "semantic_params",
+]
+
+
+class MethodParams(BaseModel):
+    """Base of every parameter model: unknown names are errors (a typo never passes silently)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class NoParams(MethodParams):
+    """Methods without hyper-parameters (beyond ``calibrate``)."""
+
+
+class C3Params(MethodParams):
+    """:class:`aniso.methods.C3`: training-time noise (0 for evaluation) and its seed."""
+
+    noise: float = Field(0.0, ge=0)
+    seed: int = 0
+
+
+class MomentMatchParams(MethodParams):
+    """:class:`aniso.methods.MomentMatch`: shrinkage of both covariances towards isotropy."""
+
+    shrinkage: float = Field(0.0, ge=0.0, le=1.0)
+
+
+class AnisoAlignParams(MethodParams):
+    """Validated hyper-parameters of :class:`AnisoAlign` (all JSON-able)."""
+
+    r: int | None = Field(64, description="dominant rank (even); None: energy rule")
+    p: int = Field(64, ge=0, description="leading complement directions corrected by Stage II")
+    mixing: Literal["haar", "identity"] = "haar"
+    seed: int = 0
+    # closed form
+    strength: float = Field(1.0, ge=0, description="share of the evidence-weighted mismatch corrected; 0: centroid shift")
+    evidence: float = Field(1.0, ge=0, description="rows per dimension for half the correction")
+    bound: float = Field(0.3, ge=0, description="largest log-scale correction per direction")
+    prior_strength: float = Field(7.0, ge=0, description="isotropic pseudo-rows per dimension (covariance shrinkage)")
+    adaptive: bool = True
+    bounded: bool = True
+    knn_budget: float | None = Field(0.01, ge=0, description="largest kNN-overlap@10 loss against the centroid shift, measured on the fitting text; None: no budget")
+    budget_rows: int = Field(2000, ge=11, description="text rows the kNN budget is measured on")
+    radial: bool = Field(True, description="scale the deviations radially so renormalisation keeps the centroid's length")
+    # learned stages (off by default: on every corpus measured they did not pay for their cost,
+    # see docs/quality.md)
+    learned: bool = Field(False, description="train Stage I/II when the samples allow it")
+    closed_form_only: bool = False
+    use_prior: bool = True
+    min_samples_learned: int = Field(5000, ge=2)
+    full_capacity_samples: int = Field(20000, ge=2)
+    hidden: int = Field(512, gt=0)
+    prior_hidden: int = Field(256, gt=0)
+    prior_steps: int = Field(1000, ge=0)
+    refine_steps: int = Field(1000, ge=0)
+    batch_size: int = Field(1024, gt=1)
+    delta_theta: float = Field(math.pi / 8, ge=0)
+    delta_ell: float = Field(0.25, ge=0)
+    delta_v: float = Field(0.5, ge=0)
+    w_prior: float = 1.0
+    w_dist: float = 1.0
+    w_rel: float = 1.0
+    w_inst: float = 0.5
+    w_reg: float = 1e-3
+    device: str | None = None
+    torch_threads: int | None = Field(1, gt=0, description="CPU threads for training (1 measured 1.9–4.5× faster than torch's default on a loaded 2-core machine; None: torch's default)")
+    calibration_rounds: int = Field(50, ge=1, description="most Newton rounds of the exact centroid calibration")
+
+    @field_validator("r")
+    @classmethod
+    def _even_rank(cls, r: int | None) -> int | None:
+        if r is not None and (r <= 0 or r % 2):
+            raise ValueError(f"r must be a positive even number, got {r}")
+        return r
+
+
+def validate_method(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Check ``name`` and ``params`` against the method's model; return the params as given.
+
+    Raises
+    ------
+    ConfigError
+        Naming ``method.name`` (unknown method) or ``method.params.<field>`` (bad parameter).
+    """
+    entry = method_entry(name)
+    rest = dict(params)
+    calibrate = rest.pop("calibrate", None)
+    if calibrate is not None and not isinstance(calibrate, bool):
+        raise ConfigError(f"method.params.calibrate: expected true or false, got {calibrate!r}")
+    try:
+        entry.params_model().model_validate(rest)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"method.params.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid parameters for method {name!r}: {problems}") from None
+    return params
+
+
+def semantic_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` without the method's execution-only parameters (what enters the run key)."""
+    skip = method_entry(name).execution_params
+    return {k: v for k, v in params.items() if k not in skip}

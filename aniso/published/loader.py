@@ -1,0 +1,143 @@
+"""Chunk-aware batch iteration over a published dataset, for training loops.
+
+Reading a published dataset one row at a time fetches a whole chunk per row (chunks are the
+read unit: ``chunk_rows`` rows, 4,096 by default). :func:`iter_batches` instead reads whole chunks,
+in a (seeded) shuffled chunk order, and shuffles rows within a buffer of a few chunks, so each
+chunk is fetched exactly once per epoch. Chunks are dealt to ranks round-robin after the shuffle,
+so across ``world_size`` ranks every row is yielded exactly once per epoch.
+
+``aniso.published.torch_loader.PublishedIterableDataset`` wraps it for ``torch.utils.data.DataLoader``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from aniso.errors import ConfigError
+
+__all__ = ["iter_batches", "chunks_for_rank"]
+
+logger = logging.getLogger(__name__)
+
+
+def chunks_for_rank(n_chunks: int, *, shuffle: bool, seed: int, epoch: int, rank: int, world_size: int) -> np.ndarray:
+    """The chunk indices rank ``rank`` of ``world_size`` reads in one epoch, in reading order.
+
+    The chunk order is one permutation per ``(seed, epoch)`` shared by every rank; rank ``r``
+    takes positions ``r, r + world_size, ...``, so the ranks' sets partition all chunks.
+    """
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ConfigError(f"rank {rank} is not in [0, world_size={world_size})")
+    order = np.random.default_rng([seed, epoch]).permutation(n_chunks) if shuffle else np.arange(n_chunks)
+    return order[rank::world_size]
+
+
+def _as_str_array(raw: Any) -> np.ndarray:
+    arr = np.asarray(raw)
+    return arr if arr.dtype == object else arr.astype(object)
+
+
+def iter_batches(
+    group: Any,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    seed: int = 0,
+    epoch: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    buffer_chunks: int = 4,
+    only_valid: bool = True,
+    all_valid: bool = False,
+    drop_last: bool = False,
+    out: Any = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield ``(ids, embeddings)`` numpy batches from a published Zarr group.
+
+    Parameters
+    ----------
+    group
+        The Zarr group with ``embedding``, ``id`` and ``valid`` (``PublishedDataset.store.group``).
+    batch_size
+        Rows per batch; the last batch of a rank may be smaller unless ``drop_last``.
+    shuffle, seed, epoch
+        Shuffle the chunk order and the rows within the buffer, deterministically per
+        ``(seed, epoch)``.
+    rank, world_size
+        This reader's share: chunks are dealt round-robin, so every row is read exactly once per
+        epoch across all ranks (rank shares differ by at most one chunk).
+    buffer_chunks
+        Chunks held (and shuffled together) at once; memory is ``buffer_chunks × chunk_rows × d``.
+    only_valid
+        Skip rows whose ``valid`` flag is False (items that failed upstream; stored as zeros).
+    all_valid
+        The caller knows every row is valid (a manifest whose ``valid_rows`` equals ``n_rows``):
+        ``valid`` is not read at all (it is ~10% of a local epoch's reads otherwise).
+    drop_last
+        Drop a final batch smaller than ``batch_size``.
+    out
+        Optional allocator ``out(shape, dtype) -> ndarray`` for shuffled batches (the torch
+        loader passes shared-memory tensors, so a batch crosses to the main process uncopied).
+
+    Yields
+    ------
+    ids : numpy.ndarray
+        ``(b,)`` object array of ``str``.
+    embeddings : numpy.ndarray
+        ``(b, d)`` in the stored dtype.
+    """
+    if batch_size < 1 or buffer_chunks < 1:
+        raise ConfigError(f"batch_size ({batch_size}) and buffer_chunks ({buffer_chunks}) must be positive")
+    emb_arr, id_arr = group["embedding"], group["id"]
+    valid_arr = group["valid"] if only_valid and not all_valid and "valid" in group else None
+    n_rows, chunk_rows = int(emb_arr.shape[0]), int(emb_arr.chunks[0])
+    n_chunks = -(-n_rows // chunk_rows)
+    order = chunks_for_rank(n_chunks, shuffle=shuffle, seed=seed, epoch=epoch, rank=rank, world_size=world_size)
+    rng = np.random.default_rng([seed, epoch, rank, world_size, 1])
+    carry_ids = np.empty(0, object)
+    carry_emb = np.empty((0, int(emb_arr.shape[1])), emb_arr.dtype)
+    for pos in range(0, len(order), buffer_chunks):
+        ids_parts, emb_parts = [carry_ids], [carry_emb]
+        for chunk in order[pos : pos + buffer_chunks]:
+            lo, hi = int(chunk) * chunk_rows, min((int(chunk) + 1) * chunk_rows, n_rows)
+            emb, ids = emb_arr[lo:hi], _as_str_array(id_arr[lo:hi])
+            if valid_arr is not None:
+                keep = valid_arr[lo:hi]
+                if not keep.all():
+                    emb, ids = emb[keep], ids[keep]
+            emb_parts.append(emb)
+            ids_parts.append(ids)
+        emb = np.concatenate(emb_parts)
+        ids = np.concatenate(ids_parts)
+        last = pos + buffer_chunks >= len(order)
+        full = len(ids) if last and not drop_last else (len(ids) // batch_size) * batch_size
+        # one gather per batch (shuffled) or a view (in order): the buffer is never copied twice
+        perm = rng.permutation(len(ids)) if shuffle else None
+        for start in range(0, full, batch_size):
+            stop = min(start + batch_size, full)
+            if perm is None:
+                yield ids[start:stop], emb[start:stop] if out is None else _copy(emb[start:stop], out)
+            else:
+                take = perm[start:stop]
+                yield ids[take], _gather(emb, take, out)
+        rest = perm[full:] if perm is not None else slice(full, None)
+        carry_ids, carry_emb = ids[rest], emb[rest]
+
+
+def _copy(block: np.ndarray, out: Any) -> np.ndarray:
+    dest = out(block.shape, block.dtype)
+    dest[...] = block
+    return dest
+
+
+def _gather(emb: np.ndarray, take: np.ndarray, out: Any) -> np.ndarray:
+    """``emb[take]``, written into ``out(shape, dtype)`` when an allocator is given."""
+    if out is None:
+        return emb[take]
+    dest = out((len(take), emb.shape[1]), emb.dtype)
+    np.take(emb, take, axis=0, out=dest)
+    return dest

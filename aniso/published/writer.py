@@ -1,0 +1,160 @@
+"""Atomic, self-contained publication of a run as a new version (readers: :mod:`aniso.published.dataset`).
+
+A published version holds everything it needs (``docs/format.md``)::
+
+    published/<version>/data.zarr/      the Zarr v3 group (embedding, id, valid), crc32c per chunk
+    published/<version>/manifest.json   shapes, ids, per-shard sha256, gates, lineage
+    published/LATEST                    {"version", "manifest", "run_key"}
+
+Write order: the run's store is linked (local: hard links, or a copy across devices) or copied
+server-side (object storage) into ``published/<version>/data.zarr`` → the version's
+``manifest.json`` → ``published/LATEST``. The last two are single objects written in one put (or,
+locally, a temp file renamed into place), so a reader that follows ``LATEST`` never sees a partial
+dataset, and a failed or concurrent run never leaves ``LATEST`` pointing at one. Nothing under
+``runs/`` is needed once a version is published.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from aniso._fs import filesystem, is_local, join_url, write_atomic
+from aniso.errors import StoreCorrupt
+from aniso.io.layout import DatasetLayout
+from aniso.io.store import EmbeddingStore
+from aniso.published.dataset import DATA_PATH, MANIFEST_FORMAT, REPORT_PATH, read_json, find_published
+
+__all__ = ["publish"]
+
+logger = logging.getLogger(__name__)
+
+
+def _version_files(fs: Any, path: str) -> dict[str, int]:
+    """Every file under ``path`` (hidden temp files left out) with its size, in one listing."""
+    found = fs.find(path, detail=True)
+    return {p: int(i.get("size") or 0) for p, i in found.items() if not p.rsplit("/", 1)[-1].startswith(".")}
+
+
+def _materialise(src_url: str, dst_url: str, storage_options: dict[str, Any]) -> dict[str, Any]:
+    """Put a self-contained copy of the Zarr group at ``src_url`` under ``dst_url``.
+
+    Local: hard links (a copy across devices); zarr replaces files atomically on write, so later
+    writes to the run's store never reach the published files. Object storage: a server-side
+    copy of each object (no bytes pass through this process). Returns what was done and its cost.
+    """
+    t0 = time.perf_counter()
+    fs, src = filesystem(src_url, storage_options)
+    _, dst = filesystem(dst_url, storage_options)
+    if fs.exists(dst):  # a previous attempt died half-way: nothing points at it yet
+        fs.rm(dst, recursive=True)
+    files = _version_files(fs, src)
+    size = sum(files.values())
+    if is_local(fs):
+        method = "hardlink"
+        for name in files:
+            target = os.path.join(dst, os.path.relpath(name, src))
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            try:
+                os.link(name, target)
+            except OSError:
+                method = "copy"
+                shutil.copy2(name, target)
+    else:
+        method = "server-side copy"
+        fs.copy([*files], [join_url(dst, f[len(src):].lstrip("/")) for f in files])
+    seconds = time.perf_counter() - t0
+    logger.info("published data: %s of %d file(s), %d bytes, in %.2f s", method, len(files), size, seconds)
+    return {"method": method, "files": len(files), "bytes": size, "seconds": round(seconds, 4)}
+
+
+def publish(
+    layout: DatasetLayout,
+    run_key: str,
+    *,
+    gate_results: dict[str, Any],
+    lineage: dict[str, Any],
+    storage_options: dict[str, Any] | None = None,
+    report_from: str | None = None,
+) -> dict[str, Any]:
+    """Publish the run's substitutes as a new immutable, self-contained version; move ``LATEST``.
+
+    Parameters
+    ----------
+    report_from
+        The run's quality folder (holding ``report.json``): its report is rendered again for the
+        version and written as ``report.html`` into the version folder before the manifest (which
+        then names it), so nothing in a version changes once its manifest exists. A report that
+        cannot be written is logged and left out; it never stops a publication.
+
+    Returns
+    -------
+    dict
+        The ``LATEST`` pointer, plus ``report`` (the report's URL) when the version has one.
+        Rerunning for an already-published run key re-points ``LATEST`` at the existing version
+        instead of writing a second copy.
+    """
+    options = storage_options or {}
+    version = find_published(layout, run_key, options)
+    report = None
+    if version is None:
+        version = f"{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S%fZ')}-{run_key[:12]}"
+        store = EmbeddingStore.open(layout.substitutes(run_key), storage_options=options)
+        if not store.is_complete():
+            raise StoreCorrupt(f"refusing to publish {store.url}: not every shard is complete")
+        markers = store.markers()
+        copy = _materialise(store.url, join_url(layout.published(version), DATA_PATH), options)
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "version": version,
+            "dataset": layout.dataset,
+            "run_key": run_key,
+            "created": datetime.now(timezone.utc).isoformat(),
+            "path": DATA_PATH,
+            "zarr_format": 3,
+            "arrays": {
+                "embedding": {"shape": list(store.shape), "dtype": str(store.embedding.dtype),
+                              "chunks": list(store.embedding.chunks), "shards": [store.shard_rows, store.dim]},
+                "id": {"shape": [store.n_rows], "dtype": "string"},
+                "valid": {"shape": [store.n_rows], "dtype": "bool"},
+            },
+            "n_rows": store.n_rows,
+            "valid_rows": sum(m["valid_rows"] for m in markers),
+            "dim": store.dim,
+            "chunk_rows": store.chunk_rows,
+            "shard_rows": store.shard_rows,
+            "checksum": {"algorithm": "sha256", "over": "embedding bytes (C order, little-endian) of the "
+                         "shard's rows, then its ids joined by U+001F, UTF-8"},
+            "shards": [{k: m[k] for k in ("shard", "start", "stop", "rows", "valid_rows", "sha256")}
+                       for m in markers],
+            "gates": gate_results,
+            "lineage": lineage,
+            "publication": copy,
+        }
+        if report_from is not None and _write_report(report_from, layout, version, options):
+            manifest["report"] = report = REPORT_PATH
+        write_atomic(join_url(layout.published(version), "manifest.json"),
+                      json.dumps(manifest, indent=2, sort_keys=True, default=str), options)
+    pointer = {"version": version, "manifest": f"published/{version}/manifest.json", "run_key": run_key}
+    write_atomic(layout.latest, json.dumps(pointer, sort_keys=True), options)
+    logger.info("published %s as version %s", layout.base, version)
+    if report is None:  # an earlier publication of this run: its manifest says whether it has one
+        manifest_url = join_url(layout.published(version), "manifest.json")
+        report = read_json(manifest_url, options, "the manifest").get("report")
+    return {**pointer, "report": join_url(layout.published(version), REPORT_PATH)} if report else pointer
+
+
+def _write_report(quality_url: str, layout: DatasetLayout, version: str, options: dict[str, Any]) -> bool:
+    from aniso.quality.report import publish_report
+
+    try:
+        publish_report(quality_url, layout.published(version), version, layout.dataset, options)
+    except Exception as exc:  # noqa: BLE001 - the data is what is published; its report is an extra
+        logger.warning("version %s published without its report (%s): %s", version, quality_url, exc)
+        return False
+    return True

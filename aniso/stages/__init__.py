@@ -1,0 +1,8 @@
+"""The pipeline's stages as plain functions (pangeo-forge style), one module per stage.
+
+``flows/<stage>.py`` fans a stage out over shards, ``tasks/<stage>.py`` wraps one call in a Prefect
+task, and the work itself is here: :mod:`~aniso.stages.ingest`, :mod:`~aniso.stages.embed`,
+:mod:`~aniso.stages.statistics`, :mod:`~aniso.stages.fit`, :mod:`~aniso.stages.apply`,
+:mod:`~aniso.stages.gate`, plus :mod:`~aniso.stages.preflight` (checks before any work). Nothing
+here imports Prefect.
+"""

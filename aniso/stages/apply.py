@@ -1,0 +1,90 @@
+"""The apply stage: every text shard transformed by the fitted model and written whole, with the
+per-shard quality figures the gates judge.
+
+A plain function per shard (pangeo-forge style): ``tasks/apply.py`` wraps these in a Prefect
+task and ``flows/apply.py`` fans them out. Arguments and results are small values (URLs, shard
+numbers, stats dicts), never whole arrays; each call is idempotent (its output is complete only
+when its marker exists, and a repeated call for a completed unit is a cheap no-op). Nothing here
+imports Prefect.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from aniso.io.npy_view import open_rows
+from aniso.io.store import EmbeddingStore
+from aniso.methods import Aligner
+
+__all__ = ["APPLY_BLOCK", "prepare_substitutes", "apply_shard", "shard_quality"]
+
+#: per block instead of several copies of the whole shard (the maps are row-wise, so the result
+#: does not depend on it).
+APPLY_BLOCK = 8192
+
+
+
+def prepare_substitutes(
+    subs_url: str, text_store_url: str, *, attrs: dict[str, Any], dtype: str, compressor: str,
+    storage_options: dict[str, Any],
+) -> list[int]:
+    """Create the substitutes store with the text store's geometry; returns pending shards."""
+    text = open_rows(text_store_url, storage_options)
+    subs = EmbeddingStore.create(
+        subs_url, n_rows=text.n_rows, dim=text.dim, chunk_rows=text.chunk_rows, shard_rows=text.shard_rows,
+        dtype=dtype, compressor=compressor, attrs=attrs, storage_options=storage_options,
+    )
+    return sorted(set(range(subs.n_shards)) - subs.completed_shards())
+
+
+def apply_shard(
+    model_url: str, text_store_url: str, subs_url: str, shard: int, storage_options: dict[str, Any]
+) -> dict[str, Any]:
+    """Transform one shard of text and write it whole, with its per-shard quality stats."""
+    subs = EmbeddingStore.open(subs_url, storage_options=storage_options, mode="r+")
+    if shard in subs.completed_shards():
+        return subs.marker(shard)
+    started = time.perf_counter()
+    aligner = Aligner.load(model_url, storage_options)
+    emb, ids, valid = open_rows(text_store_url, storage_options).read_shard(shard)
+    read_s = time.perf_counter() - started
+    out = np.zeros((emb.shape[0], emb.shape[1]), dtype=np.float32)
+    if valid.any():
+        every = bool(valid.all())
+        rows = emb if every else emb[valid]
+        target = out if every else np.empty((rows.shape[0], emb.shape[1]), np.float32)
+        for i in range(0, rows.shape[0], APPLY_BLOCK):
+            target[i : i + APPLY_BLOCK] = aligner.transform(rows[i : i + APPLY_BLOCK])
+        if not every:
+            out[valid] = target
+    compute_s = time.perf_counter() - started - read_s
+    stats = shard_quality(out if valid.all() else out[valid], list(ids[valid]))
+    stats.update(read_seconds=read_s, compute_seconds=compute_s)
+    marker = subs.write_shard(shard, out, list(ids), valid=valid, stats=stats)
+    marker["stats"]["write_seconds"] = time.perf_counter() - started - read_s - compute_s
+    return marker
+
+
+def shard_quality(subs: np.ndarray, ids: list[str]) -> dict[str, Any]:
+    """Per-shard summary the gates validate (cheap; computed while the shard is in memory).
+
+    Works on the float32 rows in place (float64 sums, no float64 copy of the shard).
+    """
+    squares = np.einsum("ij,ij->i", subs, subs)  # NaN/Inf rows have a non-finite norm (unit rows never overflow)
+    finite = np.isfinite(squares)
+    if not finite.all():
+        finite = np.isfinite(subs).all(axis=1)
+    good = subs if finite.all() else subs[finite]
+    norms = np.sqrt(squares[finite].astype(np.float64))
+    return {
+        "rows": int(subs.shape[0]),
+        "nonfinite_rows": int((~finite).sum()),
+        "norm_min": float(norms.min()) if norms.size else 1.0,
+        "norm_max": float(norms.max()) if norms.size else 1.0,
+        "norm_mean": float(norms.mean()) if norms.size else 1.0,
+        "sum": good.sum(axis=0, dtype=np.float64).tolist(),
+        "ids_unique": len(set(ids)) == len(ids),
+    }

@@ -1,0 +1,93 @@
+"""The ingest stage: precomputed embeddings opened in place, or copied into Zarr shard by shard.
+
+A plain function per shard (pangeo-forge style): ``tasks/ingest.py`` wraps these in a Prefect
+task and ``flows/ingest.py`` fans them out. Arguments and results are small values (URLs, shard
+numbers, stats dicts), never whole arrays; each call is idempotent (its output is complete only
+when its marker exists, and a repeated call for a completed unit is a cheap no-op). Nothing here
+imports Prefect.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from aniso._fs import redact_url
+from aniso.errors import InputError
+from aniso.io.inputs import open_embedding_source
+from aniso.io.npy_view import NpyView, create_view, open_rows
+from aniso.io.store import EmbeddingStore
+from aniso.numeric.arrays import row_norms
+
+__all__ = ["prepare_input", "import_shard", "needs_id_check", "check_unique_ids"]
+
+
+def prepare_input(
+    url: str, store_url_for: Any, *, modality: str, chunk_rows: int, shard_rows: int,
+    storage_options: dict[str, Any], attrs: dict[str, Any] | None = None, in_place: bool = True,
+    ids: str = "auto",
+) -> tuple[str, str, list[int]]:
+    """Open an input and create (or reopen) what the later stages read it through.
+
+    ``store_url_for(fingerprint)`` maps the input's fingerprint to the store URL. An input that
+    already is a complete aniso store is used as it is; a ``.npy`` / clip-retrieval input is read
+    in place through an :class:`~aniso.io.npy_view.NpyView` (its rows are validated by the statistics
+    pass, which reads every row anyway), or, with ``in_place=False``, copied into a Zarr store
+    shard by shard (:func:`import_shard`). Returns ``(store_url, fingerprint, shards still to
+    import)``.
+    """
+    source = open_embedding_source(url, storage_options, what=f"{modality} input {url}", ids=ids)
+    if source.store is not None:
+        return source.url, source.fingerprint, []
+    store_url = store_url_for(source.fingerprint)
+    if in_place:
+        # .npy / clip-retrieval rows are read where they are, by byte ranges: no copy into Zarr
+        view = create_view(store_url.removesuffix(".zarr") + ".npy-view", source, chunk_rows=chunk_rows,
+                           shard_rows=shard_rows, storage_options=storage_options)
+        return view.url, source.fingerprint, []
+    store = EmbeddingStore.create(
+        store_url, n_rows=source.n_rows, dim=source.dim, chunk_rows=chunk_rows, shard_rows=shard_rows,
+        attrs={"source": redact_url(url), "modality": modality, "fingerprint": source.fingerprint, **(attrs or {})},
+        storage_options=storage_options,
+    )
+    pending = sorted(set(range(store.n_shards)) - store.completed_shards())
+    return store_url, source.fingerprint, pending
+
+
+def import_shard(url: str, store_url: str, shard: int, storage_options: dict[str, Any], ids: str = "auto") -> dict[str, Any]:
+    """Copy one shard of rows from an input into its store (validated: finite, right width)."""
+    store = EmbeddingStore.open(store_url, storage_options=storage_options, mode="r+")
+    if shard in store.completed_shards():
+        return store.marker(shard)
+    source = open_embedding_source(url, storage_options, ids=ids)
+    start, stop = store.shard_range(shard)
+    emb, ids = source.read_rows(start, stop)
+    norms = row_norms(emb.astype(np.float64))
+    zero = np.flatnonzero(norms == 0)
+    if zero.size:
+        raise InputError(f"{url}: row {start + int(zero[0])} is an all-zero embedding")
+    return store.write_shard(shard, emb, ids)
+
+
+def needs_id_check(store_url: str, storage_options: dict[str, Any]) -> bool:
+    """Does an in-place input carry its own ids (clip-retrieval metadata) to check for duplicates?"""
+    store = open_rows(store_url, storage_options)
+    return isinstance(store, NpyView) and any(p.ids_url for p in store.source.parts)
+
+
+def check_unique_ids(store_url: str, storage_options: dict[str, Any], *, what: str) -> None:
+    """Raise InputError naming a duplicated id (ids must identify rows end to end).
+
+    Reads the id column only (never the embeddings).
+    """
+    store = open_rows(store_url, storage_options)
+    seen: dict[str, int] = {}
+    for shard in range(store.n_shards):
+        start, stop = store.shard_range(shard)
+        ids = store.ids[start:stop]
+        for offset, value in enumerate(ids):
+            value = str(value)
+            if value in seen:
+                raise InputError(f"{what}: id {value!r} appears at rows {seen[value]} and {start + offset}")
+            seen[value] = start + offset

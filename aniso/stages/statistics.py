@@ -1,0 +1,87 @@
+"""The statistics stage: mergeable moments per shard, their tree reduction, and row samples.
+
+A plain function per shard (pangeo-forge style): ``tasks/statistics.py`` wraps these in a Prefect
+task and ``flows/statistics.py`` fans them out. Arguments and results are small values (URLs, shard
+numbers, stats dicts), never whole arrays; each call is idempotent (its output is complete only
+when its marker exists, and a repeated call for a completed unit is a cheap no-op). Nothing here
+imports Prefect.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+
+from aniso._fs import exists, join_url, open_url
+from aniso.io.npy_view import NpyView, open_rows
+from aniso.io.store import EmbeddingStore
+from aniso.numeric.moments import Moments, merge_all
+from aniso.numeric.sampling import rows_in_range
+
+__all__ = ["statistics_kind", "shard_moments", "reduce_moments", "load_moments", "sample_rows"]
+
+
+def _stats_url(store_url: str, name: str) -> str:
+    return join_url(store_url, "_stats", f"{name}.npz")
+
+
+def _save_moments(url: str, moments: Moments, options: dict[str, Any]) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, **moments.to_arrays(""))
+    with open_url(url, "wb", options) as f:
+        f.write(buffer.getvalue())
+
+
+def load_moments(url: str, options: dict[str, Any]) -> Moments:
+    with open_url(url, "rb", options) as f:
+        with np.load(io.BytesIO(f.read())) as npz:
+            return Moments.from_arrays(dict(npz), "")
+
+
+def statistics_kind(method: str) -> str:
+    """``"full"`` or ``"trace"``: the statistics ``method`` declares it needs."""
+    from aniso.methods import aligner_class
+
+    cls = aligner_class(method)
+    return cls.statistics if cls is not None else "full"
+
+
+def shard_moments(store_url: str, shard: int, storage_options: dict[str, Any], kind: str = "full") -> str:
+    """Moments (``kind`` "full" or "trace") of one shard's valid rows, stored beside the data;
+    returns their URL. Float32 products with float64 accumulation (see :mod:`aniso.numeric.moments`)."""
+    url = _stats_url(store_url, f"moments-{kind}-{shard:06d}")
+    if exists(url, storage_options):
+        return url
+    emb, _, valid = open_rows(store_url, storage_options).read_shard(shard, with_ids=False)
+    rows = emb if valid.all() else emb[valid]
+    _save_moments(url, Moments.from_chunk(rows, full=kind == "full", products="float32"), storage_options)
+    return url
+
+
+def reduce_moments(part_urls: list[str], out_url: str, storage_options: dict[str, Any]) -> str:
+    """Merge partial moments (a node of the tree reduction); returns the merged URL."""
+    if not exists(out_url, storage_options):
+        _save_moments(out_url, merge_all(load_moments(u, storage_options) for u in part_urls), storage_options)
+    return out_url
+
+
+def sample_rows(store: EmbeddingStore | NpyView, indices: np.ndarray) -> np.ndarray:
+    """The valid rows of ``store`` at sorted global *valid-row* ``indices``.
+
+    The markers give each shard's valid-row range, so only shards holding sampled rows are read;
+    a local in-place input reads just the sampled rows (every row of it is valid).
+    """
+    if isinstance(store, NpyView):
+        rows = store.read_rows_at(indices)
+        if rows is not None:
+            return rows
+    offsets = np.cumsum([0] + [m["valid_rows"] for m in store.markers()])
+    parts = []
+    for shard in range(store.n_shards):
+        local = rows_in_range(indices, int(offsets[shard]), int(offsets[shard + 1]))
+        if local.size:
+            emb, _, valid = store.read_shard(shard, with_ids=False)
+            parts.append(emb[valid][local])
+    return np.concatenate(parts) if parts else np.empty((0, store.dim), np.float32)
