@@ -296,27 +296,58 @@ def read_yaml(path: Path, what: str = "config file") -> dict[str, Any]:
     return data
 
 
+def _is_text_setting(dotted: str) -> bool:
+    """Whether ``dotted`` names a plain string setting (``storage.dataset``, ``storage.root``)."""
+    model: type[BaseModel] = Settings
+    parts = [p for p in dotted.replace("__", ".").split(".") if p]
+    for i, part in enumerate(parts):
+        field = model.model_fields.get(part)
+        if field is None:
+            return False
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+            continue
+        return i == len(parts) - 1 and annotation in (str, str | None)
+    return False
+
+
+def parse_value(dotted: str, raw: str) -> Any:
+    """The value of a ``--set`` / ``ANISO_`` string for setting ``dotted``.
+
+    A string setting takes the text verbatim (``2024``, ``no`` and ``x #1`` stay strings; YAML
+    would read an int, ``False`` and ``x``); quotes around it are removed. Any other setting
+    reads the text as a YAML scalar or flow collection (``64``, ``true``, ``null``, ``[a, b]``).
+    """
+    if raw == "":
+        return None
+    if _is_text_setting(dotted):
+        quoted = len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\""
+        return raw[1:-1] if quoted else raw
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, raw in environ.items():
         if not key.startswith("ANISO_") or key == "ANISO_PROFILE" or "__" not in key:
             continue
-        _set_path(out, key[len("ANISO_") :].lower(), yaml.safe_load(raw) if raw != "" else None)
+        dotted = key[len("ANISO_") :].lower()
+        _set_path(out, dotted, parse_value(dotted, raw))
     return out
 
 
 def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
-    """``["embed.batch_size=64", ...]`` → nested dict (values parsed as YAML scalars)."""
+    """``["embed.batch_size=64", ...]`` → nested dict (each value read by :func:`parse_value`)."""
     out: dict[str, Any] = {}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got {item!r}")
         key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError:
-            value = raw
-        _set_path(out, key.strip(), value)
+        _set_path(out, key.strip(), parse_value(key.strip(), raw))
     return out
 
 
@@ -326,11 +357,13 @@ def load_settings(
     overrides: Iterable[str] = (),
     environ: Mapping[str, str] | None = None,
     values: Mapping[str, Any] | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> Settings:
     """Resolve the settings from profiles, a file, the environment and ``--set`` overrides.
 
     ``values`` (a nested mapping, e.g. a deployment's ``settings`` parameter) is layered like the
-    ``config_file``, after it and before the environment.
+    ``config_file``, after it and before the environment. ``options`` (a nested mapping of typed
+    values, e.g. the CLI's ``--out`` and ``--dataset``) is layered last, over ``overrides``.
     """
     environ = os.environ if environ is None else environ
     data = read_yaml(CONF_DIR / "default.yaml") if (CONF_DIR / "default.yaml").exists() else {}
@@ -343,6 +376,7 @@ def load_settings(
         data = _deep_merge(data, values)
     data = _deep_merge(data, _env_overrides(environ))
     data = _deep_merge(data, parse_overrides(overrides))
+    data = _deep_merge(data, dict(options or {}))
     try:
         return Settings(**data)
     except ValidationError as exc:

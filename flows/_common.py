@@ -91,15 +91,6 @@ def run_stage(stage: str, rows: int, work: Callable[[], T]) -> T:
     return result
 
 
-def store_shard_rows(store_url: str, storage_options: dict[str, Any], shards: Sequence[int] | None = None) -> list[int]:
-    """Rows of each shard of an embedding store (every shard when ``shards`` is ``None``)."""
-    from aniso.io.npy_view import open_rows
-
-    store = open_rows(store_url, storage_options)
-    indices = range(store.n_shards) if shards is None else shards
-    return [stop - start for start, stop in (store.shard_range(int(s)) for s in indices)]
-
-
 def announce_dashboard() -> str | None:
     """Log the Dask dashboard link of the running flow's cluster, when it serves one."""
     context = FlowRunContext.get()

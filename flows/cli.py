@@ -105,10 +105,15 @@ def _fail(exc: BaseException) -> None:
 
 
 def _settings(profile: str | None, config: Path | None, overrides: list[str] | None, **fields: str | None) -> Settings:
+    """The settings, with each given option (``{"storage.root": out, ...}``) as a typed value."""
     from aniso.config import load_settings
 
-    extra = [f"{k}={v}" for k, v in fields.items() if v is not None]
-    return load_settings(profile=profile, config_file=config, overrides=[*(overrides or []), *extra])
+    options: dict[str, dict[str, str]] = {}
+    for dotted, value in fields.items():
+        if value is not None:
+            section, name = dotted.split(".")
+            options.setdefault(section, {})[name] = value
+    return load_settings(profile=profile, config_file=config, overrides=overrides or [], options=options)
 
 
 def _configure_logging(verbose: bool) -> None:

@@ -27,7 +27,7 @@ from aniso.io.inputs import is_embedding_input, open_embedding_source
 from aniso.io.layout import DatasetLayout, run_key
 from aniso._fs import redact_url, write_json
 from aniso.stages.statistics import statistics_kind
-from aniso.io.npy_view import open_rows
+from aniso.io.rows import StoreRef, describe
 from aniso.stages.preflight import preflight
 from aniso.tasks.gate import gate
 from aniso.tasks.publish import publish
@@ -42,9 +42,9 @@ from .statistics import compute_statistics_together
 logger = logging.getLogger(__name__)
 
 
-def embeddings_for(url: str, modality: str, layout: DatasetLayout, settings: Settings) -> tuple[str, str]:
+def embeddings_for(url: str, modality: str, layout: DatasetLayout, settings: Settings) -> StoreRef:
     """The embedding store for an input: imported when it holds embeddings, embedded when it is
-    a raw corpus. Returns ``(store_url, content fingerprint)``."""
+    a raw corpus."""
     options = settings.storage.fs_options()
     if is_embedding_input(url, options):
         return ingest_embeddings(url, modality, layout, settings)
@@ -52,7 +52,8 @@ def embeddings_for(url: str, modality: str, layout: DatasetLayout, settings: Set
 
     store_url = embed_corpus(url, modality, settings)["store"]
     # the fingerprint of what was embedded: the stored rows' checksums (model + corpus content)
-    return store_url, open_embedding_source(store_url, options).fingerprint
+    source = open_embedding_source(store_url, options)
+    return describe(source.store, source.fingerprint)
 
 
 #: GIL switch interval while the stages run (Python's default is 5 ms). Dask's worker threads
@@ -155,46 +156,45 @@ def run_stages(text: str, image: str, settings: Settings) -> dict[str, Any]:
     layout = DatasetLayout(settings.storage.root, settings.storage.dataset)
     with _stage("inputs"):
         if all(is_embedding_input(url, options) for url in (text, image)):
-            (text_store, text_fp), (image_store, image_fp) = ingest_inputs([(text, "text"), (image, "image")], layout, settings)
+            text_ref, image_ref = ingest_inputs([(text, "text"), (image, "image")], layout, settings)
         else:
-            text_store, text_fp = embeddings_for(text, "text", layout, settings)
-            image_store, image_fp = embeddings_for(image, "image", layout, settings)
-    text_dim = open_rows(text_store, options).dim
-    image_dim = open_rows(image_store, options).dim
-    if text_dim != image_dim:
-        raise InputError(f"text embeddings ({text}) have d={text_dim} but image embeddings ({image}) have d={image_dim}")
+            text_ref = embeddings_for(text, "text", layout, settings)
+            image_ref = embeddings_for(image, "image", layout, settings)
+    if text_ref.dim != image_ref.dim:
+        raise InputError(f"text embeddings ({text}) have d={text_ref.dim} but image embeddings ({image}) have d={image_ref.dim}")
+    text_store, image_store = text_ref.url, image_ref.url
 
-    key = run_key({"text": text_fp, "image": image_fp}, semantic_config(settings), code_version())
+    key = run_key({"text": text_ref.fingerprint, "image": image_ref.fingerprint}, semantic_config(settings), code_version())
     logger.info("run key %s (dataset %s)", key, layout.dataset)
     lineage = {
         "method": settings.method.name, "params": settings.method.params, "config_hash": config_hash(settings),
         "code_version": code_version(), "embed_model": settings.embed.model,
-        "inputs": {"text": {"fingerprint": text_fp}, "image": {"fingerprint": image_fp}},
+        "inputs": {"text": {"fingerprint": text_ref.fingerprint}, "image": {"fingerprint": image_ref.fingerprint}},
         "text_store": text_store.removeprefix(layout.base).lstrip("/"),
     }
-    write_json(f"{layout.run(key)}/run.json", {"run_key": key, "dataset": layout.dataset, "config": semantic_config(settings), **lineage}, options)
+    write_json(layout.run_record(key), {"run_key": key, "dataset": layout.dataset, "config": semantic_config(settings), **lineage}, options)
 
     with _stage("statistics"):
         text_stats, image_stats = compute_statistics_together(
-            [text_store, image_store], options, statistics_kind(settings.method.name))
+            [text_ref, image_ref], options, statistics_kind(settings.method.name))
     with _stage("fit"):
-        model_url = fit_and_calibrate(layout.model(key), text_store, image_store, text_stats, image_stats, settings)
+        model_url = fit_and_calibrate(layout.model(key), text_ref, image_ref, text_stats, image_stats, settings)
     subs_url = layout.substitutes(key)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="aniso-gate-sample") as pool:
         # the gate samples and their metrics need only the model: computed while apply writes
         prepared = pool.submit(prepare_gate_sample, model_url, text_store, settings.gates, options, image_store,
                                output_dtype=settings.store.output_dtype)
         with _stage("apply"):
-            apply_model(model_url, text_store, subs_url, settings,
+            apply_model(model_url, text_ref, subs_url, settings,
                         attrs={"run_key": key, "method": settings.method.name, "config_hash": config_hash(settings)})
         sample = _prepared(prepared)
 
-    rows = open_rows(text_store, options).n_rows
+    rows = text_ref.n_rows
     with _stage("gates"):
         # in the flow's own process, where preload_in_background has imported great-expectations
         gates = run_stage("gates", rows, lambda: gate(model_url, text_store, subs_url, layout.quality(key),
                                                       settings.gates, options, image_store_url=image_store,
-                                                      sample=sample))
+                                                      sample=sample, run_key=key, run_record=layout.run_record(key)))
     _gate_artifacts(key, gates)
     if not gates["passed"]:
         failed = [{"name": r["name"], "observed": r["observed"], "bound": r["bound"]}
@@ -210,7 +210,7 @@ def run_stages(text: str, image: str, settings: Settings) -> dict[str, Any]:
         # the report goes into the version folder before its manifest (a version never changes after)
         pointer = run_stage("publish", rows, lambda: publish.submit(
             settings.storage.root, layout.dataset, key, gates, lineage, options,
-            report_from=quality_html.rsplit("/", 1)[0] if quality_html else None).result())
+            report_from=layout.quality(key) if quality_html else None).result())
     report_url = pointer.get("report")
     if report_url:
         create_link_artifact(link=_link(report_url), link_text=f"report of {layout.dataset} {pointer['version']}",

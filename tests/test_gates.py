@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 
+from aniso.io.layout import DatasetLayout
 from aniso.stages import gate as gate_stage
 from aniso.stages import apply as apply_stage
 from aniso.stages import ingest as ingest_stage
@@ -344,8 +345,9 @@ def test_ids_of_an_in_place_input_are_checked_by_digest(tmp_path, gap):
     """A ``.npy`` input has no id column: its shards' id digests are derived from the input and
     compared with the substitutes' markers, without reading any id array."""
     np.save(tmp_path / "text.npy", gap.text[:700])
-    text, _, _ = ingest_stage.prepare_input(str(tmp_path / "text.npy"), lambda fp: str(tmp_path / "view" / fp[:16]),
+    ref, _ = ingest_stage.prepare_input(str(tmp_path / "text.npy"), DatasetLayout(str(tmp_path), "ds"),
                                         modality="text", chunk_rows=64, shard_rows=256, storage_options={})
+    text = ref.url
     model = str(tmp_path / "model")
     get_aligner("realign").fit(gap.text[:700], gap.image).save(model)
     subs = str(tmp_path / "substitutes.zarr")

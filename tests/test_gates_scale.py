@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 
+from aniso.io.layout import DatasetLayout
 from aniso.stages import gate as gate_stage
 from aniso.stages import apply as apply_stage
 from aniso.stages import ingest as ingest_stage
@@ -23,9 +24,10 @@ def test_gates_and_report_at_d8192(tmp_path):
     np.save(tmp_path / "image.npy", gap.image.astype(np.float16))
     urls = {}
     for name in ("text", "image"):
-        urls[name], _, _ = ingest_stage.prepare_input(
-            str(tmp_path / f"{name}.npy"), lambda fp, n=name: str(tmp_path / "emb" / f"{n}.zarr"), modality=name,
+        ref, _ = ingest_stage.prepare_input(
+            str(tmp_path / f"{name}.npy"), DatasetLayout(str(tmp_path), "ds"), modality=name,
             chunk_rows=64, shard_rows=128, storage_options={})
+        urls[name] = ref.url
     model = str(tmp_path / "model")
     get_aligner("realign").fit(gap.text, gap.image).save(model)
     subs = str(tmp_path / "subs.zarr")

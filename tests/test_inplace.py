@@ -6,11 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from aniso.io.layout import DatasetLayout
 from aniso.stages import ingest as ingest_stage
 from aniso.stages import statistics as statistics_stage
 from aniso._fs import exists, join_url, open_url
 from aniso.errors import InputError
-from aniso.io.npy_view import NpyView, open_rows
+from aniso.io.npy_view import NpyView
+from aniso.io.rows import open_rows
 from aniso.numeric.moments import Moments
 from aniso.io.store import EmbeddingStore
 
@@ -21,9 +23,10 @@ def _put_npy(url, array, options):
 
 
 def _prepare(url, options, *, chunk_rows, shard_rows, in_place=True):
-    return ingest_stage.prepare_input(url, lambda fp: join_url(url + "-out", f"input-{fp[:16]}", "text.zarr"),
-                                  modality="text", chunk_rows=chunk_rows, shard_rows=shard_rows,
-                                  storage_options=options, in_place=in_place)
+    ref, pending = ingest_stage.prepare_input(url, DatasetLayout(url + "-out", "ds"),
+                                              modality="text", chunk_rows=chunk_rows, shard_rows=shard_rows,
+                                              storage_options=options, in_place=in_place)
+    return ref.url, ref.fingerprint, pending
 
 
 @pytest.mark.parametrize("n_rows, chunk_rows, shard_rows", [(5, 8, 16), (1000, 64, 192), (1000, 100, 1000)])

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from aniso.io.layout import DatasetLayout
 from aniso.config import load_settings
 from aniso.errors import InputError
 from aniso.io.inputs import open_embedding_source
@@ -43,18 +44,19 @@ def test_metadata_without_an_id_column_is_an_error_naming_the_columns(tmp_path):
 
 def test_the_setting_reaches_the_ingest_stage(tmp_path):
     from aniso.stages import ingest as ingest_stage
-    from aniso.io.npy_view import open_rows
+    from aniso.io.rows import open_rows
 
     url = _clip_folder(tmp_path, {"caption": ["c"] * 7})
     settings = load_settings(overrides=["corpus.embedding_ids=row-number"])
     assert settings.corpus.embedding_ids == "row-number"
-    store_for = lambda fp: str(tmp_path / f"store-{fp[:8]}.zarr")  # noqa: E731
+    layout = DatasetLayout(str(tmp_path), "ds")
     with pytest.raises(InputError, match="columns found"):
-        ingest_stage.prepare_input(url, store_for, modality="text", chunk_rows=4, shard_rows=4, storage_options={})
+        ingest_stage.prepare_input(url, layout, modality="text", chunk_rows=4, shard_rows=4, storage_options={})
     for in_place in (True, False):  # read in place through a view, or copied into a store
-        store_url, _, pending = ingest_stage.prepare_input(url, store_for, modality="text", chunk_rows=4, shard_rows=4,
-                                                       storage_options={}, ids=settings.corpus.embedding_ids,
-                                                       in_place=in_place)
+        ref, pending = ingest_stage.prepare_input(url, layout, modality="text", chunk_rows=4, shard_rows=4,
+                                                  storage_options={}, ids=settings.corpus.embedding_ids,
+                                                  in_place=in_place)
+        store_url = ref.url
         for shard in pending:
             ingest_stage.import_shard(url, store_url, shard, {}, ids=settings.corpus.embedding_ids)
         assert list(open_rows(store_url).read_rows(0, 7)[1]) == [str(i) for i in range(7)]

@@ -174,7 +174,7 @@ def test_report_has_identity_references_and_a_copy_beside_the_manifest(gap, tmp_
         return {"centroid_residual_sample": centroid_residual(s, image)}
 
     write_report(str(run / "quality"), _gates(), _shards(), text=text, subs=image, image=image,
-                 reference_metrics=metric)
+                 reference_metrics=metric, identity_url=str(run / "run.json"))
     content = json.loads((run / "quality" / "report.json").read_text())
     assert len(calls) == 2 and set(content["references"]) == {"raw text", "baseline (centroid shift)"}
     raw = content["references"]["raw text"]["centroid_residual_sample"]

@@ -17,10 +17,13 @@ from aniso.errors import AnisoError
 from aniso.flows import _server
 
 
-def _servers() -> set[int]:
+def _servers_on(port: int) -> set[int]:
+    """Prefect API servers listening on ``port`` (the one this test's CLI started; any other
+    server on the machine, e.g. another test session's, is not this test's business)."""
     found = set()
     for proc in psutil.process_iter(["pid", "cmdline"]):
-        if "prefect.server.api.server:create_app" in " ".join(proc.info["cmdline"] or []):
+        cmdline = proc.info["cmdline"] or []
+        if "prefect.server.api.server:create_app" in cmdline and str(port) in cmdline:
             found.add(proc.info["pid"])
     return found
 
@@ -29,7 +32,6 @@ def _servers() -> set[int]:
 def test_cli_boots_the_server_early_uses_it_and_stops_it(tmp_path, gap):
     np.save(tmp_path / "text.npy", gap.text)
     np.save(tmp_path / "image.npy", gap.image)
-    before = _servers()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     env["PREFECT_HOME"] = str(tmp_path / "prefect-home")  # no profile naming an API URL
     cli = Path(sys.executable).with_name("aniso")
@@ -45,7 +47,7 @@ def test_cli_boots_the_server_early_uses_it_and_stops_it(tmp_path, gap):
     # the flow ran against that server: Prefect did not start a temporary one of its own
     assert "Starting temporary server" not in output
     assert (tmp_path / "store" / "srv" / "published" / "LATEST").exists()
-    assert _servers() <= before  # stopped at exit
+    assert not _servers_on(int(ready.group(1)))  # stopped at exit
 
 
 def test_nothing_starts_when_prefect_is_loaded_or_a_url_is_configured(tmp_path, monkeypatch):

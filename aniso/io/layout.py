@@ -56,6 +56,15 @@ class DatasetLayout:
     def embeddings(self, input_key: str, modality: str) -> str:
         return join_url(self.base, "embeddings", check_name(input_key, "input key"), f"{check_name(modality, 'modality')}.zarr")
 
+    def input_store(self, fingerprint: str, modality: str) -> str:
+        """Where a precomputed input is copied into Zarr (keyed by its content fingerprint)."""
+        return self.embeddings(f"input-{fingerprint[:16]}", modality)
+
+    def input_view(self, fingerprint: str, modality: str) -> str:
+        """Where the descriptor of a precomputed input read in place lives."""
+        return join_url(self.base, "embeddings", f"input-{check_name(fingerprint[:16], 'fingerprint')}",
+                        f"{check_name(modality, 'modality')}.npy-view")
+
     def run(self, key: str) -> str:
         return join_url(self.base, "runs", check_name(key, "run key"))
 
@@ -67,6 +76,10 @@ class DatasetLayout:
 
     def quality(self, key: str) -> str:
         return join_url(self.run(key), "quality")
+
+    def run_record(self, key: str) -> str:
+        """The run's ``run.json`` (its key, dataset, semantic settings and lineage)."""
+        return join_url(self.run(key), "run.json")
 
     def published(self, version: str) -> str:
         return join_url(self.base, "published", check_name(version, "version"))

@@ -18,14 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from aniso._fs import exists, filesystem, is_local, join_url, open_url
+from aniso._fs import filesystem, is_local, join_url, open_url
 from aniso.numeric.arrays import row_norms
 from aniso.errors import InputError, StoreCorrupt
-from aniso.io.inputs import EmbeddingSource, NpyPart, open_embedding_source
+from aniso.io.inputs import EmbeddingSource, NpyPart
+from aniso.io.rows import VIEW_JSON
 
-__all__ = ["NpyView", "open_rows", "create_view", "VIEW_JSON"]
-
-VIEW_JSON = "view.json"
+__all__ = ["NpyView", "create_view"]
 
 
 class _Ids:
@@ -212,24 +211,3 @@ def create_view(url: str, source: EmbeddingSource, *, chunk_rows: int, shard_row
     with open_url(join_url(url, VIEW_JSON), "w", storage_options) as f:
         json.dump(view.to_json(), f, indent=1, sort_keys=True)
     return view
-
-
-def open_rows(url: str, storage_options: dict[str, Any] | None = None):
-    """Open ``url`` for reading: an :class:`NpyView` descriptor or an aniso embedding store."""
-    options = storage_options or {}
-    if exists(join_url(url, VIEW_JSON), options):
-        with open_url(join_url(url, VIEW_JSON), "r", options) as f:
-            try:
-                payload = json.load(f)
-            except json.JSONDecodeError as exc:
-                raise StoreCorrupt(f"input view {url} is unreadable: {exc}") from exc
-        return NpyView.from_json(url, payload, options)
-    from aniso.io.store import EmbeddingStore
-
-    return EmbeddingStore.open(url, storage_options=options)
-
-
-def view_for(url: str, storage_options: dict[str, Any] | None = None, **geometry: int) -> NpyView:
-    """An in-memory view of an input (no descriptor written): tests and benchmarks."""
-    return NpyView(url, open_embedding_source(url, storage_options), storage_options=storage_options or {},
-                   **geometry)

@@ -359,9 +359,8 @@ semantic preservation close to the raw text's (1.0). docs/diagnostics.md explain
 """
 
 
-def read_identity(quality_url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The run identity from ``runs/<key>/run.json`` beside ``quality/`` ({} when absent)."""
-    run_json = join_url(quality_url.rstrip("/").rsplit("/", 1)[0], "run.json")
+def read_identity(run_json: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The run identity from its ``run.json`` ({} when absent)."""
     try:
         if not exists(run_json, storage_options or {}):
             return {}
@@ -385,15 +384,17 @@ def write_report(
     reference_metrics: Callable[[np.ndarray], Mapping[str, Any]] | None = None,
     references: Mapping[str, Mapping[str, Any]] | None = None,
     samples: Mapping[str, Any] | None = None,
+    identity_url: str | None = None,
 ) -> dict[str, str]:
     """Write ``report.json`` and ``report.html`` under ``quality_url``; returns their URLs.
 
     ``reference_metrics(s)`` computes the sample metrics for a stand-in ``s`` of the substitutes;
     it is called for each of :func:`reference_stand_ins` (the raw text and, with an image sample,
     the centroid baseline). ``references`` gives those metrics already computed instead, and
-    ``samples`` the :func:`sample_content`.
+    ``samples`` the :func:`sample_content`. ``identity_url`` is the run's ``run.json``, whose
+    identity (run key, method, settings, inputs) heads the report.
     """
-    identity = read_identity(quality_url, storage_options)
+    identity = read_identity(identity_url, storage_options) if identity_url else {}
     if references is None:
         references = {name: reference_metrics(ref) for name, ref in reference_stand_ins(text, image).items()} \
             if reference_metrics is not None else {}

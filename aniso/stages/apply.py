@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from aniso.io.npy_view import open_rows
+from aniso.io.rows import open_rows
 from aniso.io.store import EmbeddingStore
 from aniso.methods import Aligner
 

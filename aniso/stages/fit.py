@@ -15,7 +15,7 @@ import numpy as np
 
 from aniso._fs import exists, join_url
 from aniso.errors import InputError
-from aniso.io.npy_view import open_rows
+from aniso.io.rows import open_rows
 from aniso.methods import Aligner, get_aligner
 from aniso.numeric.sampling import sample_indices
 from aniso.stages.apply import APPLY_BLOCK

@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from aniso._fs import join_url, open_url
-from aniso.io.npy_view import NpyView, open_rows
+from aniso.io.npy_view import NpyView
+from aniso.io.rows import open_rows
 from aniso.methods import Aligner
 from aniso._fs import write_json
 from aniso.numeric.sampling import sample_indices
@@ -163,6 +164,7 @@ def prepare_gate_sample(
 def gate_run(
     model_url: str, text_store_url: str, subs_url: str, quality_url: str, settings: Any,
     storage_options: dict[str, Any], image_store_url: str | None = None, sample: GateSample | None = None,
+    run_key: str | None = None, run_record: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate the gates of a run and write ``quality/`` (stats, gates.json, report); return gates.
 
@@ -178,6 +180,9 @@ def gate_run(
     sample
         :func:`prepare_gate_sample` of the same model, inputs and settings, computed while apply
         ran; prepared here when not given.
+    run_key, run_record
+        The run's key (the report's title) and its ``run.json`` (the report's identity rows;
+        :meth:`aniso.io.layout.DatasetLayout.run_record`), when the run has them.
 
     Returns
     -------
@@ -233,8 +238,8 @@ def gate_run(
         mark = time.perf_counter()
         result["report"] = write_report(
             quality_url, result, table, text=x, subs=s, image=sample.image, storage_options=storage_options,
-            title=f"aniso run {quality_url.rstrip('/').rsplit('/', 2)[-2]}", references=references,
-            samples=content,
+            title=f"aniso run {run_key}" if run_key else "aniso run", references=references,
+            samples=content, identity_url=run_record,
         )
         timings["report"] = time.perf_counter() - mark
     result["timings"] = timings

@@ -16,7 +16,9 @@ import numpy as np
 from aniso._fs import redact_url
 from aniso.errors import InputError
 from aniso.io.inputs import open_embedding_source
-from aniso.io.npy_view import NpyView, create_view, open_rows
+from aniso.io.npy_view import NpyView, create_view
+from aniso.io.layout import DatasetLayout
+from aniso.io.rows import StoreRef, describe, open_rows
 from aniso.io.store import EmbeddingStore
 from aniso.numeric.arrays import row_norms
 
@@ -24,35 +26,34 @@ __all__ = ["prepare_input", "import_shard", "needs_id_check", "check_unique_ids"
 
 
 def prepare_input(
-    url: str, store_url_for: Any, *, modality: str, chunk_rows: int, shard_rows: int,
+    url: str, layout: DatasetLayout, *, modality: str, chunk_rows: int, shard_rows: int,
     storage_options: dict[str, Any], attrs: dict[str, Any] | None = None, in_place: bool = True,
     ids: str = "auto",
-) -> tuple[str, str, list[int]]:
+) -> tuple[StoreRef, list[int]]:
     """Open an input and create (or reopen) what the later stages read it through.
 
-    ``store_url_for(fingerprint)`` maps the input's fingerprint to the store URL. An input that
-    already is a complete aniso store is used as it is; a ``.npy`` / clip-retrieval input is read
-    in place through an :class:`~aniso.io.npy_view.NpyView` (its rows are validated by the statistics
-    pass, which reads every row anyway), or, with ``in_place=False``, copied into a Zarr store
-    shard by shard (:func:`import_shard`). Returns ``(store_url, fingerprint, shards still to
-    import)``.
+    An input that already is a complete aniso store is used as it is; a ``.npy`` /
+    clip-retrieval input is read in place through an :class:`~aniso.io.npy_view.NpyView` at
+    ``layout.input_view`` (its rows are validated by the statistics pass, which reads every row
+    anyway), or, with ``in_place=False``, copied into a Zarr store at ``layout.input_store``
+    shard by shard (:func:`import_shard`). Returns the store's :class:`~aniso.io.rows.StoreRef`
+    and the shards still to import.
     """
     source = open_embedding_source(url, storage_options, what=f"{modality} input {url}", ids=ids)
     if source.store is not None:
-        return source.url, source.fingerprint, []
-    store_url = store_url_for(source.fingerprint)
+        return describe(source.store, source.fingerprint), []
     if in_place:
         # .npy / clip-retrieval rows are read where they are, by byte ranges: no copy into Zarr
-        view = create_view(store_url.removesuffix(".zarr") + ".npy-view", source, chunk_rows=chunk_rows,
+        view = create_view(layout.input_view(source.fingerprint, modality), source, chunk_rows=chunk_rows,
                            shard_rows=shard_rows, storage_options=storage_options)
-        return view.url, source.fingerprint, []
+        return describe(view, source.fingerprint), []
     store = EmbeddingStore.create(
-        store_url, n_rows=source.n_rows, dim=source.dim, chunk_rows=chunk_rows, shard_rows=shard_rows,
+        layout.input_store(source.fingerprint, modality), n_rows=source.n_rows, dim=source.dim, chunk_rows=chunk_rows, shard_rows=shard_rows,
         attrs={"source": redact_url(url), "modality": modality, "fingerprint": source.fingerprint, **(attrs or {})},
         storage_options=storage_options,
     )
     pending = sorted(set(range(store.n_shards)) - store.completed_shards())
-    return store_url, source.fingerprint, pending
+    return describe(store, source.fingerprint), pending
 
 
 def import_shard(url: str, store_url: str, shard: int, storage_options: dict[str, Any], ids: str = "auto") -> dict[str, Any]:

@@ -15,15 +15,18 @@ from typing import Any
 import numpy as np
 
 from aniso._fs import exists, join_url, open_url
-from aniso.io.npy_view import NpyView, open_rows
+from aniso.io.npy_view import NpyView
+from aniso.io.rows import open_rows
 from aniso.io.store import EmbeddingStore
+from aniso.methods.table import method_entry
 from aniso.numeric.moments import Moments, merge_all
 from aniso.numeric.sampling import rows_in_range
 
-__all__ = ["statistics_kind", "shard_moments", "reduce_moments", "load_moments", "sample_rows"]
+__all__ = ["statistics_kind", "stats_url", "shard_moments", "reduce_moments", "load_moments", "sample_rows"]
 
 
-def _stats_url(store_url: str, name: str) -> str:
+def stats_url(store_url: str, name: str) -> str:
+    """Where the moments ``name`` of a store live: beside its data, under ``_stats/``."""
     return join_url(store_url, "_stats", f"{name}.npz")
 
 
@@ -41,17 +44,14 @@ def load_moments(url: str, options: dict[str, Any]) -> Moments:
 
 
 def statistics_kind(method: str) -> str:
-    """``"full"`` or ``"trace"``: the statistics ``method`` declares it needs."""
-    from aniso.methods import aligner_class
-
-    cls = aligner_class(method)
-    return cls.statistics if cls is not None else "full"
+    """``"full"`` or ``"trace"``: the statistics ``method`` needs (its row of the method table)."""
+    return method_entry(method).statistics
 
 
 def shard_moments(store_url: str, shard: int, storage_options: dict[str, Any], kind: str = "full") -> str:
     """Moments (``kind`` "full" or "trace") of one shard's valid rows, stored beside the data;
     returns their URL. Float32 products with float64 accumulation (see :mod:`aniso.numeric.moments`)."""
-    url = _stats_url(store_url, f"moments-{kind}-{shard:06d}")
+    url = stats_url(store_url, f"moments-{kind}-{shard:06d}")
     if exists(url, storage_options):
         return url
     emb, _, valid = open_rows(store_url, storage_options).read_shard(shard, with_ids=False)
