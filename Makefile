@@ -9,7 +9,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED = false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS = 180
 export DO_NOT_TRACK = 1
 
-.PHONY: install demo test bench quality clean
+.PHONY: install demo test check bench quality clean
 
 install: $(STAMP)
 
@@ -25,9 +25,13 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/aniso demo
 
-## The whole test suite (what CI runs).
+## The whole test suite (what CI runs), on two worker processes.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2
+
+## The edit-test loop: everything but the end-to-end flow runs and the slow tests (under 2 minutes).
+check: $(STAMP)
+	$(BIN)/python -m pytest -n 2 -q -m "not slow and not flow"
 
 bench: $(STAMP)
 	$(BIN)/python bench/moments.py

@@ -22,7 +22,6 @@ __all__ = [
     "GateFailed",
     "FailureRateExceeded",
     "DeviceUnavailable",
-    "PublishConflict",
 ]
 
 
@@ -79,7 +78,3 @@ class FailureRateExceeded(AnisoError, RuntimeError):
 
 class DeviceUnavailable(AnisoError, RuntimeError):
     """A GPU was required (``require_gpu``) but none is usable."""
-
-
-class PublishConflict(AnisoError, RuntimeError):
-    """Another run published concurrently; this run's publication was not applied."""

@@ -25,7 +25,7 @@ from typing import Any
 
 from aniso.progress import ProgressEvent, format_duration, format_event, format_rows, set_callback
 
-__all__ = ["LOG_FORMAT", "configure_logging", "progress_display", "fmt_value", "notice"]
+__all__ = ["LOG_FORMAT", "configure_logging", "progress_display", "notice"]
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 DATE_FORMAT = "%H:%M:%S"
@@ -227,27 +227,6 @@ def progress_display(live: bool | None = None) -> Iterator[None]:
     finally:
         plain.close()
         _restore(previous)
-
-
-# -- numbers --------------------------------------------------------------------------------
-def fmt_value(value: Any, digits: int = 4) -> str:
-    """A number as a person reads it: ``1.604415000855397e-08`` → ``1.6e-08``, ``0.9479575`` →
-    ``0.948``, integers unchanged, booleans as yes/no."""
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return str(value)
-        if value == 0:
-            return "0"
-        if value.is_integer() and abs(value) < 1e15:
-            return str(int(value))
-        if abs(value) < 1e-3 or abs(value) >= 1e6:
-            return f"{value:.{max(digits - 2, 1)}e}"
-        return f"{value:.{digits - 1}g}" if abs(value) < 1 else f"{value:.{digits}g}"
-    return str(value)
 
 
 # -- exit -----------------------------------------------------------------------------------

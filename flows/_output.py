@@ -11,7 +11,7 @@ from typing import Any
 
 from aniso.quality.metric_info import describe
 
-from ._console import fmt_value
+from aniso.quality.metric_info import format_value
 
 __all__ = ["result_lines", "show_summary", "diagnose_output", "DIAGNOSE_FORMATS"]
 
@@ -34,7 +34,7 @@ def result_lines(result: Mapping[str, Any], root: str, dataset: str) -> list[str
         lines.append(f"  report:   {report}")
     for gate in result["gates"]["results"]:
         lines.append(f"  gate {gate['name']:<20} {'PASS' if gate['passed'] else 'FAIL'}  "
-                     f"observed {fmt_value(gate['observed'])}  (required {gate['bound']})")
+                     f"observed {format_value(gate['observed'])}  (required {gate['bound']})")
     return lines
 
 
@@ -72,7 +72,7 @@ def show_summary(manifest: Mapping[str, Any], root: str, dataset: str, report: s
 def _cell(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
-    return fmt_value(float(value), digits=3) if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+    return format_value(float(value), digits=3) if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
 
 
 def diagnose_output(rows: Mapping[str, Mapping[str, float]], fmt: str = "table", width: int = 100) -> str:

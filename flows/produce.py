@@ -22,7 +22,7 @@ from aniso._version import code_version
 from aniso.config import Settings, config_hash, load_settings, semantic_config
 from aniso.errors import ConfigError, GateFailed, InputError
 from aniso.stages.gate import GateSample, prepare_gate_sample
-from aniso.quality.gates import preload_in_background
+from aniso.quality.gates import load_suites, preload_in_background
 from aniso.io.inputs import is_embedding_input, open_embedding_source
 from aniso.io.layout import DatasetLayout, run_key
 from aniso._fs import redact_url, write_json
@@ -33,7 +33,7 @@ from aniso.tasks.gate import gate
 from aniso.tasks.publish import publish
 
 from ._common import announce_dashboard, make_task_runner, run_stage
-from ._console import fmt_value
+from aniso.quality.metric_info import format_value
 from .apply import apply_model
 from .fit import fit_and_calibrate
 from .ingest import ingest_embeddings, ingest_inputs
@@ -195,13 +195,13 @@ def run_stages(text: str, image: str, settings: Settings) -> dict[str, Any]:
         gates = run_stage("gates", rows, lambda: gate(model_url, text_store, subs_url, layout.quality(key),
                                                       settings.gates, options, image_store_url=image_store,
                                                       sample=sample, run_key=key, run_record=layout.run_record(key)))
-    _gate_artifacts(key, gates)
+    _gate_artifacts(key, gates, load_suites(settings.gates.suite_file).summary_metrics())
     if not gates["passed"]:
         failed = [{"name": r["name"], "observed": r["observed"], "bound": r["bound"]}
                   for r in gates["results"] if not r["passed"]]
         raise GateFailed(
             "gate(s) failed, nothing published: "
-            + "; ".join(f"{r['name']} observed {fmt_value(r['observed'])} (required {r['bound']})" for r in failed)
+            + "; ".join(f"{r['name']} observed {format_value(r['observed'])} (required {r['bound']})" for r in failed)
             + (f"; report: {gates['report']['html']}" if (gates.get("report") or {}).get("html") else ""),
             failures=failed,
         )
@@ -240,7 +240,7 @@ def _link(url: str) -> str:
     return link if "://" in link else "file://" + os.path.abspath(link)
 
 
-def _gate_artifacts(key: str, gates: dict[str, Any]) -> None:
+def _gate_artifacts(key: str, gates: dict[str, Any], shown: list[str]) -> None:
     """Prefect artifacts of the gate stage: the gate table, a markdown summary, a link to the report.
 
     Everything shown comes from ``gates.json`` (names, numbers, bounds, report URL with any
@@ -253,12 +253,10 @@ def _gate_artifacts(key: str, gates: dict[str, Any]) -> None:
     )
     metrics = gates.get("metrics", {})
     lines = [f"### Run `{key}`: gates {'passed' if gates['passed'] else '**FAILED**'}", ""]
-    lines += [f"- {'✅' if r['passed'] else '❌'} `{r['name']}`: observed {fmt_value(r['observed'])} (required {r['bound']})"
+    lines += [f"- {'✅' if r['passed'] else '❌'} `{r['name']}`: observed {format_value(r['observed'])} (required {r['bound']})"
               for r in gates["results"]]
-    shown = ("gap_before", "centroid_residual", "knn_overlap_10", "spearman", "mmd2", "knn_precision",
-             "knn_recall", "domain_acc")
     lines += ["", "| metric | value |", "|---|---|"]
-    lines += [f"| {m} | {fmt_value(metrics[m])} |" for m in shown if m in metrics]
+    lines += [f"| {m} | {format_value(metrics[m])} |" for m in shown if m in metrics]
     lines += ["", f"gate stage: {gates.get('seconds', 0.0):.2f} s"]
     create_markdown_artifact(markdown="\n".join(lines), key="aniso-gate-summary", description=f"gate summary of run {key}")
     report = (gates.get("report") or {}).get("html")

@@ -137,3 +137,10 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that run a Prefect flow end to end are marked ``flow`` (``make check`` leaves them out)."""
+    for item in items:
+        if "prefect_harness" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.flow)

@@ -15,7 +15,7 @@ from aniso.methods import Aligner, available_aligners, get_aligner
 from aniso.testing.synthetic import planted_gap
 
 #: A tiny learned AnisoAlign, so the learned stages are held to the same contract.
-LEARNED = dict(r=8, p=4, closed_form_only=False, learned=True, min_samples_learned=100,
+LEARNED = dict(r=8, p=4, learned=True, min_samples_learned=100,
                full_capacity_samples=100, hidden=16, prior_hidden=16, prior_steps=4, refine_steps=4,
                batch_size=128, torch_threads=1)
 

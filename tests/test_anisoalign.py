@@ -18,7 +18,7 @@ def learned(gap):
 
 
 def test_zero_mlp_equals_closed_form_exactly(gap, learned):
-    cf = AnisoAlign(**{**LEARNED, "closed_form_only": True}).fit(gap.text[:1500], gap.image[:1500])
+    cf = AnisoAlign(**{**LEARNED, "learned": False}).fit(gap.text[:1500], gap.image[:1500])
     assert cf.capacity == "closed_form" and learned.capacity == "full"
     zeroed = AnisoAlign(**LEARNED).fit(gap.text[:1500], gap.image[:1500])
     zeroed.refiner.mlp = {k: np.zeros_like(v) for k, v in zeroed.refiner.mlp.items()}

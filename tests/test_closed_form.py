@@ -40,7 +40,7 @@ def test_ot_map_transports_text_covariance_onto_image_covariance():
 def test_unbounded_is_the_full_shrunk_match_and_zero_strength_is_the_shift():
     text, image = _pair(3000, 16, 1, ratio=np.linspace(0.4, 1.6, 16))
     mt, mi = _moments(text), _moments(image)
-    full = fit_closed_form(mt, mi, bounded=False, prior_strength=0.0)
+    full = fit_closed_form(mt, mi, bounded=False, shrinkage_rows=0.0)
     np.testing.assert_array_equal(full.h, full.g)
     st, si = mt.covariance(), mi.covariance()
     np.testing.assert_allclose(full.A @ st @ full.A, si, atol=1e-9)

@@ -18,6 +18,7 @@ from aniso.quality.report import _cov, residual_spectrum, spectrum
 from aniso.testing.synthetic import planted_gap
 
 
+@pytest.mark.slow
 def test_gates_and_report_at_d8192(tmp_path):
     gap = planted_gap(n=200, d=8192, latent=8, seed=3)
     np.save(tmp_path / "text.npy", gap.text.astype(np.float16))

@@ -73,6 +73,7 @@ def test_bad_rank_is_a_config_error():
                                   for r in range(4)]).tolist()) == list(range(10))
 
 
+@pytest.mark.slow
 def test_torch_dataloader_two_workers_over_s3(s3_root):
     torch = pytest.importorskip("torch")
     from aniso.published.torch_loader import PublishedIterableDataset

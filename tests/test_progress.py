@@ -8,7 +8,8 @@ import time
 import pytest
 
 from aniso import progress
-from aniso.flows._console import _PlainProgress, fast_exit, fmt_value  # noqa: F401
+from aniso.flows._console import _PlainProgress
+from aniso.quality.metric_info import format_value
 
 
 @pytest.fixture(autouse=True)
@@ -74,7 +75,7 @@ def test_plain_lines_repeat_after_the_interval(caplog):
 @pytest.mark.parametrize(("value", "text"), [(1.604415000855397e-08, "1.60e-08"), (0.9479575868488007, "0.948"),
                                              (600, "600"), (1.0, "1"), (True, "yes"), (12.3456, "12.35")])
 def test_human_numbers(value, text):
-    assert fmt_value(value) == text
+    assert format_value(value) == text
 
 
 def test_a_silent_stage_gets_a_heartbeat_line(caplog):

@@ -22,9 +22,11 @@ from aniso._fs import filesystem, is_local, join_url, open_url
 from aniso.numeric.arrays import row_norms
 from aniso.errors import InputError, StoreCorrupt
 from aniso.io.inputs import EmbeddingSource, NpyPart
-from aniso.io.rows import VIEW_JSON
 
-__all__ = ["NpyView", "create_view"]
+__all__ = ["NpyView", "create_view", "VIEW_JSON"]
+
+#: The descriptor file that marks an in-place input.
+VIEW_JSON = "view.json"
 
 
 class _Ids:

@@ -23,10 +23,6 @@ from aniso.errors import StoreCorrupt
 
 __all__ = ["RowStore", "StoreRef", "open_rows", "describe"]
 
-#: The descriptor file that marks an in-place input (see :mod:`aniso.io.npy_view`).
-VIEW_JSON = "view.json"
-
-
 @runtime_checkable
 class RowStore(Protocol):
     """What the stages read rows through (shards are the write unit, chunks the read unit)."""
@@ -93,10 +89,10 @@ def describe(store: RowStore, fingerprint: str = "") -> StoreRef:
 
 def open_rows(url: str, storage_options: dict[str, Any] | None = None) -> RowStore:
     """Open ``url`` for reading: an in-place input's descriptor or an aniso embedding store."""
+    from aniso.io.npy_view import VIEW_JSON, NpyView  # pyarrow: only when a store is opened
+
     options = storage_options or {}
     if exists(join_url(url, VIEW_JSON), options):
-        from aniso.io.npy_view import NpyView
-
         with open_url(join_url(url, VIEW_JSON), "r", options) as f:
             try:
                 payload = json.load(f)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from aniso.errors import ConfigError
 from aniso.methods.table import method_entry
@@ -54,15 +54,16 @@ class MomentMatchParams(MethodParams):
 class AnisoAlignParams(MethodParams):
     """Validated hyper-parameters of :class:`AnisoAlign` (all JSON-able)."""
 
-    r: int | None = Field(64, description="dominant rank (even); None: energy rule")
-    p: int = Field(64, ge=0, description="leading complement directions corrected by Stage II")
+    r: int | None = Field(64, description="rank (even) of the joint frame's dominant subspace U, where the learned stages work in polar blocks; None: the smallest rank holding the energy rule's share of Σ")
+    p: int = Field(64, ge=0, description="leading directions of U's complement that Stage II also corrects (learned stages only)")
     mixing: Literal["haar", "identity"] = "haar"
     seed: int = 0
     # closed form
     strength: float = Field(1.0, ge=0, description="share of the evidence-weighted mismatch corrected; 0: centroid shift")
     evidence: float = Field(1.0, ge=0, description="rows per dimension for half the correction")
     bound: float = Field(0.3, ge=0, description="largest log-scale correction per direction")
-    prior_strength: float = Field(7.0, ge=0, description="isotropic pseudo-rows per dimension (covariance shrinkage)")
+    shrinkage_rows: float = Field(7.0, ge=0, validation_alias=AliasChoices("shrinkage_rows", "prior_strength"),
+                                  description="isotropic pseudo-rows per dimension the covariances are shrunk with (closed form; was 'prior_strength', which still loads)")
     adaptive: bool = True
     bounded: bool = True
     knn_budget: float | None = Field(0.01, ge=0, description="largest kNN-overlap@10 loss against the centroid shift, measured on the fitting text; None: no budget")
@@ -70,8 +71,7 @@ class AnisoAlignParams(MethodParams):
     radial: bool = Field(True, description="scale the deviations radially so renormalisation keeps the centroid's length")
     # learned stages (off by default: on every corpus measured they did not pay for their cost,
     # see docs/quality.md)
-    learned: bool = Field(False, description="train Stage I/II when the samples allow it")
-    closed_form_only: bool = False
+    learned: bool = Field(False, description="train the learned stages (Stage I phase prior, Stage II refinement) when the samples allow it; false: the closed form alone")
     use_prior: bool = True
     min_samples_learned: int = Field(5000, ge=2)
     full_capacity_samples: int = Field(20000, ge=2)
@@ -80,17 +80,27 @@ class AnisoAlignParams(MethodParams):
     prior_steps: int = Field(1000, ge=0)
     refine_steps: int = Field(1000, ge=0)
     batch_size: int = Field(1024, gt=1)
-    delta_theta: float = Field(math.pi / 8, ge=0)
-    delta_ell: float = Field(0.25, ge=0)
-    delta_v: float = Field(0.5, ge=0)
-    w_prior: float = 1.0
-    w_dist: float = 1.0
-    w_rel: float = 1.0
-    w_inst: float = 0.5
-    w_reg: float = 1e-3
+    delta_theta: float = Field(math.pi / 8, ge=0, description="Stage II bound on each block's phase correction (radians, tanh-bounded)")
+    delta_ell: float = Field(0.25, ge=0, description="Stage II bound on each block's log-radius correction")
+    delta_v: float = Field(0.5, ge=0, description="Stage II bound on each complement coordinate's correction (in units of its spread)")
+    w_prior: float = Field(1.0, description="Stage II loss weight: energy of the Stage I prior on the corrected phases")
+    w_dist: float = Field(1.0, description="Stage II loss weight: MMD between corrected text and image batches")
+    w_rel: float = Field(1.0, description="Stage II loss weight: in-batch cosine structure kept (relational)")
+    w_inst: float = Field(0.5, description="Stage II loss weight: each row's correction along its own residual direction (instance)")
+    w_reg: float = Field(1e-3, description="Stage II loss weight: size of the corrections (regulariser)")
     device: str | None = None
     torch_threads: int | None = Field(1, gt=0, description="CPU threads for training (1 measured 1.9–4.5× faster than torch's default on a loaded 2-core machine; None: torch's default)")
     calibration_rounds: int = Field(50, ge=1, description="most Newton rounds of the exact centroid calibration")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _former_names(cls, data: Any) -> Any:
+        # ``closed_form_only: true`` (an earlier switch) meant what ``learned: false`` means now
+        if isinstance(data, dict) and "closed_form_only" in data:
+            data = dict(data)
+            if data.pop("closed_form_only"):
+                data["learned"] = False
+        return data
 
     @field_validator("r")
     @classmethod

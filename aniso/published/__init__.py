@@ -1,7 +1,7 @@
 """Published versions: the atomic writer, the reader (``open_published``), chunk-aware batch
 iteration and a torch ``IterableDataset``, exports for other tools, and retention (``aniso gc``).
 
-The reader and writer are importable from here (the names the former ``aniso.publish`` had); the
+The reader and writer are importable from here (what the flat layout had in one module); the
 loaders, exports and retention from their modules.
 """
 

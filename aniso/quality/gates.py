@@ -119,6 +119,13 @@ class GateSuites:
     reported: tuple[str, ...] = ()
     source: str = ""
 
+    def summary_metrics(self) -> list[str]:
+        """The run metrics a run's summary shows: those the ``run_metrics`` suite gates, then the
+        ``reported`` ones (distribution metrics and sample sizes, shown but never gated)."""
+        gated = [item["kwargs"]["column"] for item in self.suites.get("run_metrics", [])
+                 if isinstance(item.get("kwargs"), dict) and "column" in item["kwargs"]]
+        return list(dict.fromkeys([*gated, *self.reported]))
+
     def resolved(self, values: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
         """The suites with every ``"{field}"`` kwarg replaced by ``values[field]``."""
         out: dict[str, list[dict[str, Any]]] = {}

@@ -7,9 +7,11 @@ the image embeddings; every vector is L2-normalised first.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["MetricInfo", "METRICS", "describe"]
+__all__ = ["MetricInfo", "METRICS", "describe", "format_value"]
 
 
 @dataclass(frozen=True)
@@ -58,3 +60,23 @@ def describe(name: str) -> str:
     """The one-line meaning of ``name`` ('' when unknown)."""
     info = METRICS.get(name)
     return "" if info is None else info.meaning
+
+
+def format_value(value: Any, digits: int = 4) -> str:
+    """A metric value as a person reads it (the CLI, the Prefect artifacts and the report): ``1.604415000855397e-08`` → ``1.6e-08``, ``0.9479575`` →
+    ``0.948``, integers unchanged, booleans as yes/no."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        if value == 0:
+            return "0"
+        if value.is_integer() and abs(value) < 1e15:
+            return str(int(value))
+        if abs(value) < 1e-3 or abs(value) >= 1e6:
+            return f"{value:.{max(digits - 2, 1)}e}"
+        return f"{value:.{digits - 1}g}" if abs(value) < 1 else f"{value:.{digits}g}"
+    return str(value)

@@ -29,7 +29,6 @@ import datetime as _dt
 import html
 import json
 import logging
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -37,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from aniso._fs import exists, join_url, open_url
-from aniso.quality.metric_info import METRICS
+from aniso.quality.metric_info import METRICS, format_value
 
 __all__ = ["spectrum", "residual_spectrum", "direction_ratios", "centroid_baseline", "sample_content", "build_report",
            "reference_stand_ins", "render_plots", "render_html", "write_report", "publish_report", "read_identity"]
@@ -253,17 +252,7 @@ def _esc(value: Any) -> str:
 
 
 def _fmt(value: Any) -> str:
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return str(value)
-        if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e6):
-            return f"{value:.2e}"
-        return f"{value:.4g}"
-    if value is None:
-        return "–"
-    return str(value)
+    return "–" if value is None else format_value(value)
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], row_class: Sequence[str] | None = None) -> str:

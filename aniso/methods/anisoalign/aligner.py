@@ -41,8 +41,8 @@ class AnisoAlign(Aligner):
     calibrate
         Final centroid calibration (default on).
     **params
-        See :class:`AnisoAlignParams`; ablations are single flags: ``closed_form_only``,
-        ``use_prior=False``, ``bounded=False``, ``mixing="identity"``, ``calibrate=False``.
+        See :class:`AnisoAlignParams`; ablations are single flags: ``learned`` (the learned
+        stages on top of the closed form), ``use_prior=False``, ``bounded=False``, ``mixing="identity"``, ``calibrate=False``.
     """
 
     name = "anisoalign"
@@ -56,8 +56,6 @@ class AnisoAlign(Aligner):
             self.params = AnisoAlignParams(**params)
         except ValidationError as exc:
             raise ConfigError(f"invalid AnisoAlign parameters: {exc}") from exc
-        if self.params.r is not None and (self.params.r <= 0 or self.params.r % 2):
-            raise ConfigError(f"AnisoAlign: r must be a positive even number, got {self.params.r}")
         self.frame: Frame | None = None
         self.closed_form: ClosedForm | None = None
         self.refiner: Refiner | None = None
@@ -71,9 +69,7 @@ class AnisoAlign(Aligner):
     # -- fitting ---------------------------------------------------------------------------
     def _choose_capacity(self, n: int) -> str:
         ps = self.params
-        if ps.closed_form_only:
-            cap, why = "closed_form", "closed_form_only requested"
-        elif not ps.learned:
+        if not ps.learned:
             cap, why = "closed_form", "learned stages off (learned=False, the default)"
         elif n < ps.min_samples_learned:
             cap, why = "closed_form", f"{n} rows per modality < min_samples_learned={ps.min_samples_learned}"
@@ -92,7 +88,7 @@ class AnisoAlign(Aligner):
         r = None if ps.r is None else min(ps.r, d - d % 2)
         self.frame = fit_frame(text_stats, image_stats, r=r, p=ps.p, mixing=ps.mixing, seed=ps.seed)
         cf = fit_closed_form(text_stats, image_stats, strength=ps.strength, evidence=ps.evidence, bound=ps.bound,
-                             prior_strength=ps.prior_strength, adaptive=ps.adaptive, bounded=ps.bounded)
+                             shrinkage_rows=ps.shrinkage_rows, adaptive=ps.adaptive, bounded=ps.bounded)
         if ps.bounded and ps.knn_budget is not None:
             cf = fit_budget(cf, text_sample, self.mu_text, self.mu_image, budget=ps.knn_budget, rows=ps.budget_rows,
                             seed=ps.seed, radial=ps.radial)

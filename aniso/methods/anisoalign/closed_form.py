@@ -10,7 +10,7 @@ second-moment correction.
   symmetric map that transports ``Σ̃_t`` onto ``Σ̃_i`` with the least displacement, so it moves each
   text row as little as a full second-moment match allows (no rotation, unlike whitening–colouring).
   ``T = Q diag(e^{g}) Qᵀ``: ``g_j`` is the log-scale the text needs along direction ``q_j``.
-* **Evidence.** The covariances are shrunk towards isotropy with ``n₀ = prior_strength · d``
+* **Evidence.** The covariances are shrunk towards isotropy with ``n₀ = shrinkage_rows · d``
   pseudo-rows (``Σ̃ = (N Σ + n₀ tr(Σ)/d I)/(N + n₀)``), so directions the sample cannot resolve
   stay close to the shift. The applied correction is
 
@@ -139,7 +139,7 @@ def fit_closed_form(
     strength: float = 1.0,
     evidence: float = 1.0,
     bound: float = 0.3,
-    prior_strength: float = 7.0,
+    shrinkage_rows: float = 7.0,
     adaptive: bool = True,
     bounded: bool = True,
 ) -> ClosedForm:
@@ -154,15 +154,15 @@ def fit_closed_form(
     bound
         Largest applied log-scale of a direction whose mismatch is within the noise spread
         (``|h_j| ≤ max(bound, |g_j| − τ)``).
-    prior_strength
+    shrinkage_rows
         Isotropic pseudo-rows per dimension used to shrink each covariance.
     adaptive
         ``False``: ignore the evidence (``γ_N = γ``, ``w_j = 1``).
     bounded
         ``False`` is the "no bounds" ablation: ``h = g``.
     """
-    if min(strength, evidence, bound, prior_strength) < 0:
-        raise InputError("closed form: strength, evidence, bound and prior_strength must be ≥ 0")
+    if min(strength, evidence, bound, shrinkage_rows) < 0:
+        raise InputError("closed form: strength, evidence, bound and shrinkage_rows must be ≥ 0")
     d = text.dim
     tr_t, tr_i = text.trace(), image.trace()
     if not tr_t > 1e-12 or not tr_i > 1e-12:
@@ -170,7 +170,7 @@ def fit_closed_form(
             f"closed form: a modality has no variance (all rows identical?): trace text={tr_t:.3g}, "
             f"image={tr_i:.3g}"
         )
-    n0 = prior_strength * d
+    n0 = shrinkage_rows * d
     st = _shrink(text.covariance(), text.n, n0)
     si = _shrink(image.covariance(), image.n, n0)
     g, q = ot_log_scales(st, si)
