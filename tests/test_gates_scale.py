@@ -7,6 +7,7 @@ import json
 import math
 
 import numpy as np
+import pytest
 
 from aniso.io.layout import DatasetLayout
 from aniso.stages import gate as gate_stage
