@@ -9,9 +9,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from aniso.quality.metric_info import describe
-
-from aniso.quality.metric_info import format_value
+from aniso.quality.metric_info import describe, format_value
 
 __all__ = ["result_lines", "show_summary", "diagnose_output", "DIAGNOSE_FORMATS"]
 

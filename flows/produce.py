@@ -18,22 +18,22 @@ from typing import Any
 from prefect import flow
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
+from aniso._fs import redact_url, write_json
 from aniso._version import code_version
 from aniso.config import Settings, config_hash, load_settings, semantic_config
 from aniso.errors import ConfigError, GateFailed, InputError
-from aniso.stages.gate import GateSample, prepare_gate_sample
-from aniso.quality.gates import load_suites, preload_in_background
 from aniso.io.inputs import is_embedding_input, open_embedding_source
 from aniso.io.layout import DatasetLayout, run_key
-from aniso._fs import redact_url, write_json
-from aniso.stages.statistics import statistics_kind
 from aniso.io.rows import StoreRef, describe
+from aniso.quality.gates import load_suites, preload_in_background
+from aniso.quality.metric_info import format_value
+from aniso.stages.gate import GateSample, prepare_gate_sample
 from aniso.stages.preflight import preflight
+from aniso.stages.statistics import statistics_kind
 from aniso.tasks.gate import gate
 from aniso.tasks.publish import publish
 
 from ._common import announce_dashboard, make_task_runner, run_stage
-from aniso.quality.metric_info import format_value
 from .apply import apply_model
 from .fit import fit_and_calibrate
 from .ingest import ingest_embeddings, ingest_inputs

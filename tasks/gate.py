@@ -6,8 +6,8 @@ from typing import Any
 
 from prefect import task
 
-from aniso.stages import gate as gate_stage
 from aniso.config import GateSettings
+from aniso.stages import gate as gate_stage
 
 from ._retry import TASK_OPTIONS
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aniso.numeric.fused_affine import BLOCK, NormalizedAffine
 from aniso.errors import InputError
 from aniso.methods import get_aligner
+from aniso.numeric.fused_affine import BLOCK, NormalizedAffine
 
 AFFINE = ["realign", "centroid", "c3", "identity"]
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aniso.quality.diagnostics import centroid_residual, domain_classifier_accuracy, knn_overlap
 from aniso.errors import ConfigError
 from aniso.methods import AnisoAlign, CentroidShift, ReAlign
+from aniso.quality.diagnostics import centroid_residual, domain_classifier_accuracy, knn_overlap
 
 # Tiny learned configuration: the learned stages run, quickly, on the planted gap.
 LEARNED = dict(r=8, p=4, learned=True, min_samples_learned=100, full_capacity_samples=100, hidden=32, prior_hidden=16,

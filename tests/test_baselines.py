@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from aniso.numeric.arrays import l2_normalize
 from aniso.methods import C3, Aligner, CentroidShift, Identity, MomentMatch, ReAlign, get_aligner
+from aniso.numeric.arrays import l2_normalize
 from aniso.numeric.rowwise import row_normals
 
 

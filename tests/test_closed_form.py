@@ -5,12 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aniso.numeric.arrays import l2_normalize
-from aniso.methods.anisoalign.closed_form import centroid_offset, fit_budget, fit_closed_form, noise_spread, ot_log_scales, radial_scale
-from aniso.quality.diagnostics import centroid_residual, domain_classifier_accuracy, knn_overlap
 from aniso.errors import InputError
 from aniso.methods import AnisoAlign, CentroidShift
+from aniso.methods.anisoalign.closed_form import (
+    centroid_offset,
+    fit_budget,
+    fit_closed_form,
+    noise_spread,
+    ot_log_scales,
+    radial_scale,
+)
+from aniso.numeric.arrays import l2_normalize
 from aniso.numeric.moments import Moments
+from aniso.quality.diagnostics import centroid_residual, domain_classifier_accuracy, knn_overlap
 
 
 def _moments(x: np.ndarray) -> Moments:

@@ -2,11 +2,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from data_generation import planted_gap
 
-from aniso.quality import diagnostics as dg
 from aniso.errors import InputError
 from aniso.methods import ReAlign
-from data_generation import planted_gap
+from aniso.quality import diagnostics as dg
 
 
 def test_planted_residual_detected_and_absent_without_it(gap):

@@ -12,13 +12,13 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from aniso.published import export as export_mod
 from aniso.errors import ConfigError, StoreCorrupt
-from aniso.published.export import export_published, verify_export
 from aniso.io.inputs import open_embedding_source
 from aniso.io.layout import DatasetLayout
-from aniso.published.writer import publish
 from aniso.io.store import EmbeddingStore
+from aniso.published import export as export_mod
+from aniso.published.export import export_published, verify_export
+from aniso.published.writer import publish
 
 N, D = 150, 6  # shards of 64: 64, 64, 22 rows
 

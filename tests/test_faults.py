@@ -9,13 +9,13 @@ import uuid
 
 import numpy as np
 import pytest
+from test_produce import _inputs, _settings, run
 
-from aniso.stages import apply as apply_stage
 from aniso._fs import filesystem
 from aniso.errors import StoreCorrupt
 from aniso.io.layout import DatasetLayout
 from aniso.published.dataset import open_published, read_latest
-from test_produce import _inputs, _settings, run
+from aniso.stages import apply as apply_stage
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -29,8 +29,8 @@ def _reference(tmp_path, gap):
 @pytest.mark.s3
 def test_s3_outage_during_apply_is_retried(tmp_path, gap, monkeypatch):
     """The S3 server stops in the middle of apply and comes back: retries finish the run."""
-    from moto.server import ThreadedMotoServer
     import s3fs
+    from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from aniso.io.layout import DatasetLayout
+from aniso.io.store import EmbeddingStore
 from aniso.published.dataset import MANIFEST_FORMAT, schema
 from aniso.published.writer import publish
-from aniso.io.store import EmbeddingStore
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "format.md"
 

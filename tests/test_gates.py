@@ -9,15 +9,15 @@ import math
 import numpy as np
 import pytest
 
-from aniso.io.layout import DatasetLayout
-from aniso.stages import gate as gate_stage
-from aniso.stages import apply as apply_stage
-from aniso.stages import ingest as ingest_stage
 from aniso.config import GateSettings, load_settings
 from aniso.errors import ConfigError
-from aniso.quality.gates import evaluate_gates, load_suites, shard_table
-from aniso.methods import get_aligner
+from aniso.io.layout import DatasetLayout
 from aniso.io.store import EmbeddingStore
+from aniso.methods import get_aligner
+from aniso.quality.gates import evaluate_gates, load_suites, shard_table
+from aniso.stages import apply as apply_stage
+from aniso.stages import gate as gate_stage
+from aniso.stages import ingest as ingest_stage
 
 GATE_NAMES = ["row_count", "ids_match_input", "ids_unique", "no_nan_inf", "unit_norm",
               "centroid_residual", "knn_overlap@10", "pairwise_spearman"]

@@ -9,13 +9,13 @@ import math
 import numpy as np
 import pytest
 
-from aniso.io.layout import DatasetLayout
-from aniso.stages import gate as gate_stage
-from aniso.stages import apply as apply_stage
-from aniso.stages import ingest as ingest_stage
 from aniso.config import GateSettings
+from aniso.io.layout import DatasetLayout
 from aniso.methods import get_aligner
 from aniso.quality.report import _cov, residual_spectrum, spectrum
+from aniso.stages import apply as apply_stage
+from aniso.stages import gate as gate_stage
+from aniso.stages import ingest as ingest_stage
 from aniso.testing.synthetic import planted_gap
 
 

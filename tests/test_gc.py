@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 from aniso.errors import ConfigError
 from aniso.flows.cli import app
 from aniso.io.layout import DatasetLayout
-from aniso.published.dataset import list_versions, open_published
-from aniso.published.writer import publish
-from aniso.published.retention import collect_garbage
 from aniso.io.store import EmbeddingStore
+from aniso.published.dataset import list_versions, open_published
+from aniso.published.retention import collect_garbage
+from aniso.published.writer import publish
 
 
 def _run(layout: DatasetLayout, key: str, options: dict, seed: int) -> np.ndarray:

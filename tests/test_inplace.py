@@ -6,15 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from aniso.io.layout import DatasetLayout
-from aniso.stages import ingest as ingest_stage
-from aniso.stages import statistics as statistics_stage
 from aniso._fs import exists, join_url, open_url
 from aniso.errors import InputError
+from aniso.io.layout import DatasetLayout
 from aniso.io.npy_view import NpyView
 from aniso.io.rows import open_rows
-from aniso.numeric.moments import Moments
 from aniso.io.store import EmbeddingStore
+from aniso.numeric.moments import Moments
+from aniso.stages import ingest as ingest_stage
+from aniso.stages import statistics as statistics_stage
 
 
 def _put_npy(url, array, options):

@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from aniso.io.layout import DatasetLayout
 from aniso.config import load_settings
 from aniso.errors import InputError
 from aniso.io.inputs import open_embedding_source
+from aniso.io.layout import DatasetLayout
 
 
 def _clip_folder(tmp_path, columns: dict[str, list]) -> str:
@@ -43,8 +43,8 @@ def test_metadata_without_an_id_column_is_an_error_naming_the_columns(tmp_path):
 
 
 def test_the_setting_reaches_the_ingest_stage(tmp_path):
-    from aniso.stages import ingest as ingest_stage
     from aniso.io.rows import open_rows
+    from aniso.stages import ingest as ingest_stage
 
     url = _clip_folder(tmp_path, {"caption": ["c"] * 7})
     settings = load_settings(overrides=["corpus.embedding_ids=row-number"])

@@ -13,10 +13,10 @@ import pytest
 
 from aniso.errors import ConfigError
 from aniso.io.layout import DatasetLayout
-from aniso.published.loader import chunks_for_rank
-from aniso.published.dataset import open_published
-from aniso.published.writer import publish
 from aniso.io.store import EmbeddingStore
+from aniso.published.dataset import open_published
+from aniso.published.loader import chunks_for_rank
+from aniso.published.writer import publish
 
 N, D, CHUNK, SHARD = 1000, 8, 64, 256  # 16 chunks, the last one 40 rows; 4 shards, the last 232
 

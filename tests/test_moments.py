@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aniso.numeric.arrays import l2_normalize
 from aniso.errors import InputError
+from aniso.numeric.arrays import l2_normalize
 from aniso.numeric.moments import Moments, merge_all, moments_of
 
 

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
-from aniso.stages import apply as apply_stage
 from aniso._fs import join_url, open_url
 from aniso.config import load_settings
 from aniso.errors import GateFailed, InputError
+from aniso.flows._common import make_task_runner
+from aniso.flows.produce import produce
 from aniso.io.layout import DatasetLayout
 from aniso.methods import Aligner
 from aniso.published.dataset import open_published, read_latest
-from aniso.flows._common import make_task_runner
-from aniso.flows.produce import produce
+from aniso.stages import apply as apply_stage
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

@@ -10,9 +10,9 @@ import pytest
 from aniso._fs import open_url
 from aniso.errors import ConfigError, StoreCorrupt, StoreNotFound
 from aniso.io.layout import DatasetLayout
+from aniso.io.store import EmbeddingStore
 from aniso.published.dataset import open_published, read_latest
 from aniso.published.writer import publish
-from aniso.io.store import EmbeddingStore
 
 
 def _stage(layout: DatasetLayout, key: str, options, *, complete=True):

@@ -14,9 +14,9 @@ import zarr
 from aniso._fs import filesystem
 from aniso.errors import StoreCorrupt
 from aniso.io.layout import DatasetLayout
+from aniso.io.store import EmbeddingStore
 from aniso.published.dataset import open_published
 from aniso.published.writer import publish
-from aniso.io.store import EmbeddingStore
 
 N, D, CHUNK, SHARD = 300, 4, 64, 128  # 3 shards (128, 128, 44): smaller last shard, not a multiple
 

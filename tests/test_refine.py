@@ -2,11 +2,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from aniso.numeric.arrays import l2_normalize
 from aniso.methods.anisoalign.closed_form import fit_closed_form
 from aniso.methods.anisoalign.frame import fit_frame
-from aniso.numeric.moments import Moments
 from aniso.methods.anisoalign.refine import Refiner, fit_refiner, input_statistics
+from aniso.numeric.arrays import l2_normalize
+from aniso.numeric.moments import Moments
 
 
 def _refiner(gap, bounded=True):

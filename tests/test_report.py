@@ -12,8 +12,16 @@ import pandas as pd
 import pytest
 
 from aniso.quality.gates import shard_table
-from aniso.quality.report import (build_report, centroid_baseline, direction_ratios, publish_report, render_html,
-                          residual_spectrum, spectrum, write_report)
+from aniso.quality.report import (
+    build_report,
+    centroid_baseline,
+    direction_ratios,
+    publish_report,
+    render_html,
+    residual_spectrum,
+    spectrum,
+    write_report,
+)
 from aniso.quality.report_plots import svg_is_inline_safe
 
 
@@ -131,10 +139,10 @@ def test_report_from_a_gate_run_holds_no_secret(tmp_path, gap, monkeypatch):
     """A run over storage options carrying a secret writes no trace of it into quality/."""
     from test_gates import _store
 
-    from aniso.stages import gate as gate_stage
-    from aniso.stages import apply as apply_stage
     from aniso.config import GateSettings
     from aniso.methods import get_aligner
+    from aniso.stages import apply as apply_stage
+    from aniso.stages import gate as gate_stage
 
     secret = "SECRET-KEY-abc123-do-not-write"
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)

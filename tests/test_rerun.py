@@ -11,13 +11,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aniso.stages import apply as apply_stage
 from aniso._fs import join_url, open_url
 from aniso.config import load_settings
-from aniso.io.layout import DatasetLayout
-from aniso.published.dataset import open_published, read_latest
-from aniso.io.store import EmbeddingStore
 from aniso.flows.produce import produce
+from aniso.io.layout import DatasetLayout
+from aniso.io.store import EmbeddingStore
+from aniso.published.dataset import open_published, read_latest
+from aniso.stages import apply as apply_stage
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

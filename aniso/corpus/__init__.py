@@ -13,12 +13,12 @@ folder trees (jpg, png, webp) or webdataset tars. Bad items are recorded, never 
 
 from __future__ import annotations
 
-from aniso.corpus._images import decode_image
 from aniso.corpus._formats import FileRange
+from aniso.corpus._images import decode_image
 from aniso.corpus._plan import ShardSpec, list_corpus, plan_digest, plan_shards
 from aniso.corpus._records import (
-    ItemRecord,
     MANIFEST_COLUMNS,
+    ItemRecord,
     check_failure_rate,
     failure_rate,
     manifest_url,

@@ -24,7 +24,14 @@ import pyarrow.parquet as pq
 from aniso._fs import filesystem, join_url
 from aniso.config import CorpusSettings
 from aniso.corpus._formats import (
-    IMAGE_EXTENSIONS, TAR_EXTENSION, TEXT_FORMATS, TRUNCATED, FileRange, parse_json_line, read_csv_rows, tar_samples,
+    IMAGE_EXTENSIONS,
+    TAR_EXTENSION,
+    TEXT_FORMATS,
+    TRUNCATED,
+    FileRange,
+    parse_json_line,
+    read_csv_rows,
+    tar_samples,
 )
 from aniso.errors import InputError
 

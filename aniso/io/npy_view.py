@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from aniso._fs import filesystem, is_local, join_url, open_url
-from aniso.numeric.arrays import row_norms
 from aniso.errors import InputError, StoreCorrupt
 from aniso.io.inputs import EmbeddingSource, NpyPart
+from aniso.numeric.arrays import row_norms
 
 __all__ = ["NpyView", "create_view", "VIEW_JSON"]
 

@@ -28,13 +28,13 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 
-from aniso.numeric.fused_affine import NormalizedAffine
 from aniso._fs import join_url, open_url
 from aniso._version import __version__
-from aniso.numeric.arrays import ArrayLike2D, check_finite, iter_chunks, l2_normalize
+from aniso.errors import InputError, NotFittedError, StoreCorrupt, StoreNotFound
 from aniso.methods.params import MethodParams, NoParams
 from aniso.methods.table import METHODS, method_entry
-from aniso.errors import InputError, NotFittedError, StoreCorrupt, StoreNotFound
+from aniso.numeric.arrays import ArrayLike2D, check_finite, iter_chunks, l2_normalize
+from aniso.numeric.fused_affine import NormalizedAffine
 from aniso.numeric.moments import Moments, moments_of
 from aniso.numeric.sampling import collect_rows, sample_indices
 

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import math
+from typing import Any
 
 import numpy as np
 
-from aniso.numeric.arrays import l2_normalize
 from aniso.errors import InputError
+from aniso.methods.base import Aligner
+from aniso.numeric.arrays import l2_normalize
 from aniso.numeric.moments import Moments
 from aniso.numeric.rowwise import row_normals, rowwise_matmul
-from aniso.methods.base import Aligner
 
 __all__ = ["Identity", "CentroidShift", "C3", "ReAlign", "MomentMatch"]
 

@@ -35,9 +35,9 @@ from typing import Literal
 
 import numpy as np
 
-from aniso.numeric.fused_affine import unit_row_sums
-from aniso.numeric.arrays import ArrayLike2D, iter_chunks, l2_normalize
 from aniso.errors import InputError
+from aniso.numeric.arrays import ArrayLike2D, iter_chunks, l2_normalize
+from aniso.numeric.fused_affine import unit_row_sums
 
 __all__ = ["Moments", "moments_of", "merge_all", "F32_BLOCK"]
 

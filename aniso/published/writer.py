@@ -28,7 +28,7 @@ from aniso._fs import filesystem, is_local, join_url, write_atomic
 from aniso.errors import StoreCorrupt
 from aniso.io.layout import DatasetLayout
 from aniso.io.store import EmbeddingStore
-from aniso.published.dataset import DATA_PATH, MANIFEST_FORMAT, REPORT_PATH, read_json, find_published
+from aniso.published.dataset import DATA_PATH, MANIFEST_FORMAT, REPORT_PATH, find_published, read_json
 
 __all__ = ["publish"]
 

@@ -16,9 +16,9 @@ import math
 import numpy as np
 from scipy import stats
 
+from aniso.errors import InputError
 from aniso.numeric.arrays import l2_normalize
 from aniso.numeric.neighbours import knn_indices
-from aniso.errors import InputError
 
 __all__ = [
     "centroid_residual",

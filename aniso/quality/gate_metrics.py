@@ -76,7 +76,13 @@ def sample_metrics(
     image
         A sample of image rows, or ``None`` (the distribution metrics are then left out).
     """
-    from aniso.quality.diagnostics import domain_classifier_accuracy, knn_overlap, knn_precision_recall, mmd2_rbf, pairwise_spearman
+    from aniso.quality.diagnostics import (
+        domain_classifier_accuracy,
+        knn_overlap,
+        knn_precision_recall,
+        mmd2_rbf,
+        pairwise_spearman,
+    )
 
     out: dict[str, Any] = {"sample_rows": int(text.shape[0])}
     if text.shape[0] < 12 or not (np.isfinite(subs).all() and np.isfinite(text).all()):

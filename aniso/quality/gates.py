@@ -33,7 +33,12 @@ import pandas as pd
 
 from aniso.config import CONF_DIR, GateSettings, read_yaml
 from aniso.errors import ConfigError
-from aniso.quality.gate_metrics import SHARD_COLUMNS, centroid_metrics, sample_metrics, shard_table  # noqa: F401 - public here too
+from aniso.quality.gate_metrics import (  # noqa: F401 - public here too
+    SHARD_COLUMNS,
+    centroid_metrics,
+    sample_metrics,
+    shard_table,
+)
 
 __all__ = [
     "GateResult",

@@ -27,13 +27,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from aniso._fs import join_url, open_url
+from aniso._fs import join_url, open_url, write_json
 from aniso.io.npy_view import NpyView
 from aniso.io.rows import open_rows
-from aniso.methods import Aligner
-from aniso._fs import write_json
-from aniso.numeric.sampling import sample_indices
 from aniso.io.store import EmbeddingStore
+from aniso.methods import Aligner
+from aniso.numeric.sampling import sample_indices
 
 if TYPE_CHECKING:
     from aniso.quality.gates import GateValidator

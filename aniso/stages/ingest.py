@@ -16,8 +16,8 @@ import numpy as np
 from aniso._fs import redact_url
 from aniso.errors import InputError
 from aniso.io.inputs import open_embedding_source
-from aniso.io.npy_view import NpyView, create_view
 from aniso.io.layout import DatasetLayout
+from aniso.io.npy_view import NpyView, create_view
 from aniso.io.rows import StoreRef, describe, open_rows
 from aniso.io.store import EmbeddingStore
 from aniso.numeric.arrays import row_norms

@@ -19,14 +19,14 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from aniso.methods.params import AnisoAlignParams
-from aniso.methods.anisoalign.closed_form import ClosedForm, centroid_offset, fit_budget, fit_closed_form, radial_scale
 from aniso.errors import ConfigError, InputError
+from aniso.methods.anisoalign.closed_form import ClosedForm, centroid_offset, fit_budget, fit_closed_form, radial_scale
 from aniso.methods.anisoalign.frame import Frame, fit_frame
-from aniso.numeric.moments import Moments
 from aniso.methods.anisoalign.polar import EPS64, to_polar
 from aniso.methods.anisoalign.refine import LossWeights, Refiner, fit_refiner, input_statistics
 from aniso.methods.base import Aligner
+from aniso.methods.params import AnisoAlignParams
+from aniso.numeric.moments import Moments
 
 __all__ = ["AnisoAlign", "AnisoAlignParams"]
 

@@ -21,14 +21,13 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from aniso.numeric.arrays import l2_normalize
 from aniso.methods.anisoalign.frame import Frame
 from aniso.methods.anisoalign.polar import EPS32, EPS64, rotate_scale_torch, to_polar, to_polar_torch
+from aniso.numeric.arrays import l2_normalize
 from aniso.numeric.rowwise import rowwise_matmul
 
 if TYPE_CHECKING:  # training only: inference (Refiner.apply) is numpy and never imports torch
