@@ -7,22 +7,20 @@ loaders, exports and retention from their modules.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from aniso.published.dataset import (
+    DATA_PATH,
+    MANIFEST_FORMAT,
+    REPORT_PATH,
+    PublishedDataset,
+    find_published,
+    list_versions,
+    open_published,
+    read_latest,
+    schema,
+)
+from aniso.published.writer import publish
 
-_LAZY = {
-    "publish": "aniso.published.writer",
-    **dict.fromkeys(["open_published", "PublishedDataset", "read_latest", "find_published", "list_versions",
-                     "MANIFEST_FORMAT", "DATA_PATH", "REPORT_PATH", "schema"], "aniso.published.dataset"),
-}
-
-__all__ = list(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    # Lazy (PEP 562): ``import aniso.published.loader`` in a DataLoader worker stays light.
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = [
+    "publish", "open_published", "PublishedDataset", "read_latest", "find_published", "list_versions",
+    "MANIFEST_FORMAT", "DATA_PATH", "REPORT_PATH", "schema",
+]

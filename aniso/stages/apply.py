@@ -1,11 +1,7 @@
 """The apply stage: every text shard transformed by the fitted model and written whole, with the
 per-shard quality figures the gates judge.
 
-A plain function per shard (pangeo-forge style): ``tasks/apply.py`` wraps these in a Prefect
-task and ``flows/apply.py`` fans them out. Arguments and results are small values (URLs, shard
-numbers, stats dicts), never whole arrays; each call is idempotent (its output is complete only
-when its marker exists, and a repeated call for a completed unit is a cheap no-op). Nothing here
-imports Prefect.
+Idempotent, one call per shard or per run (see :mod:`aniso.stages`).
 """
 
 from __future__ import annotations

@@ -1,10 +1,6 @@
 """The fit stage: the aligner from the statistics and samples, then the centroid calibration pass.
 
-A plain function per shard (pangeo-forge style): ``tasks/fit.py`` wraps these in a Prefect
-task and ``flows/fit.py`` fans them out. Arguments and results are small values (URLs, shard
-numbers, stats dicts), never whole arrays; each call is idempotent (its output is complete only
-when its marker exists, and a repeated call for a completed unit is a cheap no-op). Nothing here
-imports Prefect.
+Idempotent, one call per shard or per run (see :mod:`aniso.stages`).
 """
 
 from __future__ import annotations
