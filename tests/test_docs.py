@@ -37,3 +37,14 @@ def test_every_reported_metric_has_a_meaning():
     assert missing == []
     page = (REPO / "docs" / "diagnostics.md").read_text()
     assert all(f"`{m}`" in page for m in METRIC_ORDER if not m.endswith("_baseline"))
+
+
+def test_the_readme_make_targets_exist_and_ci_runs_make_test():
+    """`make demo`, `make test` and `make check` as the README describes them."""
+    readme = (REPO / "README.md").read_text()
+    makefile = (REPO / "Makefile").read_text()
+    for target in re.findall(r"`make (\w+)`", readme):
+        assert re.search(rf"^{target}:", makefile, re.M), f"README names make {target}, the Makefile has no such target"
+    check = re.search(r"^check:.*\n\t(.+)$", makefile, re.M).group(1)
+    assert '-m "not slow and not flow"' in check  # what the README says make check leaves out
+    assert re.search(r"^\s*make test\s*$", (REPO / ".ci" / "run").read_text(), re.M)
