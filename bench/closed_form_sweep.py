@@ -265,7 +265,7 @@ def capped(gain: float, up: float, down: float, ps: float = 7.0, lift: str = "do
 def variants() -> dict[str, Fitter]:
     v: dict[str, Fitter] = {
         "centroid shift": aligner("centroid"),
-        "C3 (b), no noise": aligner("c3"),
+        "C3 (b), no noise": aligner("c3", noise=0.0),
         "ReAlign": aligner("realign"),
         "MomentMatch (CORAL)": aligner("moment"),
         "MomentMatch shrink 0.9": aligner("moment", shrinkage=0.9),

@@ -44,7 +44,7 @@ DATA = ROOT.parent / "shared" / "data"
 METHODS: dict[str, tuple[str, dict]] = {
     "raw text": ("identity", {}),
     "centroid shift": ("centroid", {}),
-    "C3 (b), no noise": ("c3", {}),
+    "C3 (b), no noise": ("c3", {"noise": 0.0}),
     "ReAlign": ("realign", {}),
     "MomentMatch (CORAL)": ("moment", {}),
     "MomentMatch shrink 0.9": ("moment", {"shrinkage": 0.9}),

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aniso.errors import AnisoError, InputError, NotFittedError
-from aniso.methods import Aligner, available_aligners, get_aligner
+from aniso.errors import AnisoError, ConfigError, InputError, NotFittedError
+from aniso.methods import Aligner, AnisoAlign, available_aligners, get_aligner
 from aniso.testing.synthetic import planted_gap
 
 #: A tiny learned AnisoAlign, so the learned stages are held to the same contract.
@@ -153,3 +153,40 @@ def test_unknown_method_and_corrupt_model(tmp_path, data):
         get_aligner("nope")
     with pytest.raises(AnisoError, match="no saved aligner"):
         Aligner.load(str(tmp_path / "missing"))
+
+
+# -- parameters: validated the same way for every method -----------------------------------------
+@pytest.mark.parametrize("name, params, message", [
+    ("moment", {"shrink": 0.9}, r"MomentMatch: shrink: Extra inputs are not permitted"),
+    ("moment", {"shrinkage": 1.5}, r"MomentMatch: shrinkage: .*less than or equal to 1"),
+    ("c3", {"noise": -1}, r"C3: noise: .*greater than or equal to 0"),
+    ("realign", {"strength": 0.5}, r"ReAlign: strength: Extra inputs"),
+    ("centroid", {"calibrate": "yes"}, r"CentroidShift: calibrate: expected true or false"),
+    ("anisoalign", {"r": 3}, r"AnisoAlign: r: .*positive even"),
+    ("anisoalign", {"bounded": False, "knn_budget": 0.02}, r"knn_budget applies to the bounded correction only"),
+])
+def test_bad_parameters_are_a_config_error_naming_them(name, params, message):
+    with pytest.raises(ConfigError, match=message):
+        get_aligner(name, **params)
+
+
+def test_unbounded_anisoalign_reports_no_budget_and_c3_defaults_to_its_training_noise(gap):
+    from aniso.methods import C3, CentroidShift
+
+    assert AnisoAlign(bounded=False).get_params()["knn_budget"] is None
+    assert AnisoAlign().get_params()["knn_budget"] == 0.01
+    assert C3().noise == C3.TRAIN_NOISE > 0
+    text, image = gap.text[:300], gap.image[:300]
+    assert not np.allclose(C3().fit(text, image).transform(text), CentroidShift().fit(text, image).transform(text))
+
+
+def test_the_aligner_seed_seeds_the_fit_samples():
+    """``AnisoAlign(seed=s).fit(...)`` draws its row samples with ``s`` too (one seed, not two):
+    with more rows than the sample, the sample and so the fitted radial scale depend on it."""
+    gap = planted_gap(n=AnisoAlign.sample_size + 500, d=16, latent=8, seed=1)
+    probe = gap.text[:64]
+    by_param = AnisoAlign(seed=3, budget_rows=200).fit(gap.text, gap.image).transform(probe)
+    by_fit = AnisoAlign(seed=3, budget_rows=200).fit(gap.text, gap.image, seed=3).transform(probe)
+    other = AnisoAlign(seed=3, budget_rows=200).fit(gap.text, gap.image, seed=0).transform(probe)
+    np.testing.assert_array_equal(by_param, by_fit)
+    assert not np.array_equal(by_param, other)

@@ -31,7 +31,7 @@ import numpy as np
 from aniso._fs import join_url, open_url
 from aniso._version import __version__
 from aniso.errors import InputError, NotFittedError, StoreCorrupt, StoreNotFound
-from aniso.methods.params import MethodParams, NoParams
+from aniso.methods.params import MethodParams, NoParams, validate_method
 from aniso.methods.table import METHODS, method_entry
 from aniso.numeric.arrays import ArrayLike2D, check_finite, iter_chunks, l2_normalize
 from aniso.numeric.fused_affine import NormalizedAffine
@@ -87,6 +87,14 @@ class Aligner(ABC):
             cls.Params = entry.params_model()
             cls.statistics = entry.statistics
 
+    def __new__(cls, *args: Any, **params: Any) -> Self:
+        # Every method's keyword parameters are checked against its parameter model before its
+        # own __init__ runs: a misspelt or out-of-range one is a ConfigError naming it, for every
+        # method alike (never a bare TypeError or a method-specific error).
+        if cls.name:
+            validate_method(cls.name, params, where=f"{cls.__name__}: ")
+        return super().__new__(cls)
+
     def __init__(self, calibrate: bool | None = None) -> None:
         self.calibrate = self.default_calibrate if calibrate is None else bool(calibrate)
         self.mu_text: np.ndarray | None = None
@@ -108,12 +116,16 @@ class Aligner(ABC):
     def fitted(self) -> bool:
         return self.mu_image is not None and (not self.calibrate or self.mu_hat is not None)
 
-    def fit(self, text: ArrayLike2D, image: ArrayLike2D, *, seed: int = 0) -> Self:
+    def fit(self, text: ArrayLike2D, image: ArrayLike2D, *, seed: int | None = None) -> Self:
         """Fit on text and image embeddings (arrays or re-iterable chunk sources).
 
         Makes one statistics pass over each input, draws row samples if the method needs them,
-        and, when ``calibrate`` is on, one calibration pass over the text.
+        and, when ``calibrate`` is on, one calibration pass over the text. ``seed`` draws those
+        samples; by default the method's own ``seed`` parameter (0 for methods without one), so
+        ``AnisoAlign(seed=s).fit(t, i)`` is seeded by ``s`` throughout.
         """
+        if seed is None:
+            seed = int(self.get_params().get("seed", 0))
         full = self.statistics == "full"
         text_stats = moments_of(text, what="text", full=full)
         image_stats = moments_of(image, what="image", full=full)

@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 
-from aniso.errors import InputError
 from aniso.methods.base import Aligner
 from aniso.numeric.arrays import l2_normalize
 from aniso.numeric.moments import Moments
@@ -81,11 +80,12 @@ class ReAlign(Aligner):
 class C3(Aligner):
     """C3 (Zhang et al., ICLR 2024), variant (b) (docs/method.md §7), into raw image space.
 
-    ``x* = normalize(normalize(x_t) − μ_t + μ_i + σξ)``, ``ξ ~ N(0, I)``. C3 adds noise only while
-    *training* a downstream model, so ``noise`` is 0 by default (evaluation); set it to
-    ``sqrt(0.016)`` (C3's default) to produce training-time corruptions. With noise on, each
-    row's noise is keyed on ``seed`` and the row itself (:func:`aniso.numeric.rowwise.row_normals`), so
-    the output does not depend on how rows are sharded, and equal rows get equal noise.
+    ``x* = normalize(normalize(x_t) − μ_t + μ_i + σξ)``, ``ξ ~ N(0, I)``. C3 adds the noise while
+    *training* a downstream model, which is what substitutes are for, so ``noise`` defaults to C3's
+    own training level ``sqrt(0.016)``; ``noise=0`` is the plain centroid shift (for evaluating
+    the geometry alone). Each row's noise is keyed on ``seed`` and the row itself
+    (:func:`aniso.numeric.rowwise.row_normals`), so the output does not depend on how rows are
+    sharded, and equal rows get equal noise.
     """
 
     name = "c3"
@@ -93,10 +93,8 @@ class C3(Aligner):
     #: C3's own noise level, ``--noise_level`` default in its ``run.py``.
     TRAIN_NOISE = math.sqrt(0.016)
 
-    def __init__(self, calibrate: bool | None = None, noise: float = 0.0, seed: int = 0) -> None:
+    def __init__(self, calibrate: bool | None = None, noise: float = TRAIN_NOISE, seed: int = 0) -> None:
         super().__init__(calibrate=calibrate)
-        if noise < 0:
-            raise InputError(f"C3 noise must be >= 0, got {noise}")
         self.noise = float(noise)
         self.seed = int(seed)
 
@@ -138,8 +136,6 @@ class MomentMatch(Aligner):
 
     def __init__(self, calibrate: bool | None = None, shrinkage: float = 0.0) -> None:
         super().__init__(calibrate=calibrate)
-        if not 0.0 <= shrinkage <= 1.0:
-            raise InputError(f"MomentMatch shrinkage must be in [0, 1], got {shrinkage}")
         self.shrinkage = float(shrinkage)
         self.matrix: np.ndarray | None = None
 

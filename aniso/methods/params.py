@@ -39,10 +39,10 @@ class NoParams(MethodParams):
 
 
 class C3Params(MethodParams):
-    """:class:`aniso.methods.C3`: training-time noise (0 for evaluation) and its seed."""
+    """:class:`aniso.methods.C3`: the training-time noise and its seed."""
 
-    noise: float = Field(0.0, ge=0)
-    seed: int = 0
+    noise: float = Field(math.sqrt(0.016), ge=0, description="standard deviation of the Gaussian noise added to each row (C3's own training default √0.016; 0: the plain centroid shift, for evaluation)")
+    seed: int = Field(0, description="seed of the per-row noise")
 
 
 class MomentMatchParams(MethodParams):
@@ -102,6 +102,16 @@ class AnisoAlignParams(MethodParams):
                 data["learned"] = False
         return data
 
+    @model_validator(mode="after")
+    def _budget_needs_bounds(self) -> AnisoAlignParams:
+        # The kNN budget limits the bounded correction; without bounds it would be ignored, so an
+        # explicit budget is refused and the implicit default is cleared (get_params tells the truth).
+        if not self.bounded and self.knn_budget is not None:
+            if "knn_budget" in self.model_fields_set:
+                raise ValueError("knn_budget applies to the bounded correction only: with bounded=false set knn_budget to null")
+            self.knn_budget = None
+        return self
+
     @field_validator("r")
     @classmethod
     def _even_rank(cls, r: int | None) -> int | None:
@@ -110,24 +120,27 @@ class AnisoAlignParams(MethodParams):
         return r
 
 
-def validate_method(name: str, params: dict[str, Any]) -> dict[str, Any]:
+def validate_method(name: str, params: dict[str, Any], *, where: str = "method.params.") -> dict[str, Any]:
     """Check ``name`` and ``params`` against the method's model; return the params as given.
+
+    The settings (``where="method.params."``) and every aligner's constructor (``where=""``)
+    validate through here, so a parameter is refused the same way wherever it is given.
 
     Raises
     ------
     ConfigError
-        Naming ``method.name`` (unknown method) or ``method.params.<field>`` (bad parameter).
+        Naming ``method.name`` (unknown method) or ``<where><field>`` (bad parameter).
     """
     entry = method_entry(name)
     rest = dict(params)
     calibrate = rest.pop("calibrate", None)
     if calibrate is not None and not isinstance(calibrate, bool):
-        raise ConfigError(f"method.params.calibrate: expected true or false, got {calibrate!r}")
+        raise ConfigError(f"{where}calibrate: expected true or false, got {calibrate!r}")
     try:
         entry.params_model().model_validate(rest)
     except ValidationError as exc:
         problems = "; ".join(
-            f"method.params.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+            f"{where}{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
         raise ConfigError(f"invalid parameters for method {name!r}: {problems}") from None
     return params
