@@ -352,8 +352,9 @@ def _id_text(value: Any, url: str, row: int, column: str) -> str:
         try:
             value = value.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise InputError(f"{url}: row {row} has an id that is not valid UTF-8 (column {column!r}, byte "
-                             f"{exc.start})") from None
+            raise InputError(f"{url}: row {row} has a non-UTF-8 id (column {column!r}, byte {exc.start}); "
+                             f"every row needs an id: fix the metadata, or set corpus.embedding_ids={ROW_NUMBER} "
+                             "to use row numbers") from None
     if value is None or (isinstance(value, float) and value != value) or not str(value).strip():
         shown = "null" if value is None else "NaN" if isinstance(value, float) else f"blank ({value!r})"
         raise InputError(f"{url}: row {row} has a {shown} id (column {column!r}); every row needs an id: "

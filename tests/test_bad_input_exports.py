@@ -1,0 +1,346 @@
+"""Bad input to exports, clip-retrieval ids and corpus reading: each case asserts the error type
+(or exit code), that the message names the culprit, and that nothing already written changed.
+
+Sections: export folders · webdataset keys · clip-retrieval ids · truncated tars · locations.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from test_export import D, N, _files, _published
+from typer.testing import CliRunner
+
+from aniso.config import CorpusSettings
+from aniso.corpus import check_failure_rate, failure_rate, plan_shards, read_shard
+from aniso.errors import ConfigError, FailureRateExceeded, InputError, StoreCorrupt
+from aniso.io.inputs import open_embedding_source
+from aniso.io.layout import DatasetLayout
+from aniso.io.npy_view import create_view
+from aniso.published import export as export_mod
+from aniso.published.export import export_published, tar_key, verify_export
+
+FORMATS = ("clip-retrieval", "webdataset")
+
+
+# -- export folders ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def two_versions(tmp_path_factory) -> tuple[str, str, str]:
+    """A local root whose dataset ``ds`` has two versions with different rows; LATEST is the second."""
+    root = str(tmp_path_factory.mktemp("exports") / "root")
+    _published(root, {})
+    v1 = json.load(open(DatasetLayout(root, "ds").latest))["version"]
+    _published(root, {}, key="key2000000000", seed=6)
+    v2 = json.load(open(DatasetLayout(root, "ds").latest))["version"]
+    assert v1 != v2
+    return root, v1, v2
+
+
+def _held(root: str, out, fmt: str, version: str) -> dict[str, bytes]:
+    export_published(root, "ds", str(out), fmt, version=version)
+    return _files(out)
+
+
+@pytest.mark.parametrize(("held_fmt", "held_v", "fmt", "v"), [
+    ("clip-retrieval", 1, "clip-retrieval", 2),
+    ("webdataset", 1, "webdataset", 2),
+    ("clip-retrieval", 1, "webdataset", 1),
+    ("webdataset", 1, "clip-retrieval", 1),
+    ("clip-retrieval", 1, "webdataset", 2),
+    ("webdataset", 2, "clip-retrieval", 1),
+    ("clip-retrieval", 2, "clip-retrieval", 1),
+    ("webdataset", 2, "webdataset", 1),
+])
+def test_a_folder_holding_another_export_is_refused(two_versions, tmp_path, held_fmt, held_v, fmt, v):
+    root, *versions = two_versions
+    before = _held(root, tmp_path / "out", held_fmt, versions[held_v - 1])
+    with pytest.raises(ConfigError, match=rf"--out .*out already holds a {held_fmt} export of ds version "
+                                          rf"{versions[held_v - 1]} .*choose another --out for a {fmt} export of ds "
+                                          rf"version {versions[v - 1]}, or remove"):
+        export_published(root, "ds", str(tmp_path / "out"), fmt, version=versions[v - 1])
+    assert _files(tmp_path / "out") == before
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("left", ["markers only (export crashed)", "export.json only"])
+def test_a_partial_export_of_another_version_is_refused(two_versions, tmp_path, fmt, left):
+    root, v1, v2 = two_versions
+    out = tmp_path / "out"
+    _held(root, out, fmt, v1)
+    if left.startswith("markers"):
+        (out / "export.json").unlink()
+    else:
+        for marker in (out / "_export").iterdir():
+            marker.unlink()
+    before = _files(out)
+    with pytest.raises(ConfigError, match=rf"already holds a {fmt} export of ds version {v1} .*version {v2}"):
+        export_published(root, "ds", str(out), fmt)
+    assert _files(out) == before
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_markers_without_a_source_are_refused(two_versions, tmp_path, fmt):
+    """Markers of an older aniso name no version: reusing them could be the stale-files bug again."""
+    root, v1, _ = two_versions
+    out = tmp_path / "out"
+    _held(root, out, fmt, v1)
+    (out / "export.json").unlink()
+    for marker in (out / "_export").iterdir():
+        payload = json.loads(marker.read_text())
+        del payload["source"]
+        marker.write_text(json.dumps(payload))
+    before = _files(out)
+    with pytest.raises(ConfigError, match=r"holds an export with no recorded source \(written by an older aniso\) \(.*part-000000\.json\)"):
+        export_published(root, "ds", str(out), fmt, version=v1)
+    assert _files(out) == before
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_the_same_version_resumes_without_rewriting(two_versions, tmp_path, fmt):
+    root, v1, _ = two_versions
+    before = _held(root, tmp_path / "out", fmt, v1)
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*") if p.is_file() and "_export" not in p.parts
+              and p.name != "export.json"}
+    assert export_published(root, "ds", str(tmp_path / "out"), fmt, version=v1)["version"] == v1
+    assert _files(tmp_path / "out") == before
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("inside", ["ds", "ds/published", "ds/published/{v1}", "ds/published/{v1}/data.zarr",
+                                    "ds/runs/somewhere", "."])
+def test_an_out_overlapping_the_dataset_folder_is_refused(two_versions, fmt, inside):
+    root, v1, _ = two_versions
+    out = f"{root}/{inside.format(v1=v1)}".rstrip("/.")
+    before = _files(Path(root) / "ds")
+    with pytest.raises(ConfigError, match=r"--out .* overlaps the dataset folder .*/ds; export to a folder outside it"):
+        export_published(root, "ds", out, fmt)
+    assert _files(Path(root) / "ds") == before
+
+
+@pytest.mark.parametrize(("fmt", "stray"), [
+    ("clip-retrieval", "img_emb/img_emb_9.npy"),
+    ("clip-retrieval", "metadata/metadata_9.parquet"),
+    ("webdataset", "000009.tar"),
+])
+def test_an_unlisted_part_file_fails_verification(two_versions, tmp_path, fmt, stray):
+    """A part file the export did not write would be read as data by the folder's tools."""
+    root, v1, _ = two_versions
+    out = tmp_path / "out"
+    _held(root, out, fmt, v1)
+    (out / stray).write_bytes(b"left by something else")
+    assert verify_export(str(out)) == [f"{out}/{stray} is not part of this export (export.json does not list it)"]
+    from aniso.flows.cli import app
+
+    result = CliRunner().invoke(app, ["export", root, "--dataset", "ds", "--format", fmt, "--out", str(out),
+                                      "--version", v1])
+    assert result.exit_code == 3 and f"aniso: damaged: {out}/{stray} is not part of this export" in result.output
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_cli_refuses_a_new_version_into_an_old_export_with_exit_2(two_versions, tmp_path, fmt):
+    from aniso.flows.cli import app
+
+    root, v1, v2 = two_versions
+    before = _held(root, tmp_path / "out", fmt, v1)
+    result = CliRunner().invoke(app, ["export", root, "--dataset", "ds", "--format", fmt, "--out",
+                                      str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert "verified" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("aniso: error:")]
+    assert len(errors) == 1 and f"version {v1}" in errors[0] and f"version {v2}" in errors[0]
+    assert _files(tmp_path / "out") == before
+
+
+@pytest.mark.parametrize(("args", "culprit"), [
+    (["--format", "parquet"], "unknown export format 'parquet'"),
+    (["--format", "webdataset", "--out", "{root}/ds"], "overlaps the dataset folder"),
+    (["--format", "webdataset", "--version", "../ds"], "'../ds'"),
+])
+def test_cli_bad_export_arguments_exit_2(two_versions, tmp_path, args, culprit):
+    from aniso.flows.cli import app
+
+    root, _, _ = two_versions
+    argv = ["export", root, "--dataset", "ds"] + [a.format(root=root) for a in args]
+    argv += [] if "--out" in args else ["--out", str(tmp_path / "out")]
+    before = _files(Path(root))
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 2 and culprit in result.output, result.output
+    assert _files(Path(root)) == before
+
+
+# -- webdataset keys ---------------------------------------------------------------------------
+def _ids_with(changes: dict[int, str]) -> list[str]:
+    ids = [f"img-{i}" for i in range(N)]
+    for row, value in changes.items():
+        ids[row] = value
+    return ids
+
+
+def _tar_samples(path: Path) -> list[tuple[str, dict[str, bytes]]]:
+    """A tar's samples as webdataset groups them: consecutive members sharing a key."""
+    samples: list[tuple[str, dict[str, bytes]]] = []
+    with tarfile.open(path) as tar:
+        for member in tar:
+            key, _, ext = member.name.partition(".")
+            if not samples or samples[-1][0] != key:
+                samples.append((key, {}))
+            samples[-1][1][ext] = tar.extractfile(member).read()
+    return samples
+
+
+@pytest.mark.parametrize("changes", [
+    {5: "a/b.5", 9: "row5"},                      # the issue's case: a fallback key beside the same id
+    {9: "row5", 5: "dir/x.jpg"},
+    {0: "with space", 1: "row0"},
+    {64: "x.y", 100: "row64"},                    # across parts
+    {12: "row12"},                                # an id of the reserved form at its own row
+    {20: "row05", 5: "y.z"},                      # leading zero: still the reserved form
+    {30: "k" * 201, 31: "row30"},                 # too long for a key
+    {i: f"row{(i + 1) % 64}" if i % 2 else f"u.{i}" for i in range(64)},  # odd rows' ids: even rows' keys
+], ids=["issue", "reversed", "space", "across-parts", "own-row", "leading-zero", "too-long", "all-shifted"])
+def test_webdataset_keys_never_collide(tmp_path, changes):
+    ids = _ids_with(changes)
+    data, valid, _ = _published(str(tmp_path / "root"), {}, ids=ids)
+    out = tmp_path / "wds"
+    export_published(str(tmp_path / "root"), "ds", str(out), "webdataset")
+    keys, seen = [], {}
+    for tar in sorted(out.glob("*.tar")):
+        for key, members in _tar_samples(tar):
+            assert sorted(members) == ["json", "npy"], (tar.name, key)
+            meta = json.loads(members["json"])
+            assert key == tar_key(meta["id"], meta["row"]) and meta["id"] == ids[meta["row"]]
+            np.testing.assert_array_equal(np.load(io.BytesIO(members["npy"])), data[meta["row"]].astype(np.float16))
+            keys.append(key)
+            seen[meta["row"]] = meta["id"]
+    assert len(set(keys)) == len(keys) == int(valid.sum())
+    assert sorted(seen) == np.flatnonzero(valid).tolist()
+
+
+def _tar_of(names: list[str]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name in names:
+            payload = (json.dumps({"id": name.split(".")[0], "row": 0}).encode() if name.endswith(".json")
+                       else export_mod._npy_bytes(np.zeros(D, np.float16)))
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(("names", "culprit"), [
+    (["a.npy", "a.json", "a.npy", "a.json"], "key 'a' names more than one sample"),
+    (["a.npy", "a.json", "b.npy", "b.json", "a.npy", "a.json"], "key 'a' names more than one sample"),
+    (["a.npy", "b.npy", "b.json"], r"sample 'a' holds \['npy'\]"),
+    (["a.npy", "a.json", "a.txt"], r"sample 'a' holds \['json', 'npy', 'txt'\]"),
+])
+def test_a_tar_read_back_refuses_shared_or_incomplete_samples(names, culprit):
+    """The read-back check a written tar must pass (so a key collision can never be 'verified')."""
+    with pytest.raises(StoreCorrupt, match=rf"export part 7 \(webdataset\): {culprit}"):
+        export_mod._read_back_tar(_tar_of(names), 7, D)
+
+
+# -- clip-retrieval ids ------------------------------------------------------------------------
+def _clip_folder(folder: Path, metadata: list[dict | None], rows: int = 5) -> str:
+    """A clip-retrieval folder, one part per entry: its metadata columns, or None for no file."""
+    (folder / "text_emb").mkdir(parents=True)
+    (folder / "metadata").mkdir()
+    for part, columns in enumerate(metadata):
+        np.save(folder / "text_emb" / f"text_emb_{part}.npy",
+                np.random.default_rng(part).normal(size=(rows, 4)).astype(np.float32))
+        if columns is not None:
+            pq.write_table(pa.table(columns), folder / "metadata" / f"metadata_{part}.parquet")
+    return str(folder / "text_emb")
+
+
+def _keys(part: int, rows: int = 5) -> dict[str, list[str]]:
+    return {"key": [f"p{part}-{i}" for i in range(rows)]}
+
+
+@pytest.mark.parametrize("has", [(True, False), (False, True), (True, False, True), (True, True, False),
+                                 (False, False, True)])
+def test_parts_without_metadata_beside_parts_with_it_are_refused(tmp_path, has):
+    url = _clip_folder(tmp_path, [_keys(p) if h else None for p, h in enumerate(has)])
+    lacking, giving = has.index(False), has.index(True)
+    with pytest.raises(InputError, match=rf"text input: .*text_emb_{lacking}\.npy has no .*metadata_{lacking}\.parquet, "
+                                         rf"but .*metadata_{giving}\.parquet gives ids .*\({has.count(False)} of "
+                                         rf"{len(has)} part\(s\) lack metadata\).*corpus\.embedding_ids=row-number"):
+        open_embedding_source(url, what="text input")
+    numbered = open_embedding_source(url, ids="row-number")  # one id source for every part
+    assert numbered.read_rows(0, numbered.n_rows)[1] == [str(i) for i in range(5 * len(has))]
+
+
+def test_a_named_id_column_does_not_excuse_a_part_without_metadata(tmp_path):
+    url = _clip_folder(tmp_path, [_keys(0), None])
+    with pytest.raises(InputError, match=r"text_emb_1\.npy has no .*metadata_1\.parquet"):
+        open_embedding_source(url, ids="key")
+
+
+def test_a_part_whose_name_has_no_index_is_named(tmp_path):
+    url = _clip_folder(tmp_path, [_keys(0)])
+    np.save(tmp_path / "text_emb" / "extra.npy", np.ones((3, 4), np.float32))
+    with pytest.raises(InputError, match=r"extra\.npy has no metadata file \(its name has no _<i> index\)"):
+        open_embedding_source(url)
+
+
+def test_mixed_ids_stop_ingest_before_anything_is_written(tmp_path):
+    from aniso.stages import ingest as ingest_stage
+
+    url = _clip_folder(tmp_path / "in", [_keys(0), None])
+    layout = DatasetLayout(str(tmp_path / "root"), "ds")
+    with pytest.raises(InputError, match=r"text_emb_1\.npy has no"):
+        ingest_stage.prepare_input(url, layout, modality="text", chunk_rows=4, shard_rows=4, storage_options={})
+    assert not (tmp_path / "root").exists()
+
+
+@pytest.mark.parametrize(("values", "row", "shown"), [
+    ([None, "b", "c", "d", "e"], 0, "null"),
+    (["a", "b", "c", None, "e"], 3, "null"),
+    (["a", "b", "c", "d", None], 4, "null"),
+    (["a", "", "c", "d", "e"], 1, "blank"),
+    (["a", "b", "   ", "d", "e"], 2, "blank"),
+    (["a", "b", "c", "d", "\t"], 4, "blank"),
+    ([1.0, float("nan"), 3.0, 4.0, 5.0], 1, "NaN"),
+    ([b"a", b"b", b"\xff\xfe", b"d", b"e"], 2, "non-UTF-8"),
+], ids=["null-first", "null-middle", "null-last", "empty", "spaces", "tab", "nan", "bad-bytes"])
+def test_an_unusable_id_is_refused_naming_file_row_and_column(tmp_path, values, row, shown):
+    url = _clip_folder(tmp_path, [{"key": values}])
+    source = open_embedding_source(url)
+    with pytest.raises(InputError, match=rf"metadata_0\.parquet: row {row} has an? {shown}.*column 'key'"):
+        source.read_rows(0, 5)
+    assert "None" not in source.read_rows(0, row)[1]  # the rows before it are fine
+
+
+def test_an_unusable_id_in_a_later_part_names_that_file_and_its_row(tmp_path):
+    url = _clip_folder(tmp_path, [_keys(0), {"key": ["x", "y", None, "z", "w"]}])
+    source = open_embedding_source(url)
+    with pytest.raises(InputError, match=r"metadata_1\.parquet: row 2 has a null id"):
+        source.read_rows(3, 9)
+
+
+def test_an_unusable_id_stops_an_in_place_view(tmp_path):
+    url = _clip_folder(tmp_path / "in", [{"id": ["a", None, "c", "d", "e"]}])
+    view = create_view(str(tmp_path / "view"), open_embedding_source(url), chunk_rows=4, shard_rows=4,
+                       storage_options={})
+    with pytest.raises(InputError, match=r"metadata_0\.parquet: row 1 has a null id \(column 'id'\)"):
+        view.read_shard(0)
+    with pytest.raises(InputError, match=r"row 1 has a null id"):
+        view.ids_digest(0)
+
+
+@pytest.mark.parametrize(("values", "expected"), [
+    ([10, 11, 12, 13, 14], ["10", "11", "12", "13", "14"]),
+    ([b"a", b"b", "é".encode(), b"d", b"e"], ["a", "b", "é", "d", "e"]),
+], ids=["integers", "utf8-bytes"])
+def test_usable_ids_of_other_types_read_as_text(tmp_path, values, expected):
+    url = _clip_folder(tmp_path, [{"key": values}])
+    assert open_embedding_source(url).read_rows(0, 5)[1] == expected
