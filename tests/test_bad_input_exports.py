@@ -69,6 +69,25 @@ def test_a_folder_holding_another_export_is_refused(two_versions, tmp_path, held
     assert _files(tmp_path / "out") == before
 
 
+def test_a_folder_holding_another_version_is_refused_on_object_storage(s3_root):
+    """The same refusal where listings come from an object store (one format: the check is shared)."""
+    from aniso._fs import filesystem
+
+    fmt = "webdataset"
+
+    url, options = s3_root
+    _published(url, options)
+    out = f"{url}-export"
+    v1 = export_published(url, "ds", out, fmt, storage_options=options)["version"]
+    fs, path = filesystem(out, options)
+    before = {p: fs.cat(p) for p in fs.find(path)}
+    _published(url, options, key="key2000000000", seed=6)
+    with pytest.raises(ConfigError, match=rf"already holds a {fmt} export of ds version {v1} "):
+        export_published(url, "ds", out, fmt, storage_options=options)
+    fs.invalidate_cache()
+    assert {p: fs.cat(p) for p in fs.find(path)} == before
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("left", ["markers only (export crashed)", "export.json only"])
 def test_a_partial_export_of_another_version_is_refused(two_versions, tmp_path, fmt, left):

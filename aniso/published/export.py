@@ -136,6 +136,7 @@ def _load_json(url: str, options: dict[str, Any]) -> dict[str, Any] | None:
 def _existing_markers(out: str, options: dict[str, Any]) -> dict[int, dict[str, Any]]:
     """The part markers already in ``out``, by part."""
     fs, path = filesystem(join_url(out, _MARKERS), options)
+    fs.invalidate_cache(path)  # a cached listing (object stores) would miss what another run wrote
     try:
         names = fs.ls(path, detail=False)
     except FileNotFoundError:
@@ -292,6 +293,7 @@ def _layout_files(fmt: str, out: str, options: dict[str, Any]) -> set[str]:
     found = set()
     for folder, pattern in patterns.items():
         fs, path = filesystem(join_url(out, folder) if folder else out, options)
+        fs.invalidate_cache(path)
         try:
             names = fs.ls(path, detail=False)
         except FileNotFoundError:
