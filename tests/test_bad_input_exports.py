@@ -106,6 +106,20 @@ def test_a_partial_export_of_another_version_is_refused(two_versions, tmp_path, 
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
+def test_a_marker_that_is_not_json_is_refused(two_versions, tmp_path, fmt):
+    """aniso writes markers atomically: one that does not parse was not written by this export."""
+    root, v1, _ = two_versions
+    out = tmp_path / "out"
+    _held(root, out, fmt, v1)
+    (out / "export.json").unlink()
+    (out / "_export" / "part-000001.json").write_text("{trunc")
+    before = _files(out)
+    with pytest.raises(ConfigError, match=r"no recorded source .*part-000001\.json"):
+        export_published(root, "ds", str(out), fmt, version=v1)
+    assert _files(out) == before
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_markers_without_a_source_are_refused(two_versions, tmp_path, fmt):
     """Markers of an older aniso name no version: reusing them could be the stale-files bug again."""
     root, v1, _ = two_versions
@@ -117,7 +131,8 @@ def test_markers_without_a_source_are_refused(two_versions, tmp_path, fmt):
         del payload["source"]
         marker.write_text(json.dumps(payload))
     before = _files(out)
-    with pytest.raises(ConfigError, match=r"holds an export with no recorded source \(written by an older aniso\) \(.*part-000000\.json\)"):
+    with pytest.raises(ConfigError, match=r"holds an export with no recorded source \(written by an older aniso, or not by aniso\) "
+                                          r"\(.*part-000000\.json\)"):
         export_published(root, "ds", str(out), fmt, version=v1)
     assert _files(out) == before
 
@@ -143,6 +158,27 @@ def test_an_out_overlapping_the_dataset_folder_is_refused(two_versions, fmt, ins
     with pytest.raises(ConfigError, match=r"--out .* overlaps the dataset folder .*/ds; export to a folder outside it"):
         export_published(root, "ds", out, fmt)
     assert _files(Path(root) / "ds") == before
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("content", [b'{"foo": 1}', b'{"format": "webdataset"}', b"[1, 2]", b"{not json"])
+def test_a_foreign_export_json_is_refused(two_versions, tmp_path, fmt, content):
+    """An ``export.json`` that names no source (someone else's file) is not overwritten."""
+    root, _, _ = two_versions
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "export.json").write_bytes(content)
+    with pytest.raises(ConfigError, match=r"already holds an export with no recorded source .*export\.json"):
+        export_published(root, "ds", str(tmp_path / "out"), fmt)
+    assert _files(tmp_path / "out") == {"export.json": content}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_an_out_that_is_a_file_is_refused(two_versions, tmp_path, fmt):
+    root, _, _ = two_versions
+    (tmp_path / "out.npy").write_bytes(b"not a folder")
+    with pytest.raises(ConfigError, match=r"--out .*out\.npy is a file; an export is written to a folder"):
+        export_published(root, "ds", str(tmp_path / "out.npy"), fmt)
+    assert (tmp_path / "out.npy").read_bytes() == b"not a folder"
 
 
 @pytest.mark.parametrize(("fmt", "stray"), [

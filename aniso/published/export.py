@@ -43,6 +43,7 @@ import numpy as np
 
 from aniso._fs import filesystem, join_url, open_url, write_atomic
 from aniso.errors import ConfigError, StoreCorrupt
+from aniso.io.layout import DatasetLayout
 from aniso.published.dataset import open_published
 
 __all__ = ["export_published", "verify_export", "FORMATS"]
@@ -125,12 +126,15 @@ def _marker_url(out: str, part: int) -> str:
 
 
 def _load_json(url: str, options: dict[str, Any]) -> dict[str, Any] | None:
-    """A JSON object at ``url``; None when absent or unreadable (an unfinished write is redone)."""
+    """A JSON object at ``url``; None when absent, ``{}`` when it is not a JSON object (not
+    written by aniso, whose writes are atomic: something to refuse, not to overwrite)."""
     try:
         payload = json.loads(_read(url, options))
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+    except FileNotFoundError:
         return None
-    return payload if isinstance(payload, dict) else None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return payload if isinstance(payload, dict) else {}
 
 
 def _existing_markers(out: str, options: dict[str, Any]) -> dict[int, dict[str, Any]]:
@@ -151,8 +155,8 @@ def _existing_markers(out: str, options: dict[str, Any]) -> dict[int, dict[str, 
 
 
 def _describe(source: dict[str, Any] | None) -> str:
-    if not isinstance(source, dict):
-        return "an export with no recorded source (written by an older aniso)"
+    if not isinstance(source, dict) or not all(source.get(k) for k in ("format", "dataset", "version")):
+        return "an export with no recorded source (written by an older aniso, or not by aniso)"
     return f"a {source.get('format')} export of {source.get('dataset')} version {source.get('version')}"
 
 
@@ -174,12 +178,13 @@ def _check_target(out: str, source: dict[str, Any], options: dict[str, Any]) -> 
     return markers
 
 
-def _check_outside_dataset(root: str, dataset: str, out: str, options: dict[str, Any]) -> None:
-    """An export is never written into the dataset it reads (its versions are immutable, and
-    ``aniso gc`` would remove an export found there)."""
-    from aniso.io.layout import DatasetLayout
-
+def _check_out(root: str, dataset: str, out: str, options: dict[str, Any]) -> None:
+    """``out`` must be a folder (or nothing yet) outside the dataset it exports: never written
+    into the dataset it reads (its versions are immutable, and ``aniso gc`` would remove an export
+    found there)."""
     out_fs, out_path = filesystem(out, options)
+    if out_fs.isfile(out_path) and not out_fs.isdir(out_path):
+        raise ConfigError(f"--out {out} is a file; an export is written to a folder")
     base_fs, base_path = filesystem(DatasetLayout(root, dataset).base, options)
     out_path, base_path = out_path.rstrip("/"), base_path.rstrip("/")
     if out_fs.protocol == base_fs.protocol and (out_path == base_path or out_path.startswith(base_path + "/")
@@ -260,7 +265,7 @@ def export_published(
     ds = open_published(root, dataset, version=version, storage_options=options)
     from aniso.io.store import shard_checksum
 
-    _check_outside_dataset(root, dataset, out, options)
+    _check_out(root, dataset, out, options)
     source = {"format": fmt, "dataset": dataset, "version": ds.version}
     markers = _check_target(out, source, options)
     parts = []
