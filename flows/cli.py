@@ -378,7 +378,12 @@ def export(
     profile: ProfileOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Export a published version (streaming, resumable, each part verified after writing)."""
+    """Export a published version (streaming, resumable, each part verified after writing).
+
+    An --out folder holds one export: a folder that holds another version's, dataset's or format's
+    export, or that overlaps the dataset folder, is refused (exit 2) before anything is written.
+    A damaged export, or one beside part files it does not list, exits 3.
+    """
     from aniso.published.export import export_published, verify_export
 
     try:

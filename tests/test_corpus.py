@@ -247,7 +247,7 @@ def test_manifest_roundtrip(root):
     assert frame["id"].tolist() == [f"doc-{i}" for i in range(11)]
     assert frame["shard"].tolist() == ["text-00000"] * 4 + ["text-00001"] * 4 + ["text-00002"] * 3
     assert (frame["status"] == "ok").all() and frame["error"].isna().all()
-    assert frame["source"].iloc[5].endswith("part.jsonl#L5")
+    assert frame["source"].iloc[5].endswith("part.jsonl#L6")  # 1-based line of the sixth row
 
 
 def test_failure_rate_threshold():

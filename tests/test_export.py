@@ -23,20 +23,27 @@ from aniso.published.writer import publish
 N, D = 150, 6  # shards of 64: 64, 64, 22 rows
 
 
-def _published(url: str, options: dict) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _published(url: str, options: dict, *, key: str = "key0000000001", seed: int = 5, n: int = N,
+               ids: list[str] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Publish ``n`` rows (rows 3 and 70 invalid) as a new version of ``ds`` (LATEST moves to it)."""
     layout = DatasetLayout(url, "ds")
-    store = EmbeddingStore.create(layout.substitutes("key0000000001"), n_rows=N, dim=D, chunk_rows=16,
+    store = EmbeddingStore.create(layout.substitutes(key), n_rows=n, dim=D, chunk_rows=16,
                                   shard_rows=64, storage_options=options)
-    data = np.random.default_rng(5).normal(size=(N, D)).astype(np.float32)
-    valid = np.ones(N, bool)
-    valid[[3, 70]] = False
+    data = np.random.default_rng(seed).normal(size=(n, D)).astype(np.float32)
+    valid = np.ones(n, bool)
+    valid[[r for r in (3, 70) if r < n]] = False
     data[~valid] = 0
-    ids = [f"img-{i}" if i % 10 else f"dir/img.{i}" for i in range(N)]  # some ids are not safe tar keys
+    ids = ids or [f"img-{i}" if i % 10 else f"dir/img.{i}" for i in range(n)]  # some ids are not safe tar keys
     for shard in range(store.n_shards):
         a, b = store.shard_range(shard)
         store.write_shard(shard, data[a:b], ids[a:b], valid=valid[a:b])
-    publish(layout, "key0000000001", gate_results={}, lineage={}, storage_options=options)
+    publish(layout, key, gate_results={}, lineage={}, storage_options=options)
     return data, valid, ids
+
+
+def _files(folder) -> dict[str, bytes]:
+    """Every file under a local folder, by relative path (to show that nothing changed)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_clip_retrieval_export_round_trips(root):
@@ -120,3 +127,43 @@ def test_export_cli(tmp_path):
     assert result.exit_code == 0, result.output
     assert "148 rows in 3 part(s) (2 invalid rows skipped), verified" in result.output
     assert pq.read_table(tmp_path / "clip" / "metadata" / "metadata_0.parquet").column_names == ["id", "row"]
+
+
+def test_an_export_folder_of_another_version_is_refused_not_reused(tmp_path):
+    """Exporting LATEST after a new publication into the old export's folder must not report the
+    old files as the new version: it is refused, naming both versions and the fix, and the folder
+    is left as it was."""
+    root, out = str(tmp_path / "root"), tmp_path / "clip"
+    old_data, valid, _ = _published(root, {})
+    v1 = export_published(root, "ds", str(out), "clip-retrieval")["version"]
+    before = _files(out)
+    new_data, _, _ = _published(root, {}, key="key2000000000", seed=6)
+    v2 = json.load(open(DatasetLayout(root, "ds").latest))["version"]
+    assert v2 != v1
+    with pytest.raises(ConfigError, match=rf"already holds a clip-retrieval export of ds version {v1} .*"
+                                          rf"choose another --out for a clip-retrieval export of ds version {v2}"):
+        export_published(root, "ds", str(out), "clip-retrieval")
+    assert _files(out) == before
+    assert export_published(root, "ds", str(out), "clip-retrieval", version=v1)["version"] == v1  # same version resumes
+    fresh = export_published(root, "ds", str(tmp_path / "clip2"), "clip-retrieval")
+    got = open_embedding_source(str(tmp_path / "clip2" / "img_emb")).read_rows(0, fresh["rows"])[0]
+    np.testing.assert_array_equal(got, new_data[valid].astype(np.float16).astype(np.float32))
+
+
+def test_webdataset_keys_are_unique_when_an_id_looks_like_a_fallback_key(tmp_path):
+    """Row 5's id is not a safe key (so its key is ``row5``) and row 9's id *is* ``row5``: the two
+    samples must still have different keys, each holding its own id and vector."""
+    ids = [f"img-{i}" for i in range(N)]
+    ids[5], ids[9], ids[12] = "a/b.5", "row5", "row12"
+    data, valid, _ = _published(str(tmp_path / "root"), {}, ids=ids)
+    out = tmp_path / "wds"
+    export_published(str(tmp_path / "root"), "ds", str(out), "webdataset")
+    with tarfile.open(out / "000000.tar") as tar:
+        members = [(m.name, tar.extractfile(m).read()) for m in tar]
+    keys = [name.split(".", 1)[0] for name, _ in members]
+    samples = [keys[i] for i in range(0, len(keys), 2)]
+    assert keys[1::2] == samples and len(set(samples)) == len(samples) == int(valid[:64].sum())
+    by_key = {name.split(".", 1)[0]: payload for name, payload in members if name.endswith(".json")}
+    assert json.loads(by_key["row5"]) == {"id": "a/b.5", "row": 5}
+    assert json.loads(by_key["row9"]) == {"id": "row5", "row": 9}
+    assert json.loads(by_key["row12"]) == {"id": "row12", "row": 12}

@@ -60,3 +60,34 @@ def test_the_setting_reaches_the_ingest_stage(tmp_path):
         for shard in pending:
             ingest_stage.import_shard(url, store_url, shard, {}, ids=settings.corpus.embedding_ids)
         assert list(open_rows(store_url).read_rows(0, 7)[1]) == [str(i) for i in range(7)]
+
+
+def _two_parts(tmp_path, *, meta: tuple[bool, bool]) -> str:
+    """A clip-retrieval folder of two 5-row parts; ``meta`` says which part has metadata ids."""
+    (tmp_path / "text_emb").mkdir(exist_ok=True)
+    (tmp_path / "metadata").mkdir(exist_ok=True)
+    for part, has in enumerate(meta):
+        np.save(tmp_path / "text_emb" / f"text_emb_{part}.npy",
+                np.random.default_rng(part).normal(size=(5, 4)).astype(np.float32))
+        if has:
+            pd.DataFrame({"key": [f"p{part}-{i}" for i in range(5)]}).to_parquet(
+                tmp_path / "metadata" / f"metadata_{part}.parquet")
+    return str(tmp_path / "text_emb")
+
+
+def test_parts_with_and_without_metadata_are_refused_naming_the_part(tmp_path):
+    """Row numbers for one part beside real ids of another would publish ids of two kinds."""
+    url = _two_parts(tmp_path, meta=(True, False))
+    with pytest.raises(InputError, match=r"text_emb_1\.npy has no .*metadata_1\.parquet, but .*metadata_0\.parquet"
+                                         r".*corpus\.embedding_ids=row-number"):
+        open_embedding_source(url, what="text input")
+    rows = open_embedding_source(url, ids="row-number")  # one id source for every part: fine
+    assert rows.read_rows(3, 7)[1] == ["3", "4", "5", "6"]
+
+
+def test_a_null_id_is_refused_naming_file_row_and_column(tmp_path):
+    url = _clip_folder(tmp_path, {"key": ["a", "b", None, "d", "e", "f", "g"]})
+    source = open_embedding_source(url)
+    assert source.read_rows(0, 2)[1] == ["a", "b"]
+    with pytest.raises(InputError, match=r"metadata_0\.parquet: row 2 has a null id \(column 'key'\)"):
+        source.read_rows(0, 7)

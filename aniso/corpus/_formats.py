@@ -16,7 +16,7 @@ from typing import Any
 
 __all__ = [
     "TEXT_FORMATS", "IMAGE_EXTENSIONS", "TAR_EXTENSION", "TRUNCATED", "PAST_EOF", "FileRange",
-    "tar_samples", "parse_json_line", "read_csv_rows",
+    "tar_samples", "parse_json_line", "read_csv_rows", "read_csv_records",
 ]
 
 #: file extension → text format
@@ -102,7 +102,29 @@ def parse_json_line(raw: bytes) -> tuple[Any, str | None]:
         return None, error or f"invalid JSON: {exc}"
 
 
-def read_csv_rows(data: bytes, delimiter: str = ",") -> list[dict[str, str]]:
-    """Parse CSV bytes into dict rows; undecodable bytes survive as surrogates (see :func:`check_text`)."""
+def read_csv_records(data: bytes, delimiter: str = ",") -> list[tuple[int, dict[str | None, Any]]]:
+    """Parse CSV bytes into ``(line, row)`` pairs, as :class:`csv.DictReader` reads rows (blank
+    lines skipped, missing fields ``None``, surplus fields under ``None``); ``line`` is the 1-based
+    line of the file where the row starts (the header is line 1), for locations a person opens.
+    Undecodable bytes survive as surrogates (see :func:`aniso.corpus._text.check_text`)."""
     text = data.decode("utf-8", errors="surrogateescape")
-    return list(csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter))
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    header = next(reader, None)
+    if header is None:
+        return []
+    records: list[tuple[int, dict[str | None, Any]]] = []
+    before = reader.line_num  # lines consumed before the next row: it starts on the line after
+    for fields in reader:
+        if fields:
+            row: dict[str | None, Any] = dict(zip(header, fields))
+            row.update({name: None for name in header[len(fields):]})
+            if len(fields) > len(header):
+                row[None] = fields[len(header):]
+            records.append((before + 1, row))
+        before = reader.line_num
+    return records
+
+
+def read_csv_rows(data: bytes, delimiter: str = ",") -> list[dict[str | None, Any]]:
+    """The rows of :func:`read_csv_records`, without their lines."""
+    return [row for _, row in read_csv_records(data, delimiter)]

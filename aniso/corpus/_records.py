@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from aniso._fs import join_url, open_url
+from aniso.corpus._formats import TRUNCATED
 from aniso.errors import FailureRateExceeded
 
 __all__ = [
@@ -125,9 +126,24 @@ def check_failure_rate(
 
     The message names the rate, the threshold and the first ``show`` bad items with their
     source and reason. Returns the rate otherwise.
+
+    A truncated webdataset tar (its ``<file>#truncated-at-<byte>`` record) lost an unknown number
+    of samples after the cut: its one record could stand for any number of them, so no rate below
+    100% can be vouched for and the check fails, naming the file and the byte, whatever the
+    counted rate (a ``max_failure_rate`` of 1 accepts anything, a truncated tar included).
     """
     frame = records_frame(records)
     rate, failed, total = failure_rate(frame)
+    cut = frame[(frame["status"] != "ok") & frame["id"].str.contains(TRUNCATED, regex=False)]
+    if len(cut) and max_failure_rate < 1:
+        first = cut.iloc[0]
+        more = f" (and {len(cut) - 1} more truncated tar(s))" if len(cut) > 1 else ""
+        raise FailureRateExceeded(
+            f"{what}: {first['source']} is truncated at byte {first['id'].rsplit(TRUNCATED, 1)[1]}{more}: an "
+            f"unknown number of its samples are lost, so the {failed} of {total} items counted as failed "
+            f"({rate:.2%}) cannot be held to corpus.max_failure_rate={max_failure_rate:.2%}; restore the file "
+            "or remove it from the corpus"
+        )
     if rate > max_failure_rate:
         bad = frame[frame["status"] != "ok"].head(show)
         listing = "; ".join(f"{r.id} ({r.source}): {r.error}" for r in bad.itertuples())

@@ -6,7 +6,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from aniso.corpus._formats import FileRange, parse_json_line, read_csv_rows
+from aniso.corpus._formats import FileRange, parse_json_line, read_csv_records
 
 __all__ = ["TextItem", "read_text_range", "check_text"]
 
@@ -47,8 +47,8 @@ def _read_lines(fs, rng: FileRange, text_field: str, id_field: str | None) -> li
         if not raw.strip():
             lineno += 1
             continue
-        default_id = f"{rng.rel}:{lineno}"
-        source = f"{rng.url}#L{lineno}"
+        default_id = f"{rng.rel}:{lineno}"  # an id: the 0-based line index, stable across releases
+        source = f"{rng.url}#L{lineno + 1}"  # a location a person opens: the 1-based line number
         if rng.format == "txt":
             text, error = check_text(raw, "text")
             items.append((default_id, source, text, error))
@@ -78,17 +78,20 @@ def _read_table(fs, rng: FileRange, text_field: str, id_field: str | None) -> li
             table = pf.read(columns=columns).slice(rng.start, rng.stop - rng.start)
         texts = table.column(text_field).to_pylist() if text_field in names else [None] * table.num_rows
         ids = table.column(id_field).to_pylist() if id_field and id_field in names else [None] * table.num_rows
+        # parquet has rows, not lines: its location is the 0-based row index pyarrow and pandas use
+        places = [f"row{rng.start + k}" for k in range(table.num_rows)]
     else:
         with fs.open(path, "rb") as f:
-            rows = read_csv_rows(f.read(), delimiter="\t" if rng.rel.lower().endswith(".tsv") else ",")
-        rows = rows[rng.start : rng.stop]
-        texts = [row.get(text_field) for row in rows]
-        ids = [row.get(id_field) if id_field else None for row in rows]
+            records = read_csv_records(f.read(), delimiter="\t" if rng.rel.lower().endswith(".tsv") else ",")
+        records = records[rng.start : rng.stop]
+        texts = [row.get(text_field) for _, row in records]
+        ids = [row.get(id_field) if id_field else None for _, row in records]
+        places = [f"L{line}" for line, _ in records]  # the 1-based line where the row starts
     items: list[TextItem] = []
-    for k, (value, rid) in enumerate(zip(texts, ids)):
-        row = rng.start + k
+    for k, (value, rid, place) in enumerate(zip(texts, ids, places)):
         text, error = check_text(value, text_field)
-        items.append((str(rid) if rid not in (None, "") else f"{rng.rel}:{row}", f"{rng.url}#{row}", text, error))
+        items.append((str(rid) if rid not in (None, "") else f"{rng.rel}:{rng.start + k}", f"{rng.url}#{place}",
+                      text, error))
     return items
 
 

@@ -9,8 +9,11 @@ that enters the run key. Accepted forms:
   ids from the sibling ``metadata/metadata_<i>.parquet`` when present (its first column among
   ``id``, ``key``, ``image_path``, ``url``, or the column named by ``ids``; a metadata file with
   none of them is an error naming its columns, unless ``ids="row-number"``), row numbers when
-  there is no metadata. Metadata files are part of the fingerprint, so corrected ids start a new
-  run;
+  no part has metadata. Ids come from one source: a folder where some parts have metadata and
+  others have none is an error naming the first part without it (row numbers beside real ids
+  would read as ids), unless ``ids="row-number"``; a null, NaN or blank id is an error naming the
+  metadata file, the row and the column. Metadata files are part of the fingerprint, so corrected
+  ids start a new run;
 * an aniso Zarr embedding store (see :mod:`aniso.io.store`).
 """
 
@@ -192,6 +195,7 @@ def open_embedding_source(
         first += part.rows
     if first == 0:
         raise InputError(f"{what}: {url} holds no rows (empty input)")
+    _check_one_id_source(parts, what)
     return EmbeddingSource(url, "npy", first, parts[0].dim, options, parts=parts, fingerprint=digest.hexdigest())
 
 
@@ -263,8 +267,9 @@ def _read_npy_rows(part: NpyPart, start: int, stop: int, options: dict[str, Any]
     return np.frombuffer(raw, dtype=part.dtype).reshape(stop - start, part.dim)
 
 
-def _metadata_for(npy_url: str, options: dict[str, Any]) -> str | None:
-    """clip-retrieval: ``x/text_emb/text_emb_3.npy`` ↔ ``x/metadata/metadata_3.parquet``."""
+def _metadata_candidate(npy_url: str) -> str | None:
+    """clip-retrieval: ``x/text_emb/text_emb_3.npy`` ↔ ``x/metadata/metadata_3.parquet`` (None: the
+    file name has no ``_<i>`` index, so no metadata file can belong to it)."""
     folder, name = posixpath.split(npy_url)
     match = re.search(r"_(\d+)\.npy$", name)
     if not match:
@@ -272,8 +277,32 @@ def _metadata_for(npy_url: str, options: dict[str, Any]) -> str | None:
     candidate = posixpath.join(posixpath.dirname(folder), "metadata", f"metadata_{match.group(1)}.parquet")
     if "://" in npy_url:
         candidate = npy_url.split("://", 1)[0] + "://" + candidate.split("://", 1)[1]
+    return candidate
+
+
+def _metadata_for(npy_url: str, options: dict[str, Any]) -> str | None:
+    """The metadata file of a ``.npy`` part, when it exists."""
+    candidate = _metadata_candidate(npy_url)
+    if candidate is None:
+        return None
     fs, path = filesystem(candidate, options)
     return candidate if fs.exists(path) else None
+
+
+def _check_one_id_source(parts: list[NpyPart], what: str) -> None:
+    """Refuse an input whose parts take ids from different sources (metadata here, row numbers
+    there): a row number beside real ids reads as an id and may even equal one."""
+    with_ids = [p for p in parts if p.ids_url is not None]
+    without = [p for p in parts if p.ids_url is None]
+    if with_ids and without:
+        lacking = without[0]
+        looked = _metadata_candidate(lacking.url)
+        where = f"no {looked}" if looked else "no metadata file (its name has no _<i> index)"
+        raise InputError(
+            f"{what}: {lacking.url} has {where}, but {with_ids[0].ids_url} gives ids to {with_ids[0].url} "
+            f"({len(without)} of {len(parts)} part(s) lack metadata); add the missing metadata, or set "
+            f"corpus.embedding_ids={ROW_NUMBER} to use row numbers for every part"
+        )
 
 
 def _id_column(meta_url: str, ids: str, options: dict[str, Any], what: str) -> str | None:
@@ -312,5 +341,34 @@ def _part_ids(part: NpyPart, start: int, stop: int, options: dict[str, Any]) -> 
         column = part.id_column or next((c for c in _ID_COLUMNS if c in meta.schema_arrow.names), None)
         if column is None:  # a part described before id columns were recorded; checked at open now
             raise InputError(f"{part.ids_url} has none of the id columns {list(_ID_COLUMNS)}")
-        values = meta.read(columns=[column]).column(0).slice(start, stop - start).to_pylist()
-    return [str(v) for v in values]
+        values = meta.read(columns=[column]).column(0).slice(start, stop - start)
+    if _plain_text(values):  # the common case, checked column-wise: about 2x faster than per value
+        return values.to_pylist()
+    return [_id_text(v, part.ids_url, start + k, column) for k, v in enumerate(values.to_pylist())]
+
+
+def _plain_text(values: Any) -> bool:
+    """Whether an id column slice is text with no null and no blank value."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)) or values.null_count:
+        return False
+    return len(values) == 0 or not pc.any(pc.equal(pc.utf8_trim_whitespace(values), "")).as_py()
+
+
+def _id_text(value: Any, url: str, row: int, column: str) -> str:
+    """An id value as text; a null, NaN, blank or undecodable one is an InputError naming the row
+    (``str`` would publish it as ``"None"``, ``"nan"`` or ``""``)."""
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{url}: row {row} has a non-UTF-8 id (column {column!r}, byte {exc.start}); "
+                             f"every row needs an id: fix the metadata, or set corpus.embedding_ids={ROW_NUMBER} "
+                             "to use row numbers") from None
+    if value is None or (isinstance(value, float) and value != value) or not str(value).strip():
+        shown = "null" if value is None else "NaN" if isinstance(value, float) else f"blank ({value!r})"
+        raise InputError(f"{url}: row {row} has a {shown} id (column {column!r}); every row needs an id: "
+                         f"fix the metadata, or set corpus.embedding_ids={ROW_NUMBER} to use row numbers")
+    return str(value)
