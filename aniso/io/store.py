@@ -34,6 +34,7 @@ from zarr.storage import FsspecStore, LocalStore
 
 from aniso._fs import filesystem, is_local, join_url, open_url
 from aniso.errors import InputError, ShardAlignmentError, StoreCorrupt, StoreNotFound
+from aniso.io.chunk_digest import chunk_digests
 
 __all__ = ["EmbeddingStore", "zarr_store", "shard_checksum", "ids_digest"]
 
@@ -262,6 +263,7 @@ class EmbeddingStore:
             )
         self.write_rows(start, embedding, ids, valid)
         stored = embedding.astype(self.embedding.dtype, copy=False)
+        flags = np.ones(stop - start, bool) if valid is None else np.asarray(valid, bool)
         marker = {
             "shard": shard,
             "start": start,
@@ -271,6 +273,8 @@ class EmbeddingStore:
             "sha256": shard_checksum(stored, ids),
             # lets a later stage check ids against this shard from the markers alone
             "ids_sha256": ids_digest(ids),
+            # what each chunk must read back as: the published manifest carries these to readers
+            "chunks": chunk_digests(stored, ids, flags, self.chunk_rows),
             "stats": stats or {},
         }
         with open_url(self._marker_url(shard), "w", self.storage_options) as f:

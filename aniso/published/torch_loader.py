@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from aniso.published.loader import iter_batches
+from aniso.published.loader import check_arguments, iter_batches
 
 __all__ = ["PublishedDataLoader", "PublishedIterableDataset"]
 
@@ -147,6 +147,8 @@ class PublishedIterableDataset(IterableDataset):
         drop_last: bool = False,
     ) -> None:
         super().__init__()
+        check_arguments(batch_size=batch_size, buffer_chunks=buffer_chunks, seed=seed, rank=rank,
+                        world_size=world_size, shuffle=shuffle, only_valid=only_valid, drop_last=drop_last)
         self.root, self.dataset, self.version = root, dataset, version
         self.storage_options = dict(storage_options or {})
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
@@ -204,10 +206,13 @@ class PublishedIterableDataset(IterableDataset):
         self._passes += 1
         published = self._published()
         for ids, emb in iter_batches(
-            published.store.group, self.batch_size, all_valid=published.all_valid, shuffle=self.shuffle, seed=self.seed, epoch=epoch,
+            published.store.group, self.batch_size, all_valid=published.all_valid, digests=published.digests,
+            shuffle=self.shuffle, seed=self.seed, epoch=epoch,
             rank=self.rank * workers + worker, world_size=self.world_size * workers,
             buffer_chunks=self.buffer_chunks, only_valid=self.only_valid, drop_last=self.drop_last, out=shared,
         ):
+            if published.lease is not None:
+                published.lease.renew()  # a time check; a write every quarter lease
             if isinstance(shared, _BlockRing):
                 yield shared.message(ids.tolist(), emb)
             else:
