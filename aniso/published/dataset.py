@@ -24,6 +24,7 @@ import numpy as np
 
 from aniso._fs import filesystem, join_url, open_url
 from aniso.errors import ConfigError, StoreCorrupt, StoreNotFound
+from aniso.io.chunk_digest import chunk_digests
 from aniso.io.layout import DatasetLayout, check_name
 from aniso.io.store import EmbeddingStore, shard_checksum
 from aniso.published.checked import CheckedArray, ChunkDigests
@@ -193,7 +194,18 @@ class PublishedDataset:
                 found.append(f"{where}: {why}")
             elif int(np.count_nonzero(valid)) != entry["valid_rows"]:
                 found.append(f"{where}: {int(np.count_nonzero(valid))} valid rows, the manifest says {entry['valid_rows']}")
+            elif self.digests is not None and (bad := self._bad_chunks(entry, emb, ids, valid)):
+                found.append(f"{where}: {bad}")
         return found
+
+    def _bad_chunks(self, entry: dict[str, Any], emb: np.ndarray, ids: np.ndarray, valid: np.ndarray) -> str:
+        """The chunks of an intact shard whose manifest digests are wrong (readers would refuse them)."""
+        rows = int(self.manifest["chunk_rows"])
+        have = chunk_digests(emb, list(ids), valid, rows)
+        first = entry["start"] // rows
+        wrong = [f"{name} chunk {first + i}" for name in have
+                 for i, (a, b) in enumerate(zip(have[name], entry["chunks"][name])) if a != b]
+        return f"per-chunk digest(s) of {', '.join(wrong)} do not match the data" if wrong else ""
 
     def verify(self) -> None:
         """Recompute every shard checksum against the manifest; raise StoreCorrupt naming every
