@@ -76,6 +76,8 @@ def read_chunk(array: Any, name: str, chunk: int, digests: ChunkDigests | None, 
     try:
         block = array[lo:hi]
     except (ValueError, RuntimeError, KeyError) as exc:  # codec checksum, truncated shard index
+        if n_chunks > 1:  # name the chunk that fails, not the first of the run
+            return np.concatenate([read_chunk(array, name, chunk + i, digests) for i in range(n_chunks)])
         if digests is None:
             raise StoreCorrupt(f"{array.name or name}: rows [{lo}, {hi}) are unreadable: {exc}") from exc
         raise digests.fail(name, chunk, f"is unreadable ({exc})") from exc

@@ -145,6 +145,11 @@ class PublishedDataset:
             return StoreNotFound(f"published version {self.version} at {self.url} was removed (aniso gc?)")
         return StoreCorrupt(f"published version {self.version} at {self.url}: {what} is missing")
 
+    def arrays(self) -> dict[str, Any]:
+        """The raw zarr arrays by name (what :func:`~aniso.published.loader.iter_batches` reads);
+        a missing one is StoreCorrupt, or StoreNotFound when the version was removed."""
+        return {name: self._array(name).array for name in ("embedding", "id", "valid")}
+
     @property
     def embedding(self) -> CheckedArray:
         """The ``(N, d)`` array (slice it to read; every chunk read is checked)."""
@@ -226,7 +231,7 @@ class PublishedDataset:
 
         kwargs.setdefault("all_valid", self.all_valid)
         kwargs.setdefault("digests", self.digests)
-        batches = iter_batches(self.store.group, batch_size, **kwargs)  # arguments checked here, eagerly
+        batches = iter_batches(self.arrays(), batch_size, **kwargs)  # arguments checked here, eagerly
         return self._renewing(batches)
 
     def _renewing(self, batches: Iterator[Any]) -> Iterator[Any]:

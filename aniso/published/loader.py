@@ -50,8 +50,10 @@ def check_arguments(**values: Any) -> None:
             raise ConfigError(f"iter_batches: {name} must be an integer (got {value!r})")
         if name in ("batch_size", "buffer_chunks", "world_size") and value < 1:
             raise ConfigError(f"iter_batches: {name} must be at least 1 (got {value!r})")
-        if name in ("seed", "epoch") and value < 0:
+        if name in ("seed", "epoch", "rank") and value < 0:
             raise ConfigError(f"iter_batches: {name} must not be negative (got {value!r})")
+    if "rank" in values and "world_size" in values and values["rank"] >= values["world_size"]:
+        raise ConfigError(f"iter_batches: rank {values['rank']} is not in [0, world_size={values['world_size']})")
 
 
 def _as_str_array(raw: Any) -> np.ndarray:
@@ -80,7 +82,8 @@ def iter_batches(
     Parameters
     ----------
     group
-        The Zarr group with ``embedding``, ``id`` and ``valid`` (``PublishedDataset.store.group``).
+        The Zarr group with ``embedding``, ``id`` and ``valid`` (``PublishedDataset.store.group``),
+        or a mapping of those arrays (``PublishedDataset.arrays()``).
     batch_size
         Rows per batch; the last batch of a rank may be smaller unless ``drop_last``.
     shuffle, seed, epoch
@@ -123,7 +126,6 @@ def iter_batches(
     check_arguments(batch_size=batch_size, buffer_chunks=buffer_chunks, seed=seed, epoch=epoch, rank=rank,
                     world_size=world_size, shuffle=shuffle, only_valid=only_valid, all_valid=all_valid,
                     drop_last=drop_last)
-    chunks_for_rank(1, shuffle=False, seed=0, epoch=0, rank=rank, world_size=world_size)  # rank range, now
     return _batches(group, batch_size, shuffle=shuffle, seed=seed, epoch=epoch, rank=rank, world_size=world_size,
                     buffer_chunks=buffer_chunks, only_valid=only_valid, all_valid=all_valid, drop_last=drop_last,
                     out=out, digests=digests)

@@ -206,7 +206,7 @@ class PublishedIterableDataset(IterableDataset):
         self._passes += 1
         published = self._published()
         for ids, emb in iter_batches(
-            published.store.group, self.batch_size, all_valid=published.all_valid, digests=published.digests,
+            published.arrays(), self.batch_size, all_valid=published.all_valid, digests=published.digests,
             shuffle=self.shuffle, seed=self.seed, epoch=epoch,
             rank=self.rank * workers + worker, world_size=self.world_size * workers,
             buffer_chunks=self.buffer_chunks, only_valid=self.only_valid, drop_last=self.drop_last, out=shared,
