@@ -145,10 +145,15 @@ class PublishedDataset:
             return StoreNotFound(f"published version {self.version} at {self.url} was removed (aniso gc?)")
         return StoreCorrupt(f"published version {self.version} at {self.url}: {what} is missing")
 
-    def arrays(self) -> dict[str, Any]:
-        """The raw zarr arrays by name (what :func:`~aniso.published.loader.iter_batches` reads);
-        a missing one is StoreCorrupt, or StoreNotFound when the version was removed."""
-        return {name: self._array(name).array for name in ("embedding", "id", "valid")}
+    def arrays(self, *, valid: bool = True) -> dict[str, Any]:
+        """The raw zarr arrays by name (what :func:`~aniso.published.loader.iter_batches` reads),
+        ``valid`` only when asked for; a missing one is StoreCorrupt, or StoreNotFound when the
+        version was removed."""
+        return {name: self._array(name).array for name in ("embedding", "id", *(["valid"] if valid else []))}
+
+    def needs_valid(self, only_valid: bool = True) -> bool:
+        """Whether a reader skipping invalid rows must read ``valid`` (not when all rows are valid)."""
+        return bool(only_valid) and not self.all_valid
 
     @property
     def embedding(self) -> CheckedArray:
@@ -231,7 +236,8 @@ class PublishedDataset:
 
         kwargs.setdefault("all_valid", self.all_valid)
         kwargs.setdefault("digests", self.digests)
-        batches = iter_batches(self.arrays(), batch_size, **kwargs)  # arguments checked here, eagerly
+        arrays = self.arrays(valid=self.needs_valid(kwargs.get("only_valid", True)))
+        batches = iter_batches(arrays, batch_size, **kwargs)  # arguments checked here, eagerly
         return self._renewing(batches)
 
     def _renewing(self, batches: Iterator[Any]) -> Iterator[Any]:
