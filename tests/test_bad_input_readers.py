@@ -281,6 +281,8 @@ TAMPER = {
     "chunk-digests-short": (lambda m: m["shards"][0]["chunks"]["embedding"].pop(), "shards[0].chunks.embedding"),
     "chunk-digests-missing": (lambda m: m["shards"][1]["chunks"].pop("valid"), "shards[1].chunks.valid"),
     "chunk-digest-altered": (lambda m: m["shards"][1]["chunks"]["id"].__setitem__(0, 7), "id chunk 2 do not match"),
+    "chunk-stride-zero": (_set(["chunk_checksum", "embedding_row_stride"], 0), "'chunk_checksum' is"),
+    "chunk-algorithm": (_set(["chunk_checksum", "algorithm"], "md5"), "not crc32c"),
     "sha256-altered": (_set(["shards", 2, "sha256"], "0" * 64), "shard 2 (rows [256, 300))"),
     "version-renamed": (_set(["version"], "20000101T000000000000Z-other"), "names version"),
     "format-unknown": (_set(["format"], "aniso-substitutes/9"), "has format 'aniso-substitutes/9'"),

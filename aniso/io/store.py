@@ -34,7 +34,7 @@ from zarr.storage import FsspecStore, LocalStore
 
 from aniso._fs import filesystem, is_local, join_url, open_url
 from aniso.errors import InputError, ShardAlignmentError, StoreCorrupt, StoreNotFound
-from aniso.io.chunk_digest import chunk_digests
+from aniso.io.chunk_digest import EMBEDDING_ROW_STRIDE, chunk_digests
 
 __all__ = ["EmbeddingStore", "zarr_store", "shard_checksum", "ids_digest"]
 
@@ -275,6 +275,7 @@ class EmbeddingStore:
             "ids_sha256": ids_digest(ids),
             # what each chunk must read back as: the published manifest carries these to readers
             "chunks": chunk_digests(stored, ids, flags, self.chunk_rows),
+            "chunks_row_stride": EMBEDDING_ROW_STRIDE,
             "stats": stats or {},
         }
         with open_url(self._marker_url(shard), "w", self.storage_options) as f:

@@ -17,13 +17,16 @@ from typing import Any
 import numpy as np
 
 from aniso.errors import StoreCorrupt, StoreNotFound
-from aniso.io.chunk_digest import CHUNK_ARRAYS, chunk_digest
+from aniso.io.chunk_digest import CHUNK_ARRAYS, chunk_digest, row_stride
 
 __all__ = ["ChunkDigests", "CheckedArray", "read_chunk"]
 
 
 class ChunkDigests:
     """The manifest's per-chunk digests of one version, by array and global chunk index.
+
+    The embedding digests cover every 16th row (:mod:`aniso.io.chunk_digest`): they identify the
+    chunk read, while zarr's codec crc32c (checked on the same read) covers every byte in it.
 
     Parameters
     ----------
@@ -39,6 +42,7 @@ class ChunkDigests:
     def __init__(self, manifest: dict[str, Any], where: str, gone: Callable[[], bool]) -> None:
         self.where, self.gone = where, gone
         self.chunk_rows = int(manifest["chunk_rows"])
+        self.embedding_row_stride = int(manifest["chunk_checksum"]["embedding_row_stride"])
         self.n_rows = int(manifest["n_rows"])
         self.digests = {name: [d for shard in manifest["shards"] for d in shard["chunks"][name]]
                         for name in CHUNK_ARRAYS}
@@ -63,7 +67,7 @@ class ChunkDigests:
 
     def check(self, name: str, chunk: int, values: np.ndarray) -> None:
         """Raise unless ``values`` (the rows of chunk ``chunk`` of ``name``) match the manifest."""
-        if chunk_digest(values) != self.digests[name][chunk]:
+        if chunk_digest(values, row_stride(name, self.embedding_row_stride)) != self.digests[name][chunk]:
             raise self.fail(name, chunk, "does not match its published digest (shard file missing, "
                                          "truncated or swapped)")
 

@@ -210,8 +210,9 @@ class PublishedDataset:
 
     def _bad_chunks(self, entry: dict[str, Any], emb: np.ndarray, ids: np.ndarray, valid: np.ndarray) -> str:
         """The chunks of an intact shard whose manifest digests are wrong (readers would refuse them)."""
+        assert self.digests is not None
         rows = int(self.manifest["chunk_rows"])
-        have = chunk_digests(emb, list(ids), valid, rows)
+        have = chunk_digests(emb, list(ids), valid, rows, self.digests.embedding_row_stride)
         first = entry["start"] // rows
         wrong = [f"{name} chunk {first + i}" for name in have
                  for i, (a, b) in enumerate(zip(have[name], entry["chunks"][name])) if a != b]

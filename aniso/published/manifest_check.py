@@ -64,6 +64,10 @@ def _shard_entries(manifest: dict[str, Any]) -> list[str]:
         return [f"'shards' lists {have} shard(s); {n} rows in shards of {shard_rows} need {expected}"]
     found = []
     digests = any(isinstance(s, dict) and "chunks" in s for s in shards)
+    recipe = manifest.get("chunk_checksum")
+    stride = recipe.get("embedding_row_stride") if isinstance(recipe, dict) else None
+    if digests and (not _is_int(stride) or stride < 1 or recipe.get("algorithm") != "crc32c"):
+        found.append(f"'chunk_checksum' is {recipe!r:.120}, not crc32c with a positive embedding_row_stride")
     for i, entry in enumerate(shards):
         start, stop = i * shard_rows, min((i + 1) * shard_rows, n)
         want = {"shard": i, "start": start, "stop": stop, "rows": stop - start}

@@ -26,7 +26,7 @@ from typing import Any
 
 from aniso._fs import filesystem, is_local, join_url, write_atomic
 from aniso.errors import StoreCorrupt
-from aniso.io.chunk_digest import chunk_digests
+from aniso.io.chunk_digest import EMBEDDING_ROW_STRIDE, chunk_digests
 from aniso.io.layout import DatasetLayout
 from aniso.io.store import EmbeddingStore
 from aniso.published.dataset import DATA_PATH, MANIFEST_FORMAT, REPORT_PATH, find_published, read_json
@@ -91,14 +91,14 @@ def _nan_fill(metadata: bytes) -> str:
 def _shard_entries(store: EmbeddingStore, markers: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The manifest's shard list: geometry, counts, sha256 and per-chunk digests of each shard.
 
-    Markers written before per-chunk digests existed lack ``chunks``: those shards are read once
-    here to compute them (a resumed old run publishes the same manifest as a fresh one).
+    Markers written before per-chunk digests existed (or with another embedding row stride) lack
+    usable ``chunks``: those shards are read once here to compute them (a resumed old run publishes the same manifest as a fresh one).
     """
     entries = []
     for m in markers:
         entry = {k: m[k] for k in ("shard", "start", "stop", "rows", "valid_rows", "sha256")}
         chunks = m.get("chunks")
-        if chunks is None:
+        if chunks is None or m.get("chunks_row_stride") != EMBEDDING_ROW_STRIDE:
             emb, ids, valid = store.read_shard(m["shard"])
             chunks = chunk_digests(emb, list(ids), valid, store.chunk_rows)
         entries.append({**entry, "chunks": chunks})
@@ -162,8 +162,10 @@ def publish(
             "shard_rows": store.shard_rows,
             "checksum": {"algorithm": "sha256", "over": "embedding bytes (C order, little-endian) of the "
                          "shard's rows, then its ids joined by U+001F, UTF-8"},
-            "chunk_checksum": {"algorithm": "crc32c", "over": "per chunk of each array: embedding bytes (C "
-                               "order, little-endian); ids joined by U+001F, UTF-8; valid one byte per row"},
+            "chunk_checksum": {"algorithm": "crc32c", "embedding_row_stride": EMBEDDING_ROW_STRIDE,
+                               "over": "per chunk of each array: the bytes (C order, little-endian) of every "
+                               "embedding_row_stride-th embedding row from the chunk's first; all ids joined "
+                               "by U+001F, UTF-8; all valid flags, one byte per row"},
             "shards": _shard_entries(store, markers),
             "gates": gate_results,
             "lineage": lineage,
