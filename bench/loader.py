@@ -117,18 +117,24 @@ def measure_check(name: str, root: str, options: dict, n_rows: int, repeat: int,
         for check in (True, False):  # warm-up: worker start-up, first open, page cache
             assert runs[check]() == n_rows
         rates: dict[bool, list[float]] = {True: [], False: []}
+        cpu: dict[bool, list[float]] = {True: [], False: []}  # this process's CPU: immune to other load
         for rep in range(repeat):
             for check in ((True, False) if rep % 2 == 0 else (False, True)):
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 assert runs[check]() == n_rows
                 rates[check].append(n_rows / (time.perf_counter() - t0))
+                cpu[check].append(time.process_time() - c0)
         ratios = [a / b for a, b in zip(rates[True], rates[False])]
         result[what] = {"checked_rows_s": round(statistics.median(rates[True])),
                         "unchecked_rows_s": round(statistics.median(rates[False])),
                         "ratio_min": round(min(ratios), 3), "ratio_median": round(statistics.median(ratios), 3)}
         r = result[what]
-        print(f"{name:>6} {what}: checked {r['checked_rows_s']:,} rows/s vs unchecked {r['unchecked_rows_s']:,} "
-              f"rows/s (medians) -> ratio min {r['ratio_min']}, median {r['ratio_median']}", flush=True)
+        line = (f"{name:>6} {what}: checked {r['checked_rows_s']:,} rows/s vs unchecked {r['unchecked_rows_s']:,} "
+                f"rows/s (medians) -> ratio min {r['ratio_min']}, median {r['ratio_median']}")
+        if what == "iter_batches":  # all its work is in this process: its CPU seconds compare cleanly
+            r["cpu_ratio_median"] = round(statistics.median(cpu[False]) / statistics.median(cpu[True]), 3)
+            line += f"; CPU-time ratio (unchecked/checked, medians) {r['cpu_ratio_median']}"
+        print(line, flush=True)
     return result
 
 
