@@ -6,7 +6,8 @@ Layout of one store (any fsspec URL)::
     <url>/embedding                 (N, d) float32/float16, chunks (chunk_rows, d), shards (shard_rows, d)
     <url>/id                        (N,) string ids
     <url>/valid                     (N,) bool: False for rows whose item failed upstream
-    <url>.shards/000042.json        completion marker of shard 42, written after its data
+    <url>.shards/000042.json        completion marker of shard 42, written after its data (its
+                                    counts, sha256, and per-chunk digests: aniso.io.chunk_digest)
 
 Every array's chunk codecs end with ``crc32c``, so any zarr-python 3 reader raises on a damaged
 chunk. The completion markers live beside the group, not inside it: readers listing the group

@@ -79,6 +79,7 @@ def live_leases(layout: DatasetLayout, version: str, storage_options: dict[str, 
     options = storage_options or {}
     now = time.time() if now is None else now
     fs, path = filesystem(leases_url(layout, version), options)
+    fs.invalidate_cache(path)  # a cached listing would miss a lease another process just wrote
     try:
         names = fs.ls(path, detail=False)
     except FileNotFoundError:
