@@ -381,7 +381,8 @@ def gc(
     for url in plan.removals:
         gone = url in plan.already_removed
         typer.echo(f"{verb} {url}" + (" (already removed by another gc)" if gone else ""))
-    linked = f" ({plan.bytes_still_linked / 2**20:.1f} MiB more stay linked from kept data)" if plan.bytes_still_linked else ""
+    linked = (f" ({plan.bytes_still_linked / 2**20:.1f} MiB more stay linked from kept data)"
+              if plan.bytes_still_linked else "")
     typer.echo(f"{dataset}: kept {len(plan.keep_versions)} version(s) and {len(plan.keep_runs)} run(s); {verb} "
                f"{len(plan.remove_versions)} version(s), {len(plan.remove_runs)} run(s), "
                f"{len(plan.remove_partial)} unfinished publication(s), {plan.bytes_freed / 2**20:.1f} MiB{linked}")

@@ -177,7 +177,8 @@ def test_plain_zarr_reads_a_missing_embedding_shard_as_nan(pub):
     _damage(version_dir, "embedding", "missing")
     plain = zarr.open_array(os.path.join(version_dir, "data.zarr", "embedding"), mode="r")
     assert np.isnan(plain[128:256]).all() and not np.isnan(plain[:128]).any()
-    assert json.loads(open(os.path.join(version_dir, "data.zarr", "embedding", "zarr.json")).read())["fill_value"] == "NaN"
+    metadata = os.path.join(version_dir, "data.zarr", "embedding", "zarr.json")
+    assert json.loads(open(metadata).read())["fill_value"] == "NaN"
 
 
 def test_publishing_leaves_the_runs_zero_fill_unchanged(pub):

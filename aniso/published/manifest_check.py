@@ -23,8 +23,8 @@ def _is_int(value: Any) -> bool:
 
 
 def _geometry(manifest: dict[str, Any]) -> list[str]:
-    bad = [f"{k!r} is {manifest.get(k)!r}, not a positive integer" for k in ("n_rows", "dim", "chunk_rows", "shard_rows")
-           if not _is_int(manifest.get(k)) or manifest[k] < 1]
+    bad = [f"{k!r} is {manifest.get(k)!r}, not a positive integer"
+           for k in ("n_rows", "dim", "chunk_rows", "shard_rows") if not _is_int(manifest.get(k)) or manifest[k] < 1]
     if not bad and manifest["shard_rows"] % manifest["chunk_rows"]:
         bad.append(f"shard_rows {manifest['shard_rows']} is not a multiple of chunk_rows {manifest['chunk_rows']}")
     if not bad and (not _is_int(manifest.get("valid_rows")) or not 0 <= manifest["valid_rows"] <= manifest["n_rows"]):
@@ -38,8 +38,8 @@ def _against_arrays(manifest: dict[str, Any], store: Any) -> list[str]:
     arrays = manifest.get("arrays") if isinstance(manifest.get("arrays"), dict) else {}
     emb = arrays.get("embedding") if isinstance(arrays.get("embedding"), dict) else {}
     found = []
-    stored = {"shape": list(store.shape), "chunks": [store.chunk_rows, store.dim], "shards": [store.shard_rows, store.dim],
-              "dtype": str(store.embedding.dtype)}
+    stored = {"shape": list(store.shape), "chunks": [store.chunk_rows, store.dim],
+              "shards": [store.shard_rows, store.dim], "dtype": str(store.embedding.dtype)}
     declared = {"shape": [n, dim], "chunks": [manifest["chunk_rows"], dim], "shards": [manifest["shard_rows"], dim]}
     for key, want in stored.items():
         if key in declared and declared[key] != want:

@@ -214,7 +214,8 @@ class PublishedIterableDataset(IterableDataset):
             published.arrays(valid=published.needs_valid(self.only_valid)), self.batch_size,
             all_valid=published.all_valid, digests=published.digests if self.check_chunks else None,
             shuffle=self.shuffle, seed=self.seed, epoch=epoch, rank=self.rank * workers + worker,
-            world_size=self.world_size * workers, buffer_chunks=self.buffer_chunks, only_valid=self.only_valid, drop_last=self.drop_last, out=shared,
+            world_size=self.world_size * workers, buffer_chunks=self.buffer_chunks, only_valid=self.only_valid,
+            drop_last=self.drop_last, out=shared,
         ):
             if published.lease is not None:
                 published.lease.renew()  # a time check; a write every quarter lease

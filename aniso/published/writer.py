@@ -92,7 +92,8 @@ def _shard_entries(store: EmbeddingStore, markers: list[dict[str, Any]]) -> list
     """The manifest's shard list: geometry, counts, sha256 and per-chunk digests of each shard.
 
     Markers written before per-chunk digests existed (or with another embedding row stride) lack
-    usable ``chunks``: those shards are read once here to compute them (a resumed old run publishes the same manifest as a fresh one).
+    usable ``chunks``: those shards are read once here to compute them (a resumed old run
+    publishes the same manifest as a fresh one).
     """
     entries = []
     for m in markers:
