@@ -1,6 +1,6 @@
 """Training loader throughput vs reading the same chunks directly with zarr, local and loopback S3.
 
-Run: ``nice -n 5 .venv/bin/python bench/loader.py [--rows 131072] [--dim 256] [--repeat 3]``.
+Run: ``nice -n 5 .venv/bin/python bench/loader.py [--rows 131072] [--dim 256] [--repeat 3] [--check]``.
 
 A: ``PublishedDataLoader(PublishedIterableDataset(..., batch_size=1024, shuffle=True),
 num_workers=2)``: a ``torch.utils.data.DataLoader`` with 2 spawned, persistent workers that move
@@ -10,6 +10,12 @@ rep (reshuffled), as a training job runs. ``--plain`` also measures the dataset 
 B (baseline): one process reading every chunk of ``embedding`` and ``id`` with zarr, in order.
 Reps alternate A/B; the ratio is rows/s of A over rows/s of B (min and median over reps). The
 first epoch, which includes starting the workers and their opening the store, is reported apart.
+
+``--check`` measures what checking every chunk against the manifest's per-chunk digests costs
+(``aniso.published.checked``): A = checked, B = unchecked (``digests=None`` /
+``check_chunks=False``), alternating in one run, for ``iter_batches`` in one process and for the
+2-worker loader; the ratio is checked rows/s over unchecked rows/s (min and median; the bound is
+0.90, a cost of at most 10%).
 """
 
 from __future__ import annotations
@@ -98,6 +104,40 @@ def measure(name: str, root: str, options: dict, n_rows: int, repeat: int, batch
     return result
 
 
+def measure_check(name: str, root: str, options: dict, n_rows: int, repeat: int, batch_size: int) -> dict:
+    """Checked vs unchecked reads, alternating: ``iter_batches`` in one process, then the loader."""
+    ds = open_published(root, "bench", storage_options=options, lease_s=None)
+    single = {True: lambda: epoch(ds.iter_batches(batch_size, shuffle=True)),
+              False: lambda: epoch(ds.iter_batches(batch_size, shuffle=True, digests=None))}
+    loaders = {check: PublishedDataLoader(PublishedIterableDataset(
+        root, "bench", batch_size=batch_size, storage_options=options, shuffle=True, check_chunks=check), num_workers=2)
+        for check in (True, False)}
+    result = {"backend": name}
+    for what, runs in (("iter_batches", single), ("loader", {k: (lambda l=l: epoch(l)) for k, l in loaders.items()})):
+        for check in (True, False):  # warm-up: worker start-up, first open, page cache
+            assert runs[check]() == n_rows
+        rates: dict[bool, list[float]] = {True: [], False: []}
+        cpu: dict[bool, list[float]] = {True: [], False: []}  # this process's CPU: immune to other load
+        for rep in range(repeat):
+            for check in ((True, False) if rep % 2 == 0 else (False, True)):
+                t0, c0 = time.perf_counter(), time.process_time()
+                assert runs[check]() == n_rows
+                rates[check].append(n_rows / (time.perf_counter() - t0))
+                cpu[check].append(time.process_time() - c0)
+        ratios = [a / b for a, b in zip(rates[True], rates[False])]
+        result[what] = {"checked_rows_s": round(statistics.median(rates[True])),
+                        "unchecked_rows_s": round(statistics.median(rates[False])),
+                        "ratio_min": round(min(ratios), 3), "ratio_median": round(statistics.median(ratios), 3)}
+        r = result[what]
+        line = (f"{name:>6} {what}: checked {r['checked_rows_s']:,} rows/s vs unchecked {r['unchecked_rows_s']:,} "
+                f"rows/s (medians) -> ratio min {r['ratio_min']}, median {r['ratio_median']}")
+        if what == "iter_batches":  # all its work is in this process: its CPU seconds compare cleanly
+            r["cpu_ratio_median"] = round(statistics.median(cpu[False]) / statistics.median(cpu[True]), 3)
+            line += f"; CPU-time ratio (unchecked/checked, medians) {r['cpu_ratio_median']}"
+        print(line, flush=True)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=131072)
@@ -108,6 +148,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--skip-s3", action="store_true")
     parser.add_argument("--plain", action="store_true", help="also measure a bare DataLoader over the dataset")
+    parser.add_argument("--check", action="store_true", help="measure checked vs unchecked chunk reads instead")
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"{args.rows} rows x {args.dim} float32, chunks of {args.chunk_rows}, shards of {args.shard_rows}; "
@@ -115,7 +156,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = os.path.join(tmp, "root")
         make_dataset(root, {}, args.rows, args.dim, args.chunk_rows, args.shard_rows)
-        measure("local", root, {}, args.rows, args.repeat, args.batch_size)
+        if args.check:
+            measure_check("local", root, {}, args.rows, args.repeat, args.batch_size)
+        else:
+            measure("local", root, {}, args.rows, args.repeat, args.batch_size)
         if args.plain:
             measure("local", root, {}, args.rows, args.repeat, args.batch_size, plain=True)
     if args.skip_s3:
@@ -134,6 +178,9 @@ def main() -> None:
         options = {"endpoint_url": f"http://{host}:{port}", "key": "testing", "secret": "testing"}
         s3fs.S3FileSystem(**options).mkdir("bench")
         make_dataset("s3://bench/root", options, args.rows, args.dim, args.chunk_rows, args.shard_rows)
+        if args.check:
+            measure_check("s3", "s3://bench/root", options, args.rows, args.repeat, args.batch_size)
+            return
         measure("s3", "s3://bench/root", options, args.rows, args.repeat, args.batch_size)
         if args.plain:
             measure("s3", "s3://bench/root", options, args.rows, args.repeat, args.batch_size, plain=True)

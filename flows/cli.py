@@ -289,7 +289,7 @@ def show(
 
     _configure_logging(False)
     try:
-        published = open_published(out, dataset)
+        published = open_published(out, dataset, lease_s=None)  # reads the manifest only: no lease
     except AnisoError as exc:
         _fail(exc)
     if as_json:
@@ -313,11 +313,15 @@ def verify(
 ) -> None:
     """Check every shard of a published version against its manifest checksums.
 
-    Exit 0 when intact; 3 naming each damaged shard and its rows (or a corrupt manifest/LATEST).
+    Exit 0 when intact; 3 when damaged: each damaged shard named with its rows, a manifest that
+    does not describe its arrays (shards not tiling the rows, wrong counts, dtype or geometry), or
+    a corrupt LATEST (also one naming a version that does not exist); 2 when nothing is published
+    or --version names no published version, or for bad settings; 1 otherwise.
     """
-    from aniso.errors import StoreCorrupt
+    from aniso.errors import StoreCorrupt, StoreNotFound
     from aniso.published.dataset import open_published
 
+    published = None
     try:
         options = _settings(profile, config, set_).storage.fs_options()
         published = open_published(root, dataset, version=version, storage_options=options)
@@ -325,8 +329,14 @@ def verify(
     except StoreCorrupt as exc:
         typer.echo(f"aniso: damaged: {exc}", err=True)
         raise typer.Exit(3) from None
+    except StoreNotFound as exc:  # what the command was asked to check does not exist
+        typer.echo(f"aniso: error: {exc}", err=True)
+        raise typer.Exit(2) from None
     except AnisoError as exc:
         _fail(exc)
+    finally:
+        if published is not None:
+            published.close()
     manifest = published.manifest
     if problems:
         for line in problems:
@@ -349,7 +359,10 @@ def gc(
     profile: ProfileOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Remove old published versions and the run data no kept version needs."""
+    """Remove old published versions and the run data no kept version needs.
+
+    Versions a reader holds a live lease on (a training job reading them) are kept, and named.
+    """
     from aniso.io.layout import DatasetLayout
     from aniso.published.retention import collect_garbage
 
@@ -359,12 +372,20 @@ def gc(
                                min_age_s=min_age_hours * 3600, storage_options=options)
     except AnisoError as exc:
         _fail(exc)
+    from datetime import datetime, timezone
+
     verb = "would remove" if dry_run else "removed"
+    for url, until in plan.leased_versions.items():
+        when = datetime.fromtimestamp(until, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+        typer.echo(f"kept {url}: a reader holds a lease on it (until {when})")
     for url in plan.removals:
-        typer.echo(f"{verb} {url}")
+        gone = url in plan.already_removed
+        typer.echo(f"{verb} {url}" + (" (already removed by another gc)" if gone else ""))
+    linked = (f" ({plan.bytes_still_linked / 2**20:.1f} MiB more stay linked from kept data)"
+              if plan.bytes_still_linked else "")
     typer.echo(f"{dataset}: kept {len(plan.keep_versions)} version(s) and {len(plan.keep_runs)} run(s); {verb} "
                f"{len(plan.remove_versions)} version(s), {len(plan.remove_runs)} run(s), "
-               f"{len(plan.remove_partial)} unfinished publication(s), {plan.bytes_freed / 2**20:.1f} MiB")
+               f"{len(plan.remove_partial)} unfinished publication(s), {plan.bytes_freed / 2**20:.1f} MiB{linked}")
 
 
 @app.command()

@@ -6,7 +6,8 @@ Layout of one store (any fsspec URL)::
     <url>/embedding                 (N, d) float32/float16, chunks (chunk_rows, d), shards (shard_rows, d)
     <url>/id                        (N,) string ids
     <url>/valid                     (N,) bool: False for rows whose item failed upstream
-    <url>.shards/000042.json        completion marker of shard 42, written after its data
+    <url>.shards/000042.json        completion marker of shard 42, written after its data (its
+                                    counts, sha256, and per-chunk digests: aniso.io.chunk_digest)
 
 Every array's chunk codecs end with ``crc32c``, so any zarr-python 3 reader raises on a damaged
 chunk. The completion markers live beside the group, not inside it: readers listing the group
@@ -34,6 +35,7 @@ from zarr.storage import FsspecStore, LocalStore
 
 from aniso._fs import filesystem, is_local, join_url, open_url
 from aniso.errors import InputError, ShardAlignmentError, StoreCorrupt, StoreNotFound
+from aniso.io.chunk_digest import EMBEDDING_ROW_STRIDE, chunk_digests
 
 __all__ = ["EmbeddingStore", "zarr_store", "shard_checksum", "ids_digest"]
 
@@ -262,6 +264,7 @@ class EmbeddingStore:
             )
         self.write_rows(start, embedding, ids, valid)
         stored = embedding.astype(self.embedding.dtype, copy=False)
+        flags = np.ones(stop - start, bool) if valid is None else np.asarray(valid, bool)
         marker = {
             "shard": shard,
             "start": start,
@@ -271,6 +274,9 @@ class EmbeddingStore:
             "sha256": shard_checksum(stored, ids),
             # lets a later stage check ids against this shard from the markers alone
             "ids_sha256": ids_digest(ids),
+            # what each chunk must read back as: the published manifest carries these to readers
+            "chunks": chunk_digests(stored, ids, flags, self.chunk_rows),
+            "chunks_row_stride": EMBEDDING_ROW_STRIDE,
             "stats": stats or {},
         }
         with open_url(self._marker_url(shard), "w", self.storage_options) as f:

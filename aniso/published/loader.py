@@ -12,14 +12,16 @@ so across ``world_size`` ranks every row is yielded exactly once per epoch.
 from __future__ import annotations
 
 import logging
+import numbers
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from aniso.errors import ConfigError
+from aniso.published.checked import ChunkDigests, read_chunk
 
-__all__ = ["iter_batches", "chunks_for_rank"]
+__all__ = ["iter_batches", "chunks_for_rank", "check_arguments"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +36,24 @@ def chunks_for_rank(n_chunks: int, *, shuffle: bool, seed: int, epoch: int, rank
         raise ConfigError(f"rank {rank} is not in [0, world_size={world_size})")
     order = np.random.default_rng([seed, epoch]).permutation(n_chunks) if shuffle else np.arange(n_chunks)
     return order[rank::world_size]
+
+
+def check_arguments(**values: Any) -> None:
+    """Integers where integers are meant and flags where flags are: ``batch_size=2.5`` or
+    ``rank="0"`` is a ConfigError naming the argument, not a traceback deep in the loop."""
+    for name, value in values.items():
+        if name in ("shuffle", "only_valid", "all_valid", "drop_last"):
+            if not isinstance(value, (bool, np.bool_)):
+                raise ConfigError(f"iter_batches: {name} must be True or False (got {value!r})")
+            continue
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+            raise ConfigError(f"iter_batches: {name} must be an integer (got {value!r})")
+        if name in ("batch_size", "buffer_chunks", "world_size") and value < 1:
+            raise ConfigError(f"iter_batches: {name} must be at least 1 (got {value!r})")
+        if name in ("seed", "epoch", "rank") and value < 0:
+            raise ConfigError(f"iter_batches: {name} must not be negative (got {value!r})")
+    if "rank" in values and "world_size" in values and values["rank"] >= values["world_size"]:
+        raise ConfigError(f"iter_batches: rank {values['rank']} is not in [0, world_size={values['world_size']})")
 
 
 def _as_str_array(raw: Any) -> np.ndarray:
@@ -55,13 +75,15 @@ def iter_batches(
     all_valid: bool = False,
     drop_last: bool = False,
     out: Any = None,
+    digests: ChunkDigests | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield ``(ids, embeddings)`` numpy batches from a published Zarr group.
 
     Parameters
     ----------
     group
-        The Zarr group with ``embedding``, ``id`` and ``valid`` (``PublishedDataset.store.group``).
+        The Zarr group with ``embedding``, ``id`` and ``valid`` (``PublishedDataset.store.group``),
+        or a mapping of those arrays (``PublishedDataset.arrays()``).
     batch_size
         Rows per batch; the last batch of a rank may be smaller unless ``drop_last``.
     shuffle, seed, epoch
@@ -82,6 +104,17 @@ def iter_batches(
     out
         Optional allocator ``out(shape, dtype) -> ndarray`` for shuffled batches (the torch
         loader passes shared-memory tensors, so a batch crosses to the main process uncopied).
+    digests
+        The version's per-chunk digests (``PublishedDataset.digests``): every chunk read is
+        checked, and a missing, truncated or swapped one raises StoreCorrupt naming it (or
+        StoreNotFound when the version was removed) instead of yielding its fill values or
+        another shard's rows. ``None`` reads unchecked.
+
+    Raises
+    ------
+    ConfigError
+        A bad argument (``batch_size=2.5``, ``rank=-1``, ...), named; raised on the call, before
+        anything is read.
 
     Yields
     ------
@@ -90,8 +123,18 @@ def iter_batches(
     embeddings : numpy.ndarray
         ``(b, d)`` in the stored dtype.
     """
-    if batch_size < 1 or buffer_chunks < 1:
-        raise ConfigError(f"batch_size ({batch_size}) and buffer_chunks ({buffer_chunks}) must be positive")
+    check_arguments(batch_size=batch_size, buffer_chunks=buffer_chunks, seed=seed, epoch=epoch, rank=rank,
+                    world_size=world_size, shuffle=shuffle, only_valid=only_valid, all_valid=all_valid,
+                    drop_last=drop_last)
+    return _batches(group, batch_size, shuffle=shuffle, seed=seed, epoch=epoch, rank=rank, world_size=world_size,
+                    buffer_chunks=buffer_chunks, only_valid=only_valid, all_valid=all_valid, drop_last=drop_last,
+                    out=out, digests=digests)
+
+
+def _batches(group: Any, batch_size: int, *, shuffle: bool, seed: int, epoch: int, rank: int, world_size: int,
+             buffer_chunks: int, only_valid: bool, all_valid: bool, drop_last: bool, out: Any,
+             digests: ChunkDigests | None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The generator behind :func:`iter_batches` (arguments already checked)."""
     emb_arr, id_arr = group["embedding"], group["id"]
     valid_arr = group["valid"] if only_valid and not all_valid and "valid" in group else None
     n_rows, chunk_rows = int(emb_arr.shape[0]), int(emb_arr.chunks[0])
@@ -103,10 +146,11 @@ def iter_batches(
     for pos in range(0, len(order), buffer_chunks):
         ids_parts, emb_parts = [carry_ids], [carry_emb]
         for chunk in order[pos : pos + buffer_chunks]:
-            lo, hi = int(chunk) * chunk_rows, min((int(chunk) + 1) * chunk_rows, n_rows)
-            emb, ids = emb_arr[lo:hi], _as_str_array(id_arr[lo:hi])
+            chunk = int(chunk)
+            emb = read_chunk(emb_arr, "embedding", chunk, digests)
+            ids = _as_str_array(read_chunk(id_arr, "id", chunk, digests))
             if valid_arr is not None:
-                keep = valid_arr[lo:hi]
+                keep = read_chunk(valid_arr, "valid", chunk, digests)
                 if not keep.all():
                     emb, ids = emb[keep], ids[keep]
             emb_parts.append(emb)

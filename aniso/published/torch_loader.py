@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from aniso.published.loader import iter_batches
+from aniso.published.loader import check_arguments, iter_batches
 
 __all__ = ["PublishedDataLoader", "PublishedIterableDataset"]
 
@@ -128,6 +128,9 @@ class PublishedIterableDataset(IterableDataset):
     rank, world_size
         The distributed rank of this process; DataLoader workers split the rank's share further,
         so every row is yielded exactly once per epoch over all ranks and workers.
+    check_chunks
+        Check every chunk read against the manifest's digests (a missing, truncated or swapped
+        chunk raises StoreCorrupt). Off only to measure what the check costs (``bench/loader.py``).
     """
 
     def __init__(
@@ -145,13 +148,17 @@ class PublishedIterableDataset(IterableDataset):
         buffer_chunks: int = 4,
         only_valid: bool = True,
         drop_last: bool = False,
+        check_chunks: bool = True,
     ) -> None:
         super().__init__()
+        check_arguments(batch_size=batch_size, buffer_chunks=buffer_chunks, seed=seed, rank=rank,
+                        world_size=world_size, shuffle=shuffle, only_valid=only_valid, drop_last=drop_last)
         self.root, self.dataset, self.version = root, dataset, version
         self.storage_options = dict(storage_options or {})
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.rank, self.world_size = rank, world_size
         self.buffer_chunks, self.only_valid, self.drop_last = buffer_chunks, only_valid, drop_last
+        self.check_chunks = check_chunks
         self.epoch = 0
         # set by PublishedDataLoader: yield (ids, block, worker, seq) from a ring of shared blocks
         self._ring_state: tuple[torch.Tensor, torch.Tensor] | None = None  # (acks, cached)
@@ -204,10 +211,14 @@ class PublishedIterableDataset(IterableDataset):
         self._passes += 1
         published = self._published()
         for ids, emb in iter_batches(
-            published.store.group, self.batch_size, all_valid=published.all_valid, shuffle=self.shuffle, seed=self.seed, epoch=epoch,
-            rank=self.rank * workers + worker, world_size=self.world_size * workers,
-            buffer_chunks=self.buffer_chunks, only_valid=self.only_valid, drop_last=self.drop_last, out=shared,
+            published.arrays(valid=published.needs_valid(self.only_valid)), self.batch_size,
+            all_valid=published.all_valid, digests=published.digests if self.check_chunks else None,
+            shuffle=self.shuffle, seed=self.seed, epoch=epoch, rank=self.rank * workers + worker,
+            world_size=self.world_size * workers, buffer_chunks=self.buffer_chunks, only_valid=self.only_valid,
+            drop_last=self.drop_last, out=shared,
         ):
+            if published.lease is not None:
+                published.lease.renew()  # a time check; a write every quarter lease
             if isinstance(shared, _BlockRing):
                 yield shared.message(ids.tolist(), emb)
             else:

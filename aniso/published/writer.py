@@ -3,7 +3,7 @@
 A published version holds everything it needs (``docs/format.md``)::
 
     published/<version>/data.zarr/      the Zarr v3 group (embedding, id, valid), crc32c per chunk
-    published/<version>/manifest.json   shapes, ids, per-shard sha256, gates, lineage
+    published/<version>/manifest.json   shapes, ids, per-shard sha256 and per-chunk crc32c, gates, lineage
     published/LATEST                    {"version", "manifest", "run_key"}
 
 Write order: the run's store is linked (local: hard links, or a copy across devices) or copied
@@ -26,6 +26,7 @@ from typing import Any
 
 from aniso._fs import filesystem, is_local, join_url, write_atomic
 from aniso.errors import StoreCorrupt
+from aniso.io.chunk_digest import EMBEDDING_ROW_STRIDE, chunk_digests
 from aniso.io.layout import DatasetLayout
 from aniso.io.store import EmbeddingStore
 from aniso.published.dataset import DATA_PATH, MANIFEST_FORMAT, REPORT_PATH, find_published, read_json
@@ -55,11 +56,14 @@ def _materialise(src_url: str, dst_url: str, storage_options: dict[str, Any]) ->
         fs.rm(dst, recursive=True)
     files = _version_files(fs, src)
     size = sum(files.values())
+    metadata = join_url(src, "embedding", "zarr.json")
     if is_local(fs):
         method = "hardlink"
         for name in files:
             target = os.path.join(dst, os.path.relpath(name, src))
             os.makedirs(os.path.dirname(target), exist_ok=True)
+            if name == metadata:
+                continue
             try:
                 os.link(name, target)
             except OSError:
@@ -67,10 +71,39 @@ def _materialise(src_url: str, dst_url: str, storage_options: dict[str, Any]) ->
                 shutil.copy2(name, target)
     else:
         method = "server-side copy"
-        fs.copy([*files], [join_url(dst, f[len(src):].lstrip("/")) for f in files])
+        rest = [f for f in files if f != metadata]
+        fs.copy(rest, [join_url(dst, f[len(src):].lstrip("/")) for f in rest])
+    # the published embedding's metadata is a new file (never a link: the run's must not change)
+    write_atomic(join_url(dst_url, "embedding", "zarr.json"), _nan_fill(fs.cat_file(metadata)), storage_options)
     seconds = time.perf_counter() - t0
     logger.info("published data: %s of %d file(s), %d bytes, in %.2f s", method, len(files), size, seconds)
     return {"method": method, "files": len(files), "bytes": size, "seconds": round(seconds, 4)}
+
+
+def _nan_fill(metadata: bytes) -> str:
+    """The embedding array's ``zarr.json`` with fill value NaN: a plain-zarr reader then gets a
+    missing chunk as NaN rows, never as zeros that pass for (invalid) data."""
+    meta = json.loads(metadata)
+    meta["fill_value"] = "NaN"
+    return json.dumps(meta, indent=2)
+
+
+def _shard_entries(store: EmbeddingStore, markers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The manifest's shard list: geometry, counts, sha256 and per-chunk digests of each shard.
+
+    Markers written before per-chunk digests existed (or with another embedding row stride) lack
+    usable ``chunks``: those shards are read once here to compute them (a resumed old run
+    publishes the same manifest as a fresh one).
+    """
+    entries = []
+    for m in markers:
+        entry = {k: m[k] for k in ("shard", "start", "stop", "rows", "valid_rows", "sha256")}
+        chunks = m.get("chunks")
+        if chunks is None or m.get("chunks_row_stride") != EMBEDDING_ROW_STRIDE:
+            emb, ids, valid = store.read_shard(m["shard"])
+            chunks = chunk_digests(emb, list(ids), valid, store.chunk_rows)
+        entries.append({**entry, "chunks": chunks})
+    return entries
 
 
 def publish(
@@ -130,8 +163,11 @@ def publish(
             "shard_rows": store.shard_rows,
             "checksum": {"algorithm": "sha256", "over": "embedding bytes (C order, little-endian) of the "
                          "shard's rows, then its ids joined by U+001F, UTF-8"},
-            "shards": [{k: m[k] for k in ("shard", "start", "stop", "rows", "valid_rows", "sha256")}
-                       for m in markers],
+            "chunk_checksum": {"algorithm": "crc32c", "embedding_row_stride": EMBEDDING_ROW_STRIDE,
+                               "over": "per chunk of each array: the bytes (C order, little-endian) of every "
+                               "embedding_row_stride-th embedding row from the chunk's first; all ids joined "
+                               "by U+001F, UTF-8; all valid flags, one byte per row"},
+            "shards": _shard_entries(store, markers),
             "gates": gate_results,
             "lineage": lineage,
             "publication": copy,
