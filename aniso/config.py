@@ -13,9 +13,12 @@ validated exactly like a CLI run. :func:`config_hash` hashes only the *semantic*
 change the result); execution details (workers, threads, devices, batch sizes, storage) are
 excluded, so a run resumes when only those change.
 
-Secrets never enter the settings: credential keys in ``storage.storage_options`` (and URLs with
-``user:password@``) are rejected, because the settings are a flow parameter and Prefect stores
-flow parameters in its database. Credentials come from where s3fs/botocore read them:
+Secrets never enter the settings: a credential in any setting (a key such as ``secret``,
+``SSECustomerKey`` or ``AWS_SECRET_ACCESS_KEY`` in ``storage.storage_options`` or
+``cluster.cluster_kwargs``, a URL with ``user:password@`` or a signature parameter; the one rule is
+:func:`aniso._fs.credential_paths`) is rejected unless written ``${ENV_VAR}`` (read where it is
+used), because the settings are a flow parameter and Prefect stores flow parameters in its
+database. Credentials come from where s3fs/botocore read them:
 ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``, ``AWS_PROFILE`` with
 ``~/.aws/credentials``, or an instance/pod role.
 """
@@ -25,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -33,6 +37,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from aniso._fs import credential_paths, resolve_env_refs
 from aniso.errors import ConfigError
 from aniso.methods.params import semantic_params, validate_method
 
@@ -72,30 +77,23 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-#: storage_options keys (at any depth, case-insensitive) that hold credentials.
-CREDENTIAL_KEYS = frozenset({
-    "key", "secret", "token", "password", "passwd", "session_token", "access_key", "secret_key",
-    "aws_access_key_id", "aws_secret_access_key", "aws_session_token", "account_key", "sas_token",
-    "client_secret", "credentials", "token_file",
-})
+#: Largest seed: numpy's generators take any non-negative int, this keeps seeds portable (uint32).
+MAX_SEED = 2**32 - 1
+
+#: Dataset names: one path segment of letters, digits, ``.``, ``_`` and ``-``, starting with a
+#: letter or digit (never ``..``, a slash, a space or ``#``).
+_DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+_NO_SECRETS = (
+    "credentials are not accepted in settings (settings are Prefect flow parameters, stored in its "
+    "database); export AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (/ AWS_SESSION_TOKEN) or use AWS_PROFILE, "
+    "or give the value as ${ENV_VAR}, read where the flow runs"
+)
 
 
-def _credential_paths(value: Any, prefix: str) -> list[str]:
-    if isinstance(value, Mapping):
-        out = []
-        for key, item in value.items():
-            name = f"{prefix}.{key}"
-            lowered = str(key).lower()
-            if lowered in CREDENTIAL_KEYS or "secret" in lowered or "password" in lowered:
-                out.append(name)
-            else:
-                out.extend(_credential_paths(item, name))
-        return out
-    return []
-
-
-def _url_has_userinfo(url: str) -> bool:
-    return "://" in url and "@" in url.split("://", 1)[1].split("/", 1)[0]
+def _finite(default: float, **bounds: float) -> Any:
+    """A float setting within ``bounds`` that refuses NaN and ±inf."""
+    return Field(default, allow_inf_nan=False, **bounds)
 
 
 class StorageSettings(_Section):
@@ -105,45 +103,28 @@ class StorageSettings(_Section):
     dataset: str = "demo"
     storage_options: dict[str, Any] = Field(default_factory=dict, json_schema_extra=EXECUTION)
 
-    @model_validator(mode="before")
+    @field_validator("dataset")
     @classmethod
-    def _no_secret_field(cls, data: Any) -> Any:
-        if isinstance(data, Mapping) and "aws_secret_access_key" in data:
+    def _safe_dataset(cls, value: str) -> str:
+        # the name is a path segment under the root: anything else could publish elsewhere
+        if not _DATASET_NAME.fullmatch(value):
             raise ValueError(
-                "storage.aws_secret_access_key: credentials are not settings (settings are stored as "
-                "Prefect flow parameters); export AWS_SECRET_ACCESS_KEY or use AWS_PROFILE instead"
+                f"storage.dataset: {value!r} is not a dataset name (1-128 letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit)"
             )
-        return data
-
-    @field_validator("storage_options")
-    @classmethod
-    def _no_credentials(cls, value: dict[str, Any]) -> dict[str, Any]:
-        found = _credential_paths(value, "storage.storage_options")
-        if found:
-            raise ValueError(
-                f"{', '.join(found)}: credentials are not accepted in settings (they would be stored in "
-                "the Prefect database); export AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY "
-                "(/ AWS_SESSION_TOKEN) or use AWS_PROFILE, which s3fs reads itself"
-            )
-        return value
-
-    @field_validator("root")
-    @classmethod
-    def _no_userinfo(cls, value: str) -> str:
-        if _url_has_userinfo(value):
-            raise ValueError("storage.root: a URL with user:password@ is not accepted; use AWS_* variables or a profile")
         return value
 
     def fs_options(self) -> dict[str, Any]:
-        """``storage_options`` for fsspec (credentials come from the environment)."""
-        return dict(self.storage_options)
+        """``storage_options`` for fsspec, each ``${ENV_VAR}`` value read from the environment."""
+        return resolve_env_refs(dict(self.storage_options))
 
 
 class StoreSettings(_Section):
     """Zarr layout: chunk = read unit, shard = write unit (one task owns whole shards)."""
 
-    chunk_rows: int = Field(4096, gt=0)
-    shard_rows: int = Field(65536, gt=0)
+    # A shard is one task's write buffer: 2^20 rows x d=1024 float32 is 4 GiB (24 GiB machine).
+    chunk_rows: int = Field(4096, gt=0, le=2**18)
+    shard_rows: int = Field(65536, gt=0, le=2**20)
     #: Embedding chunks: unit-norm float32 compresses ~7% with zstd at twice the write cost
     #: (docs/performance.md), so chunks are stored plain by default.
     compressor: Literal["zstd", "none"] = "none"
@@ -157,8 +138,8 @@ class CorpusSettings(_Section):
     id_field: str | None = "id"
     #: clip-retrieval metadata: "auto" (id, key, image_path, url), a column name, or "row-number"
     embedding_ids: str = "auto"
-    items_per_shard: int = Field(4096, gt=0)
-    max_failure_rate: float = Field(0.01, ge=0.0, le=1.0, json_schema_extra=EXECUTION)
+    items_per_shard: int = Field(4096, gt=0, le=2**20)
+    max_failure_rate: float = Field(0.01, ge=0.0, le=1.0, allow_inf_nan=False, json_schema_extra=EXECUTION)
 
 
 class EmbedSettings(_Section):
@@ -169,8 +150,8 @@ class EmbedSettings(_Section):
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = Field("auto", json_schema_extra=EXECUTION)
     require_gpu: bool = Field(False, json_schema_extra=EXECUTION)
-    batch_size: int = Field(256, gt=0, json_schema_extra=EXECUTION)
-    decode_workers: int = Field(2, ge=0, json_schema_extra=EXECUTION)
+    batch_size: int = Field(256, gt=0, le=65_536, json_schema_extra=EXECUTION)
+    decode_workers: int = Field(2, ge=0, le=64, json_schema_extra=EXECUTION)
 
 
 class MethodSettings(_Section):
@@ -192,25 +173,31 @@ class MethodSettings(_Section):
 class FitSettings(_Section):
     """Fitting pass: sampling for methods that train on rows."""
 
-    seed: int = 0
-    sample_size: int | None = None  # None: the method's own default
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    #: Rows of each modality for methods that fit on samples (None: the method's own default);
+    #: at most 200,000 (x d=1024 float64: 1.6 GiB per modality, and the fit works on copies).
+    sample_size: int | None = Field(None, ge=2, le=200_000)
 
 
 class GateSettings(_Section):
     """Quality-gate bounds (a failed gate blocks publication)."""
 
-    centroid_residual_max: float = 1e-3
-    norm_tolerance: float = 1e-3
-    knn_overlap_min: float = 0.3
-    spearman_min: float = 0.5
-    sample_rows: int = Field(2048, gt=10)
-    seed: int = 0
+    # Bounds of what each metric can be: a centroid residual of unit vectors is at most 2.
+    centroid_residual_max: float = _finite(1e-3, ge=0.0, le=2.0)
+    norm_tolerance: float = _finite(1e-3, gt=0.0, le=1.0)
+    knn_overlap_min: float = _finite(0.3, ge=0.0, le=1.0)
+    spearman_min: float = _finite(0.5, ge=-1.0, le=1.0)
+    #: Text rows sampled for the gates; the kNN metrics hold a rows x rows block (16,384: 2 GiB).
+    sample_rows: int = Field(2048, gt=10, le=16_384)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     #: Image rows (and as many substitutes) for the reported, not gated, distribution metrics.
-    distribution_sample_rows: int = Field(1024, gt=10)
+    #: MMD holds three rows x rows float64 matrices and their temporaries (8,192: ~3 GiB).
+    distribution_sample_rows: int = Field(1024, gt=10, le=8192)
     #: Random pairs for the pairwise-cosine Spearman gate (all pairs when the sample has fewer).
-    spearman_pairs: int = Field(20_000, gt=100)
+    #: Each pair gathers two rows of each set as float64 (500,000 pairs x d=1024: 8 GiB at peak).
+    spearman_pairs: int = Field(20_000, gt=100, le=500_000)
     #: At most this many read chunks per store are read to draw a sample (0: no limit).
-    sample_chunks: int = Field(16, ge=0)
+    sample_chunks: int = Field(16, ge=0, le=1_000_000)
     #: The suites file (default ``conf/gates.yaml``); bounds written ``"{field}"`` come from here.
     suite_file: str | None = None
     #: Write ``quality/report.html`` and ``report.json`` beside ``gates.json``.
@@ -222,12 +209,27 @@ class ClusterSettings(_Section):
 
     address: str | None = None
     cluster_class: str | None = None  # e.g. "dask_cuda.LocalCUDACluster"
-    n_workers: int = Field(2, gt=0)
-    threads_per_worker: int = Field(1, gt=0)
+    n_workers: int = Field(2, gt=0, le=1024)
+    threads_per_worker: int = Field(1, gt=0, le=256)
     processes: bool = False
     #: Address of the Dask dashboard of a local cluster (e.g. ``":8787"``); off when unset.
     dashboard: str | None = None
     cluster_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _fits_this_machine(self) -> ClusterSettings:
+        # A local cluster shares this machine's cores: more worker threads than twice the cores
+        # only adds switching and memory (64 workers on 2 cores did not finish 3,000 rows in
+        # 300 s). Remote clusters (an address, another cluster class) size themselves.
+        local = self.address is None and (self.cluster_class or "distributed.LocalCluster").endswith(".LocalCluster")
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        limit = max(4, 2 * cores)
+        if local and self.n_workers * self.threads_per_worker > limit:
+            raise ValueError(
+                f"cluster.n_workers x cluster.threads_per_worker = {self.n_workers} x {self.threads_per_worker} "
+                f"exceeds {limit} (twice the {cores} core(s) of this machine, at least 4) for a local cluster"
+            )
+        return self
 
 
 class Settings(BaseSettings):
@@ -258,6 +260,19 @@ class Settings(BaseSettings):
         # Layering (YAML, env, --set) is done explicitly by load_settings so that its order is
         # documented in one place; the model itself only validates what it is given.
         return (init_settings,)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_credentials(cls, data: Any) -> Any:
+        """Refuse a credential in any setting (a mapping key such as ``SSECustomerKey`` or
+        ``AWS_SECRET_ACCESS_KEY``, a URL with ``user:password@``) before anything can echo it."""
+        if not isinstance(data, Mapping):
+            return data
+        plain = {k: v.model_dump() if isinstance(v, BaseModel) else v for k, v in data.items()}
+        found = credential_paths(plain, "")
+        if found:
+            raise ValueError(f"{', '.join(p.lstrip('.') for p in found)}: {_NO_SECRETS}")
+        return data
 
 
 # -- layering -------------------------------------------------------------------------------
@@ -312,6 +327,9 @@ def _is_text_setting(dotted: str) -> bool:
     return False
 
 
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def parse_value(dotted: str, raw: str) -> Any:
     """The value of a ``--set`` / ``ANISO_`` string for setting ``dotted``.
 
@@ -325,9 +343,17 @@ def parse_value(dotted: str, raw: str) -> Any:
         quoted = len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\""
         return raw[1:-1] if quoted else raw
     try:
-        return yaml.safe_load(raw)
+        value = yaml.safe_load(raw)
     except yaml.YAMLError:
         return raw
+    if isinstance(value, str):
+        # YAML 1.1 reads ``1e12`` (no dot) as text; read it as the number it is, so the bound
+        # check, not a parse error, answers
+        try:
+            return float(value) if _FLOAT.fullmatch(value) else value
+        except ValueError:
+            return value
+    return value
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
