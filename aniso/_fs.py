@@ -19,10 +19,11 @@ from urllib.parse import parse_qsl, urlencode
 import fsspec
 from fsspec.core import url_to_fs
 
-from aniso.errors import ConfigError
+from aniso.errors import ConfigError, InputError
 
 __all__ = ["filesystem", "join_url", "open_url", "exists", "is_local", "write_atomic", "write_json", "redact_url",
-           "is_credential_key", "url_credentials", "credential_paths", "resolve_env_refs"]
+           "is_credential_key", "url_credentials", "credential_paths", "resolve_env_refs",
+           "refuse_url_credentials"]
 
 
 def filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -126,6 +127,22 @@ def url_credentials(url: str) -> list[str]:
     found = ["user:password@"] if parts[1] else []
     found += [f"?{name}=" for name, _ in parse_qsl(parts[3], keep_blank_values=True) if is_credential_key(name)]
     return found
+
+
+def refuse_url_credentials(url: str, what: str) -> None:
+    """Raise InputError when an input URL carries credentials.
+
+    Input URLs are flow parameters (stored in the Prefect database) and are recorded under the
+    output root (``view.json``, store attributes), so a URL with a password is refused before
+    either happens; the message shows the URL redacted.
+    """
+    found = url_credentials(url)
+    if found:
+        raise InputError(
+            f"{what}: {redact_url(url)} carries credentials ({', '.join(found)}), which would be stored in the "
+            "Prefect database and under the output root; give them through the environment instead "
+            "(AWS_* variables or AWS_PROFILE for s3://, ~/.netrc for http(s)://)"
+        )
 
 
 def credential_paths(value: Any, prefix: str) -> list[str]:
