@@ -152,7 +152,10 @@ def produce(
 ) -> None:
     """Embeddings in → substitutes gated and published (the whole job)."""
     _configure_logging(verbose)
-    _announce("produce", f"text {text} + image {image} -> statistics (or embed), fit, apply, gates, publish")
+    from aniso._fs import redact_url
+
+    _announce("produce", f"text {redact_url(text)} + image {redact_url(image)} -> statistics (or embed), fit, apply, "
+                         "gates, publish")
     try:
         settings = _settings(profile, config, set_, **{"storage.root": out, "storage.dataset": dataset, "method.name": method})
         announce_settings(settings)
