@@ -29,7 +29,7 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 
-from aniso._fs import exists, join_url, open_url, write_atomic
+from aniso._fs import exists, filesystem, join_url, write_atomic
 from aniso._version import __version__
 from aniso.errors import InputError, NotFittedError, StoreCorrupt, StoreNotFound
 from aniso.methods.params import MethodParams, NoParams
@@ -348,12 +348,10 @@ class Aligner(ABC):
     @classmethod
     def _load_marker(cls, url: str, marker: str, storage_options: dict[str, Any] | None) -> Aligner:
         try:
-            with open_url(join_url(url, marker), "r", storage_options) as f:
-                meta = json.load(f)
+            meta = json.loads(_read_whole(join_url(url, marker), storage_options))
             # models saved before the atomic layout name no state file: theirs is state.npz
             state_name = meta.get("state", _LEGACY_STATE_NPZ) if isinstance(meta, dict) else _LEGACY_STATE_NPZ
-            with open_url(join_url(url, state_name), "rb", storage_options) as f:
-                raw = f.read()
+            raw = _read_whole(join_url(url, state_name), storage_options)
         except FileNotFoundError as exc:
             raise StoreNotFound(f"no saved aligner at {url}: {exc}") from exc
         except (ValueError, UnicodeDecodeError) as exc:  # JSON of a torn write
@@ -382,6 +380,13 @@ class Aligner(ABC):
         obj.dim = int(obj.mu_image.shape[0])
         obj._set_state(state)
         return obj
+
+
+def _read_whole(url: str, storage_options: dict[str, Any] | None) -> bytes:
+    """One object in one GET: a file object on S3 reads in ranges pinned to the first ETag and
+    fails ("PreconditionFailed") when a concurrent save replaces the object between them."""
+    fs, path = filesystem(url, storage_options)
+    return fs.cat_file(path)
 
 
 def available_aligners() -> list[str]:
