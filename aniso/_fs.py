@@ -78,9 +78,9 @@ def write_atomic(url: str, data: bytes | str, storage_options: dict[str, Any] | 
 
 
 def write_json(url: str, payload: dict[str, Any], storage_options: dict[str, Any]) -> None:
-    """``payload`` as indented, key-sorted JSON at ``url`` (anything not JSON-able as ``str``)."""
-    with open_url(url, "w", storage_options) as f:
-        json.dump(payload, f, indent=2, sort_keys=True, default=str)
+    """``payload`` as indented, key-sorted JSON at ``url`` (anything not JSON-able as ``str``),
+    written whole (:func:`write_atomic`): a concurrent run or a crash never leaves half a file."""
+    write_atomic(url, json.dumps(payload, indent=2, sort_keys=True, default=str), storage_options)
 
 
 # -- secrets: one rule for every setting, URL and mapping ------------------------------------
