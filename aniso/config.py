@@ -31,7 +31,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -74,7 +74,22 @@ EXECUTION = {"execution": True}
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # hide_input_in_errors: a refused value (perhaps a secret) is never echoed by pydantic
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, hide_input_in_errors=True)
+    #: The section's name in the tree (``storage``, ``gates``, ...), for messages.
+    section: ClassVar[str] = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_credentials(cls, data: Any) -> Any:
+        """Refuse a credential in any field (a mapping key such as ``SSECustomerKey`` or
+        ``AWS_SECRET_ACCESS_KEY``, a URL with ``user:password@``) before anything can echo it;
+        also on assignment, where ``data`` holds the assigned field only."""
+        if isinstance(data, Mapping):
+            found = credential_paths(dict(data), cls.section)
+            if found:
+                raise ValueError(f"{', '.join(found)}: {_NO_SECRETS}")
+        return data
 
 
 #: Largest seed: numpy's generators take any non-negative int, this keeps seeds portable (uint32).
@@ -99,6 +114,8 @@ def _finite(default: float, **bounds: float) -> Any:
 class StorageSettings(_Section):
     """Where data lives. ``root`` is any fsspec URL; credentials are never settings."""
 
+    section: ClassVar[str] = "storage"
+
     root: str = Field(".aniso-demo", json_schema_extra=EXECUTION)
     dataset: str = "demo"
     storage_options: dict[str, Any] = Field(default_factory=dict, json_schema_extra=EXECUTION)
@@ -122,6 +139,8 @@ class StorageSettings(_Section):
 class StoreSettings(_Section):
     """Zarr layout: chunk = read unit, shard = write unit (one task owns whole shards)."""
 
+    section: ClassVar[str] = "store"
+
     # A shard is one task's write buffer: 2^20 rows x d=1024 float32 is 4 GiB (24 GiB machine).
     chunk_rows: int = Field(4096, gt=0, le=2**18)
     shard_rows: int = Field(65536, gt=0, le=2**20)
@@ -134,6 +153,8 @@ class StoreSettings(_Section):
 class CorpusSettings(_Section):
     """How raw corpora are read and split into shards."""
 
+    section: ClassVar[str] = "corpus"
+
     text_field: str = "text"
     id_field: str | None = "id"
     #: clip-retrieval metadata: "auto" (id, key, image_path, url), a column name, or "row-number"
@@ -144,6 +165,8 @@ class CorpusSettings(_Section):
 
 class EmbedSettings(_Section):
     """open_clip encoder. ``pretrained`` is a tag (needs network once) or a local checkpoint path."""
+
+    section: ClassVar[str] = "embed"
 
     model: str = "aniso-demo-tiny"
     pretrained: str | None = "demo"
@@ -157,6 +180,8 @@ class EmbedSettings(_Section):
 class MethodSettings(_Section):
     """Which aligner runs and its hyper-parameters, validated against the method's own
     parameter model (:mod:`aniso.methods.params`) when the settings load."""
+
+    section: ClassVar[str] = "method"
 
     name: str = "anisoalign"
     params: dict[str, Any] = Field(default_factory=dict)
@@ -173,6 +198,8 @@ class MethodSettings(_Section):
 class FitSettings(_Section):
     """Fitting pass: sampling for methods that train on rows."""
 
+    section: ClassVar[str] = "fit"
+
     seed: int = Field(0, ge=0, le=MAX_SEED)
     #: Rows of each modality for methods that fit on samples (None: the method's own default);
     #: at most 200,000 (x d=1024 float64: 1.6 GiB per modality, and the fit works on copies).
@@ -181,6 +208,8 @@ class FitSettings(_Section):
 
 class GateSettings(_Section):
     """Quality-gate bounds (a failed gate blocks publication)."""
+
+    section: ClassVar[str] = "gates"
 
     # Bounds of what each metric can be: a centroid residual of unit vectors is at most 2.
     centroid_residual_max: float = _finite(1e-3, ge=0.0, le=2.0)
@@ -206,6 +235,8 @@ class GateSettings(_Section):
 
 class ClusterSettings(_Section):
     """Dask: a local cluster by default, an existing scheduler when ``address`` is set."""
+
+    section: ClassVar[str] = "cluster"
 
     address: str | None = None
     cluster_class: str | None = None  # e.g. "dask_cuda.LocalCUDACluster"
@@ -236,7 +267,8 @@ class Settings(BaseSettings):
     """The whole configuration tree."""
 
     model_config = SettingsConfigDict(
-        env_prefix="ANISO_", env_nested_delimiter="__", extra="forbid", validate_assignment=True
+        env_prefix="ANISO_", env_nested_delimiter="__", extra="forbid", validate_assignment=True,
+        hide_input_in_errors=True,
     )
 
     storage: StorageSettings = Field(default_factory=StorageSettings, json_schema_extra=EXECUTION)
@@ -260,19 +292,6 @@ class Settings(BaseSettings):
         # Layering (YAML, env, --set) is done explicitly by load_settings so that its order is
         # documented in one place; the model itself only validates what it is given.
         return (init_settings,)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_credentials(cls, data: Any) -> Any:
-        """Refuse a credential in any setting (a mapping key such as ``SSECustomerKey`` or
-        ``AWS_SECRET_ACCESS_KEY``, a URL with ``user:password@``) before anything can echo it."""
-        if not isinstance(data, Mapping):
-            return data
-        plain = {k: v.model_dump() if isinstance(v, BaseModel) else v for k, v in data.items()}
-        found = credential_paths(plain, "")
-        if found:
-            raise ValueError(f"{', '.join(p.lstrip('.') for p in found)}: {_NO_SECRETS}")
-        return data
 
 
 # -- layering -------------------------------------------------------------------------------

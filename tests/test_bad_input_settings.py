@@ -274,6 +274,18 @@ def test_url_with_credentials_in_a_text_setting_is_refused_without_echo(field, u
     assert SECRET not in str(info.value)
 
 
+@pytest.mark.parametrize("field", MAPPING_FIELDS)
+@pytest.mark.parametrize("value", IN_MAPPINGS[:4], ids=lambda v: next(iter(v)))
+def test_credential_assigned_to_loaded_settings_is_refused_without_echo(field, value):
+    from pydantic import ValidationError
+
+    section, name = field.split(".")
+    settings = load_settings(environ={})
+    with pytest.raises(ValidationError, match=rf"{field.replace('.', '[.]')}\..*credentials are not accepted") as info:
+        setattr(getattr(settings, section), name, value)
+    assert SECRET not in str(info.value)
+
+
 @pytest.mark.parametrize("field", ["storage.storage_options", "cluster.cluster_kwargs"])
 def test_a_secret_given_as_an_environment_reference_is_read_where_it_is_used(monkeypatch, field):
     from aniso.flows._common import make_task_runner
