@@ -33,10 +33,11 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from aniso import _config_text as _text
+from aniso._config_text import read_yaml  # noqa: F401 - part of this module's interface
 from aniso._fs import credential_paths, resolve_env_refs
 from aniso.errors import ConfigError
 from aniso.methods.params import semantic_params, validate_method
@@ -295,105 +296,10 @@ class Settings(BaseSettings):
 
 
 # -- layering -------------------------------------------------------------------------------
-def _deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def _set_path(target: dict[str, Any], dotted: str, value: Any) -> None:
-    parts = [p for p in dotted.replace("__", ".").split(".") if p]
-    if not parts:
-        raise ConfigError(f"empty setting name in {dotted!r}")
-    node = target
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"setting {dotted!r}: {part!r} is not a section")
-    node[parts[-1]] = value
-
-
-def read_yaml(path: Path, what: str = "config file") -> dict[str, Any]:
-    """A YAML mapping from ``path``; a missing, malformed or non-mapping file raises ConfigError."""
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"{what} not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{what} {path} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{what} {path} must hold a mapping at the top level")
-    return data
-
-
-def _is_text_setting(dotted: str) -> bool:
-    """Whether ``dotted`` names a plain string setting (``storage.dataset``, ``storage.root``)."""
-    model: type[BaseModel] = Settings
-    parts = [p for p in dotted.replace("__", ".").split(".") if p]
-    for i, part in enumerate(parts):
-        field = model.model_fields.get(part)
-        if field is None:
-            return False
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            model = annotation
-            continue
-        return i == len(parts) - 1 and annotation in (str, str | None)
-    return False
-
-
-_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-
-
 def parse_value(dotted: str, raw: str) -> Any:
-    """The value of a ``--set`` / ``ANISO_`` string for setting ``dotted``.
-
-    A string setting takes the text verbatim (``2024``, ``no`` and ``x #1`` stay strings; YAML
-    would read an int, ``False`` and ``x``); quotes around it are removed. Any other setting
-    reads the text as a YAML scalar or flow collection (``64``, ``true``, ``null``, ``[a, b]``).
-    """
-    if raw == "":
-        return None
-    if _is_text_setting(dotted):
-        quoted = len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\""
-        return raw[1:-1] if quoted else raw
-    try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError:
-        return raw
-    if isinstance(value, str):
-        # YAML 1.1 reads ``1e12`` (no dot) as text; read it as the number it is, so the bound
-        # check, not a parse error, answers
-        try:
-            return float(value) if _FLOAT.fullmatch(value) else value
-        except ValueError:
-            return value
-    return value
-
-
-def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, raw in environ.items():
-        if not key.startswith("ANISO_") or key == "ANISO_PROFILE" or "__" not in key:
-            continue
-        dotted = key[len("ANISO_") :].lower()
-        _set_path(out, dotted, parse_value(dotted, raw))
-    return out
-
-
-def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
-    """``["embed.batch_size=64", ...]`` → nested dict (each value read by :func:`parse_value`)."""
-    out: dict[str, Any] = {}
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set expects key=value, got {item!r}")
-        key, raw = item.split("=", 1)
-        _set_path(out, key.strip(), parse_value(key.strip(), raw))
-    return out
+    """The value of a ``--set`` / ``ANISO_`` string for setting ``dotted``
+    (:func:`aniso._config_text.parse_value`: string settings verbatim, others as YAML)."""
+    return _text.parse_value(Settings, dotted, raw)
 
 
 def load_settings(
@@ -411,32 +317,21 @@ def load_settings(
     values, e.g. the CLI's ``--out`` and ``--dataset``) is layered last, over ``overrides``.
     """
     environ = os.environ if environ is None else environ
-    data = read_yaml(CONF_DIR / "default.yaml") if (CONF_DIR / "default.yaml").exists() else {}
+    data = _text.read_yaml(CONF_DIR / "default.yaml") if (CONF_DIR / "default.yaml").exists() else {}
     profile = profile or environ.get("ANISO_PROFILE")
     if profile and profile != "default":
-        data = _deep_merge(data, read_yaml(CONF_DIR / f"{profile}.yaml"))
+        data = _text.deep_merge(data, _text.read_yaml(CONF_DIR / f"{profile}.yaml"))
     if config_file:
-        data = _deep_merge(data, read_yaml(Path(config_file)))
+        data = _text.deep_merge(data, _text.read_yaml(Path(config_file)))
     if values:
-        data = _deep_merge(data, values)
-    data = _deep_merge(data, _env_overrides(environ))
-    data = _deep_merge(data, parse_overrides(overrides))
-    data = _deep_merge(data, dict(options or {}))
+        data = _text.deep_merge(data, values)
+    data = _text.deep_merge(data, _text.env_overrides(Settings, environ))
+    data = _text.deep_merge(data, _text.parse_overrides(Settings, overrides))
+    data = _text.deep_merge(data, dict(options or {}))
     try:
         return Settings(**data)
     except ValidationError as exc:
-        raise ConfigError(f"invalid settings: {describe_errors(exc)}") from None
-
-
-def describe_errors(exc: ValidationError) -> str:
-    """One line for a settings ValidationError; each problem names its ``section.field``."""
-    problems = []
-    for err in exc.errors():
-        if err["type"] == "value_error" and "error" in err.get("ctx", {}):
-            problems.append(str(err["ctx"]["error"]))  # our validators name the field themselves
-        else:
-            problems.append(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}")
-    return "; ".join(problems)
+        raise ConfigError(f"invalid settings: {_text.describe_errors(exc)}") from None
 
 
 # -- hashing --------------------------------------------------------------------------------
