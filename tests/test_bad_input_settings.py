@@ -27,6 +27,38 @@ def _tree(path: Path) -> list[str]:
     return sorted(str(p.relative_to(path)) for p in path.rglob("*")) if path.exists() else []
 
 
+def _snapshot(path: Path) -> dict[str, tuple[int, int]]:
+    """Size and modification time of every file under ``path``."""
+    return {str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime_ns) for p in path.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory, gap, prefect_harness):
+    """A root holding a published dataset ``pub``, which every refused command below must leave
+    exactly as it was."""
+    folder = tmp_path_factory.mktemp("published")
+    np.save(folder / "text.npy", gap.text[:600])
+    np.save(folder / "image.npy", gap.image[:600])
+    result = CliRunner().invoke(app, ["produce", "--text", str(folder / "text.npy"), "--image", str(folder / "image.npy"),
+                                      "--out", str(folder / "root"), "--dataset", "pub", "--profile", "ci",
+                                      "--method", "realign"])
+    assert result.exit_code == 0, result.output
+    return folder
+
+
+def _refused(published: Path, args: list[str], code: int = 2) -> tuple[str, str]:
+    """Run the CLI with ``args`` against the published root; check it exits ``code`` with one
+    error line and no traceback, and that nothing under or beside the root changed. Returns the
+    error line and the whole output."""
+    before, beside = _snapshot(published), _tree(published.parent)
+    result = CliRunner().invoke(app, [a.replace("ROOT", str(published / "root")) for a in args])
+    assert result.exit_code == code, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("aniso: error:")]
+    assert len(errors) == 1 and "Traceback" not in result.output, result.output
+    assert _snapshot(published) == before and _tree(published.parent) == beside
+    return errors[0], result.output
+
+
 def _leaf_fields(model: type[BaseModel] = Settings, prefix: str = "") -> dict[str, object]:
     """``section.field`` → annotation for every leaf setting."""
     out: dict[str, object] = {}
@@ -125,14 +157,11 @@ def test_out_of_bounds_refused_from_the_environment(field, value, message):
 
 
 @pytest.mark.parametrize("field, value, message", OUT_OF_BOUNDS[::3], ids=BOUND_IDS[::3])
-def test_out_of_bounds_exits_two_before_anything_is_written(tmp_path, field, value, message):
-    root = tmp_path / "root"
-    result = CliRunner().invoke(app, ["produce", "--text", str(tmp_path / "t.npy"), "--image", str(tmp_path / "i.npy"),
-                                      "--out", str(root), "--dataset", "d", "--set", f"{field}={value}"])
-    assert result.exit_code == 2, result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("aniso: error:")]
-    assert len(errors) == 1 and field in errors[0] and message in errors[0]
-    assert "Traceback" not in result.output and not root.exists()
+def test_out_of_bounds_exits_two_and_changes_nothing_published(published, field, value, message):
+    error, _ = _refused(published, ["produce", "--text", str(published / "text.npy"), "--image",
+                                    str(published / "image.npy"), "--out", "ROOT", "--dataset", "pub", "--set",
+                                    f"{field}={value}"])
+    assert field in error and message in error
 
 
 @pytest.mark.parametrize("workers, threads", [(64, 1), (3, 3), (1, 64)])
@@ -164,16 +193,12 @@ BAD_DATASETS = ["x #y", "../x", "..", ".", "a/b", "/abs", "x y", ".hidden", "-x"
 
 
 @pytest.mark.parametrize("name", BAD_DATASETS, ids=[repr(n)[:20] for n in BAD_DATASETS])
-def test_unsafe_dataset_name_is_refused_by_the_cli_before_any_directory(tmp_path, name):
-    root = tmp_path / "root"
-    result = CliRunner().invoke(app, ["produce", "--text", "t.npy", "--image", "i.npy", "--out", str(root),
-                                      "--dataset", name])
-    assert result.exit_code == 2, result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("aniso: error:")]
-    assert len(errors) == 1 and "storage.dataset" in errors[0]
+def test_unsafe_dataset_name_is_refused_by_the_cli_before_any_directory(published, name):
+    error, _ = _refused(published, ["produce", "--text", str(published / "text.npy"), "--image",
+                                    str(published / "image.npy"), "--out", "ROOT", "--dataset", name])
+    assert "storage.dataset" in error
     if name:
-        assert repr(name) in result.output  # named as given, never truncated at ' #'
-    assert _tree(tmp_path) == []  # nothing created, inside the root or beside it
+        assert repr(name) in error  # named as given, never truncated at ' #'
 
 
 @pytest.mark.parametrize("source", ["set", "environment", "config"])
@@ -307,16 +332,11 @@ def test_a_secret_given_as_an_environment_reference_is_read_where_it_is_used(mon
 
 @pytest.mark.parametrize("url", IN_URLS, ids=["userinfo", "s3-userinfo", "token-user", "sig", "security-token"])
 @pytest.mark.parametrize("which", ["text", "image"])
-def test_input_url_with_credentials_exits_two_and_writes_nothing(tmp_path, gap, url, which):
-    np.save(tmp_path / "ok.npy", gap.text[:50])
-    root = tmp_path / "root"
-    inputs = {"text": str(tmp_path / "ok.npy"), "image": str(tmp_path / "ok.npy"), which: url}
-    result = CliRunner().invoke(app, ["produce", "--text", inputs["text"], "--image", inputs["image"],
-                                      "--out", str(root), "--dataset", "d"])
-    assert result.exit_code == 2, result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("aniso: error:")]
-    assert len(errors) == 1 and f"{which} input" in errors[0] and "carries credentials" in errors[0]
-    assert SECRET not in result.output and not root.exists()
+def test_input_url_with_credentials_exits_two_and_writes_nothing(published, url, which):
+    inputs = {"text": str(published / "text.npy"), "image": str(published / "image.npy"), which: url}
+    error, output = _refused(published, ["produce", "--text", inputs["text"], "--image", inputs["image"], "--out", "ROOT",
+                                 "--dataset", "pub"])
+    assert f"{which} input" in error and "carries credentials" in error and SECRET not in output
 
 
 @pytest.mark.parametrize("url", IN_URLS[:2], ids=["userinfo", "s3-userinfo"])
