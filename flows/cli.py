@@ -44,7 +44,12 @@ from ._run import announce_settings, announce_start, flow_with_runner, run_produ
 
 install_help_style()
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="Substitute image embeddings from text.")
+#: The exit codes every command keeps (shown under ``aniso --help``).
+EXIT_CODES = ("Exit codes: 0 success · 1 other error (e.g. storage: disk full, permission denied) · "
+              "2 bad input or settings · 3 a gate failed or a published version is damaged.")
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Substitute image embeddings from text.",
+                  epilog=EXIT_CODES)
 
 
 def _version_callback(value: bool) -> None:
