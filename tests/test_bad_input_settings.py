@@ -201,6 +201,13 @@ def test_unsafe_dataset_name_is_refused_by_the_cli_before_any_directory(publishe
         assert repr(name) in error  # named as given, never truncated at ' #'
 
 
+@pytest.mark.parametrize("name", ["x #y", "../x"])
+def test_unsafe_dataset_name_given_by_set_is_refused_by_the_cli(published, name):
+    error, _ = _refused(published, ["produce", "--text", str(published / "text.npy"), "--image",
+                                    str(published / "image.npy"), "--out", "ROOT", "--set", f"storage.dataset={name}"])
+    assert f"storage.dataset: {name!r} is not a dataset name" in error
+
+
 @pytest.mark.parametrize("source", ["set", "environment", "config"])
 def test_dataset_with_a_comment_mark_is_refused_from_every_source(tmp_path, source):
     config = tmp_path / "c.yaml"
