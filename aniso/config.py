@@ -13,9 +13,12 @@ validated exactly like a CLI run. :func:`config_hash` hashes only the *semantic*
 change the result); execution details (workers, threads, devices, batch sizes, storage) are
 excluded, so a run resumes when only those change.
 
-Secrets never enter the settings: credential keys in ``storage.storage_options`` (and URLs with
-``user:password@``) are rejected, because the settings are a flow parameter and Prefect stores
-flow parameters in its database. Credentials come from where s3fs/botocore read them:
+Secrets never enter the settings: a credential in any setting (a key such as ``secret``,
+``SSECustomerKey`` or ``AWS_SECRET_ACCESS_KEY`` in ``storage.storage_options`` or
+``cluster.cluster_kwargs``, a URL with ``user:password@`` or a signature parameter; the one rule is
+:func:`aniso._fs.credential_paths`) is rejected unless written ``${ENV_VAR}`` (read where it is
+used), because the settings are a flow parameter and Prefect stores flow parameters in its
+database. Credentials come from where s3fs/botocore read them:
 ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``, ``AWS_PROFILE`` with
 ``~/.aws/credentials``, or an instance/pod role.
 """
@@ -25,14 +28,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from aniso import _config_text as _text
+from aniso._config_text import read_yaml  # noqa: F401 - part of this module's interface
+from aniso._fs import credential_paths, resolve_env_refs
 from aniso.errors import ConfigError
 from aniso.methods.params import semantic_params, validate_method
 
@@ -69,81 +75,76 @@ EXECUTION = {"execution": True}
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # hide_input_in_errors: a refused value (perhaps a secret) is never echoed by pydantic
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, hide_input_in_errors=True)
+    #: The section's name in the tree (``storage``, ``gates``, ...), for messages.
+    section: ClassVar[str] = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_credentials(cls, data: Any) -> Any:
+        """Refuse a credential in any field (a mapping key such as ``SSECustomerKey`` or
+        ``AWS_SECRET_ACCESS_KEY``, a URL with ``user:password@``) before anything can echo it;
+        also on assignment, where ``data`` holds the assigned field only."""
+        if isinstance(data, Mapping):
+            found = credential_paths(dict(data), cls.section)
+            if found:
+                raise ValueError(f"{', '.join(found)}: {_NO_SECRETS}")
+        return data
 
 
-#: storage_options keys (at any depth, case-insensitive) that hold credentials.
-CREDENTIAL_KEYS = frozenset({
-    "key", "secret", "token", "password", "passwd", "session_token", "access_key", "secret_key",
-    "aws_access_key_id", "aws_secret_access_key", "aws_session_token", "account_key", "sas_token",
-    "client_secret", "credentials", "token_file",
-})
+#: Largest seed: numpy's generators take any non-negative int, this keeps seeds portable (uint32).
+MAX_SEED = 2**32 - 1
+
+#: Dataset names: one path segment of letters, digits, ``.``, ``_`` and ``-``, starting with a
+#: letter or digit (never ``..``, a slash, a space or ``#``).
+_DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+_NO_SECRETS = (
+    "credentials are not accepted in settings (settings are Prefect flow parameters, stored in its "
+    "database); export AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (/ AWS_SESSION_TOKEN) or use AWS_PROFILE, "
+    "or give the value as ${ENV_VAR}, read where the flow runs"
+)
 
 
-def _credential_paths(value: Any, prefix: str) -> list[str]:
-    if isinstance(value, Mapping):
-        out = []
-        for key, item in value.items():
-            name = f"{prefix}.{key}"
-            lowered = str(key).lower()
-            if lowered in CREDENTIAL_KEYS or "secret" in lowered or "password" in lowered:
-                out.append(name)
-            else:
-                out.extend(_credential_paths(item, name))
-        return out
-    return []
-
-
-def _url_has_userinfo(url: str) -> bool:
-    return "://" in url and "@" in url.split("://", 1)[1].split("/", 1)[0]
+def _finite(default: float, **bounds: float) -> Any:
+    """A float setting within ``bounds`` that refuses NaN and ±inf."""
+    return Field(default, allow_inf_nan=False, **bounds)
 
 
 class StorageSettings(_Section):
     """Where data lives. ``root`` is any fsspec URL; credentials are never settings."""
 
+    section: ClassVar[str] = "storage"
+
     root: str = Field(".aniso-demo", json_schema_extra=EXECUTION)
     dataset: str = "demo"
     storage_options: dict[str, Any] = Field(default_factory=dict, json_schema_extra=EXECUTION)
 
-    @model_validator(mode="before")
+    @field_validator("dataset")
     @classmethod
-    def _no_secret_field(cls, data: Any) -> Any:
-        if isinstance(data, Mapping) and "aws_secret_access_key" in data:
+    def _safe_dataset(cls, value: str) -> str:
+        # the name is a path segment under the root: anything else could publish elsewhere
+        if not _DATASET_NAME.fullmatch(value):
             raise ValueError(
-                "storage.aws_secret_access_key: credentials are not settings (settings are stored as "
-                "Prefect flow parameters); export AWS_SECRET_ACCESS_KEY or use AWS_PROFILE instead"
+                f"storage.dataset: {value!r} is not a dataset name (1-128 letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit)"
             )
-        return data
-
-    @field_validator("storage_options")
-    @classmethod
-    def _no_credentials(cls, value: dict[str, Any]) -> dict[str, Any]:
-        found = _credential_paths(value, "storage.storage_options")
-        if found:
-            raise ValueError(
-                f"{', '.join(found)}: credentials are not accepted in settings (they would be stored in "
-                "the Prefect database); export AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY "
-                "(/ AWS_SESSION_TOKEN) or use AWS_PROFILE, which s3fs reads itself"
-            )
-        return value
-
-    @field_validator("root")
-    @classmethod
-    def _no_userinfo(cls, value: str) -> str:
-        if _url_has_userinfo(value):
-            raise ValueError("storage.root: a URL with user:password@ is not accepted; use AWS_* variables or a profile")
         return value
 
     def fs_options(self) -> dict[str, Any]:
-        """``storage_options`` for fsspec (credentials come from the environment)."""
-        return dict(self.storage_options)
+        """``storage_options`` for fsspec, each ``${ENV_VAR}`` value read from the environment."""
+        return resolve_env_refs(dict(self.storage_options))
 
 
 class StoreSettings(_Section):
     """Zarr layout: chunk = read unit, shard = write unit (one task owns whole shards)."""
 
-    chunk_rows: int = Field(4096, gt=0)
-    shard_rows: int = Field(65536, gt=0)
+    section: ClassVar[str] = "store"
+
+    # A shard is one task's write buffer: 2^20 rows x d=1024 float32 is 4 GiB (24 GiB machine).
+    chunk_rows: int = Field(4096, gt=0, le=2**18)
+    shard_rows: int = Field(65536, gt=0, le=2**20)
     #: Embedding chunks: unit-norm float32 compresses ~7% with zstd at twice the write cost
     #: (docs/performance.md), so chunks are stored plain by default.
     compressor: Literal["zstd", "none"] = "none"
@@ -153,29 +154,35 @@ class StoreSettings(_Section):
 class CorpusSettings(_Section):
     """How raw corpora are read and split into shards."""
 
+    section: ClassVar[str] = "corpus"
+
     text_field: str = "text"
     id_field: str | None = "id"
     #: clip-retrieval metadata: "auto" (id, key, image_path, url), a column name, or "row-number"
     embedding_ids: str = "auto"
-    items_per_shard: int = Field(4096, gt=0)
-    max_failure_rate: float = Field(0.01, ge=0.0, le=1.0, json_schema_extra=EXECUTION)
+    items_per_shard: int = Field(4096, gt=0, le=2**20)
+    max_failure_rate: float = Field(0.01, ge=0.0, le=1.0, allow_inf_nan=False, json_schema_extra=EXECUTION)
 
 
 class EmbedSettings(_Section):
     """open_clip encoder. ``pretrained`` is a tag (needs network once) or a local checkpoint path."""
+
+    section: ClassVar[str] = "embed"
 
     model: str = "aniso-demo-tiny"
     pretrained: str | None = "demo"
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = Field("auto", json_schema_extra=EXECUTION)
     require_gpu: bool = Field(False, json_schema_extra=EXECUTION)
-    batch_size: int = Field(256, gt=0, json_schema_extra=EXECUTION)
-    decode_workers: int = Field(2, ge=0, json_schema_extra=EXECUTION)
+    batch_size: int = Field(256, gt=0, le=65_536, json_schema_extra=EXECUTION)
+    decode_workers: int = Field(2, ge=0, le=64, json_schema_extra=EXECUTION)
 
 
 class MethodSettings(_Section):
     """Which aligner runs and its hyper-parameters, validated against the method's own
     parameter model (:mod:`aniso.methods.params`) when the settings load."""
+
+    section: ClassVar[str] = "method"
 
     name: str = "anisoalign"
     params: dict[str, Any] = Field(default_factory=dict)
@@ -192,25 +199,35 @@ class MethodSettings(_Section):
 class FitSettings(_Section):
     """Fitting pass: sampling for methods that train on rows."""
 
-    seed: int = 0
-    sample_size: int | None = None  # None: the method's own default
+    section: ClassVar[str] = "fit"
+
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    #: Rows of each modality for methods that fit on samples (None: the method's own default);
+    #: at most 200,000 (x d=1024 float64: 1.6 GiB per modality, and the fit works on copies).
+    sample_size: int | None = Field(None, ge=2, le=200_000)
 
 
 class GateSettings(_Section):
     """Quality-gate bounds (a failed gate blocks publication)."""
 
-    centroid_residual_max: float = 1e-3
-    norm_tolerance: float = 1e-3
-    knn_overlap_min: float = 0.3
-    spearman_min: float = 0.5
-    sample_rows: int = Field(2048, gt=10)
-    seed: int = 0
+    section: ClassVar[str] = "gates"
+
+    # Bounds of what each metric can be: a centroid residual of unit vectors is at most 2.
+    centroid_residual_max: float = _finite(1e-3, ge=0.0, le=2.0)
+    norm_tolerance: float = _finite(1e-3, gt=0.0, le=1.0)
+    knn_overlap_min: float = _finite(0.3, ge=0.0, le=1.0)
+    spearman_min: float = _finite(0.5, ge=-1.0, le=1.0)
+    #: Text rows sampled for the gates; the kNN metrics hold a rows x rows block (16,384: 2 GiB).
+    sample_rows: int = Field(2048, gt=10, le=16_384)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     #: Image rows (and as many substitutes) for the reported, not gated, distribution metrics.
-    distribution_sample_rows: int = Field(1024, gt=10)
+    #: MMD holds three rows x rows float64 matrices and their temporaries (8,192: ~3 GiB).
+    distribution_sample_rows: int = Field(1024, gt=10, le=8192)
     #: Random pairs for the pairwise-cosine Spearman gate (all pairs when the sample has fewer).
-    spearman_pairs: int = Field(20_000, gt=100)
+    #: Each pair gathers two rows of each set as float64 (500,000 pairs x d=1024: 8 GiB at peak).
+    spearman_pairs: int = Field(20_000, gt=100, le=500_000)
     #: At most this many read chunks per store are read to draw a sample (0: no limit).
-    sample_chunks: int = Field(16, ge=0)
+    sample_chunks: int = Field(16, ge=0, le=1_000_000)
     #: The suites file (default ``conf/gates.yaml``); bounds written ``"{field}"`` come from here.
     suite_file: str | None = None
     #: Write ``quality/report.html`` and ``report.json`` beside ``gates.json``.
@@ -220,21 +237,39 @@ class GateSettings(_Section):
 class ClusterSettings(_Section):
     """Dask: a local cluster by default, an existing scheduler when ``address`` is set."""
 
+    section: ClassVar[str] = "cluster"
+
     address: str | None = None
     cluster_class: str | None = None  # e.g. "dask_cuda.LocalCUDACluster"
-    n_workers: int = Field(2, gt=0)
-    threads_per_worker: int = Field(1, gt=0)
+    n_workers: int = Field(2, gt=0, le=1024)
+    threads_per_worker: int = Field(1, gt=0, le=256)
     processes: bool = False
     #: Address of the Dask dashboard of a local cluster (e.g. ``":8787"``); off when unset.
     dashboard: str | None = None
     cluster_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _fits_this_machine(self) -> ClusterSettings:
+        # A local cluster shares this machine's cores: more worker threads than twice the cores
+        # only adds switching and memory (64 workers on 2 cores did not finish 3,000 rows in
+        # 300 s). Remote clusters (an address, another cluster class) size themselves.
+        local = self.address is None and (self.cluster_class or "distributed.LocalCluster").endswith(".LocalCluster")
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        limit = max(4, 2 * cores)
+        if local and self.n_workers * self.threads_per_worker > limit:
+            raise ValueError(
+                f"cluster.n_workers x cluster.threads_per_worker = {self.n_workers} x {self.threads_per_worker} "
+                f"exceeds {limit} (twice the {cores} core(s) of this machine, at least 4) for a local cluster"
+            )
+        return self
 
 
 class Settings(BaseSettings):
     """The whole configuration tree."""
 
     model_config = SettingsConfigDict(
-        env_prefix="ANISO_", env_nested_delimiter="__", extra="forbid", validate_assignment=True
+        env_prefix="ANISO_", env_nested_delimiter="__", extra="forbid", validate_assignment=True,
+        hide_input_in_errors=True,
     )
 
     storage: StorageSettings = Field(default_factory=StorageSettings, json_schema_extra=EXECUTION)
@@ -261,94 +296,10 @@ class Settings(BaseSettings):
 
 
 # -- layering -------------------------------------------------------------------------------
-def _deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def _set_path(target: dict[str, Any], dotted: str, value: Any) -> None:
-    parts = [p for p in dotted.replace("__", ".").split(".") if p]
-    if not parts:
-        raise ConfigError(f"empty setting name in {dotted!r}")
-    node = target
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"setting {dotted!r}: {part!r} is not a section")
-    node[parts[-1]] = value
-
-
-def read_yaml(path: Path, what: str = "config file") -> dict[str, Any]:
-    """A YAML mapping from ``path``; a missing, malformed or non-mapping file raises ConfigError."""
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"{what} not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{what} {path} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{what} {path} must hold a mapping at the top level")
-    return data
-
-
-def _is_text_setting(dotted: str) -> bool:
-    """Whether ``dotted`` names a plain string setting (``storage.dataset``, ``storage.root``)."""
-    model: type[BaseModel] = Settings
-    parts = [p for p in dotted.replace("__", ".").split(".") if p]
-    for i, part in enumerate(parts):
-        field = model.model_fields.get(part)
-        if field is None:
-            return False
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            model = annotation
-            continue
-        return i == len(parts) - 1 and annotation in (str, str | None)
-    return False
-
-
 def parse_value(dotted: str, raw: str) -> Any:
-    """The value of a ``--set`` / ``ANISO_`` string for setting ``dotted``.
-
-    A string setting takes the text verbatim (``2024``, ``no`` and ``x #1`` stay strings; YAML
-    would read an int, ``False`` and ``x``); quotes around it are removed. Any other setting
-    reads the text as a YAML scalar or flow collection (``64``, ``true``, ``null``, ``[a, b]``).
-    """
-    if raw == "":
-        return None
-    if _is_text_setting(dotted):
-        quoted = len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\""
-        return raw[1:-1] if quoted else raw
-    try:
-        return yaml.safe_load(raw)
-    except yaml.YAMLError:
-        return raw
-
-
-def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, raw in environ.items():
-        if not key.startswith("ANISO_") or key == "ANISO_PROFILE" or "__" not in key:
-            continue
-        dotted = key[len("ANISO_") :].lower()
-        _set_path(out, dotted, parse_value(dotted, raw))
-    return out
-
-
-def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
-    """``["embed.batch_size=64", ...]`` → nested dict (each value read by :func:`parse_value`)."""
-    out: dict[str, Any] = {}
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set expects key=value, got {item!r}")
-        key, raw = item.split("=", 1)
-        _set_path(out, key.strip(), parse_value(key.strip(), raw))
-    return out
+    """The value of a ``--set`` / ``ANISO_`` string for setting ``dotted``
+    (:func:`aniso._config_text.parse_value`: string settings verbatim, others as YAML)."""
+    return _text.parse_value(Settings, dotted, raw)
 
 
 def load_settings(
@@ -366,32 +317,21 @@ def load_settings(
     values, e.g. the CLI's ``--out`` and ``--dataset``) is layered last, over ``overrides``.
     """
     environ = os.environ if environ is None else environ
-    data = read_yaml(CONF_DIR / "default.yaml") if (CONF_DIR / "default.yaml").exists() else {}
+    data = _text.read_yaml(CONF_DIR / "default.yaml") if (CONF_DIR / "default.yaml").exists() else {}
     profile = profile or environ.get("ANISO_PROFILE")
     if profile and profile != "default":
-        data = _deep_merge(data, read_yaml(CONF_DIR / f"{profile}.yaml"))
+        data = _text.deep_merge(data, _text.read_yaml(CONF_DIR / f"{profile}.yaml"))
     if config_file:
-        data = _deep_merge(data, read_yaml(Path(config_file)))
+        data = _text.deep_merge(data, _text.read_yaml(Path(config_file)))
     if values:
-        data = _deep_merge(data, values)
-    data = _deep_merge(data, _env_overrides(environ))
-    data = _deep_merge(data, parse_overrides(overrides))
-    data = _deep_merge(data, dict(options or {}))
+        data = _text.deep_merge(data, values)
+    data = _text.deep_merge(data, _text.env_overrides(Settings, environ))
+    data = _text.deep_merge(data, _text.parse_overrides(Settings, overrides))
+    data = _text.deep_merge(data, dict(options or {}))
     try:
         return Settings(**data)
     except ValidationError as exc:
-        raise ConfigError(f"invalid settings: {describe_errors(exc)}") from None
-
-
-def describe_errors(exc: ValidationError) -> str:
-    """One line for a settings ValidationError; each problem names its ``section.field``."""
-    problems = []
-    for err in exc.errors():
-        if err["type"] == "value_error" and "error" in err.get("ctx", {}):
-            problems.append(str(err["ctx"]["error"]))  # our validators name the field themselves
-        else:
-            problems.append(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}")
-    return "; ".join(problems)
+        raise ConfigError(f"invalid settings: {_text.describe_errors(exc)}") from None
 
 
 # -- hashing --------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.context import FlowRunContext
 from prefect_dask import DaskTaskRunner
 
+from aniso._fs import resolve_env_refs
 from aniso.config import ClusterSettings
 from aniso.progress import ProgressEvent, format_event, report
 
@@ -41,7 +42,8 @@ def make_task_runner(cluster: ClusterSettings) -> DaskTaskRunner:
             kwargs["scheduler_kwargs"] = {"dashboard": False, "dashboard_address": "127.0.0.1:0"}
         if cluster_class.endswith(".LocalCluster"):
             kwargs["processes"] = cluster.processes
-    kwargs.update(cluster.cluster_kwargs)
+    # a secret a cluster needs (e.g. its workers' env) is a ${ENV_VAR} in the settings: read here
+    kwargs.update(resolve_env_refs(cluster.cluster_kwargs))
     return DaskTaskRunner(cluster_class=cluster_class, cluster_kwargs=kwargs)
 
 

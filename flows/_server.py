@@ -6,7 +6,8 @@ it: on this project's 2-core machine ~4 s of imports followed by ~6 s of server 
 :func:`start_local_server` launches the same server process (the uvicorn command Prefect's
 ``SubprocessASGIServer`` runs) as soon as a command knows it will run a flow, and points
 ``PREFECT_API_URL`` at it, so the server boots on the other core while the main process checks
-the inputs and imports the flows. It is stopped when the command exits.
+the inputs and imports the flows. It is stopped when the command exits, and on Linux it also
+stops when the command is killed (``kill -9``): it asks the kernel for a signal when its parent dies.
 
 Nothing is started when an API URL is configured (environment or the active Prefect profile),
 when ephemeral servers are disabled, or when Prefect is already imported in this process (its
@@ -35,6 +36,22 @@ __all__ = ["LocalServer", "start_local_server"]
 logger = logging.getLogger(__name__)
 
 
+#: The server's launcher: on Linux it asks the kernel for SIGTERM when its parent (the CLI) dies,
+#: even by SIGKILL, where ``atexit`` never runs; it exits if the parent is already gone, then
+#: becomes uvicorn (``exec``: same process, so the server's command line is uvicorn's own).
+_DIE_WITH_PARENT = (
+    "import os, signal, sys\n"
+    "try:\n"
+    "    import ctypes\n"
+    "    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG\n"
+    "except (OSError, AttributeError):\n"
+    "    pass  # not Linux: stopped by atexit only\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    os._exit(1)\n"
+    "os.execv(sys.executable, [sys.executable, '-m', 'uvicorn', *sys.argv[2:]])\n"
+)
+
+
 class LocalServer:
     """A Prefect API server subprocess on a free loopback port; :meth:`wait` before a flow runs."""
 
@@ -47,7 +64,7 @@ class LocalServer:
         self._started = time.perf_counter()
         # the command and environment of Prefect's own temporary server (SubprocessASGIServer)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--app-dir", app_dir, "--factory",
+            [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), "--app-dir", app_dir, "--factory",
              "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
              "--log-level", "error", "--lifespan", "on"],
             env={**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",

@@ -44,7 +44,12 @@ from ._run import announce_settings, announce_start, flow_with_runner, run_produ
 
 install_help_style()
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="Substitute image embeddings from text.")
+#: The exit codes every command keeps (shown under ``aniso --help``).
+EXIT_CODES = ("Exit codes: 0 success · 1 other error (e.g. storage: disk full, permission denied) · "
+              "2 bad input or settings · 3 a gate failed or a published version is damaged.")
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Substitute image embeddings from text.",
+                  epilog=EXIT_CODES)
 
 
 def _version_callback(value: bool) -> None:
@@ -98,9 +103,17 @@ VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Also log each
 
 
 def _fail(exc: BaseException) -> None:
-    """Print a one-line reason and exit with the code of its error class."""
+    """Print a one-line reason and exit with the code of its error class.
+
+    An ``OSError`` (disk full, permission denied, ...) from storage is not bad input: exit 1,
+    with its reason and file; a rerun resumes once it is fixed.
+    """
     code = 3 if isinstance(exc, GateFailed) else 2 if isinstance(exc, (InputError, ConfigError, FailureRateExceeded)) else 1
-    typer.echo(f"aniso: error: {exc}", err=True)
+    reason = str(exc)
+    if isinstance(exc, OSError) and not isinstance(exc, AnisoError):
+        where = f": {exc.filename}" if exc.filename else ""
+        reason = f"{exc.strerror or type(exc).__name__}{where} (errno {exc.errno}); fix it and rerun: the run resumes"
+    typer.echo(f"aniso: error: {' '.join(reason.split())}", err=True)
     raise typer.Exit(code)
 
 
@@ -144,12 +157,15 @@ def produce(
 ) -> None:
     """Embeddings in → substitutes gated and published (the whole job)."""
     _configure_logging(verbose)
-    _announce("produce", f"text {text} + image {image} -> statistics (or embed), fit, apply, gates, publish")
+    from aniso._fs import redact_url
+
+    _announce("produce", f"text {redact_url(text)} + image {redact_url(image)} -> statistics (or embed), fit, apply, "
+                         "gates, publish")
     try:
         settings = _settings(profile, config, set_, **{"storage.root": out, "storage.dataset": dataset, "method.name": method})
         announce_settings(settings)
         result = run_produce(text, image, settings, verbose=_VERBOSE[0])
-    except AnisoError as exc:
+    except (AnisoError, OSError) as exc:
         _fail(exc)
     _print_result(result, settings)
 
@@ -189,7 +205,7 @@ def demo(
         notice("demo corpus: %d captions and %d rendered images (unpaired) in %s; model %s (%s)",
                items, items, corpus, settings.embed.model, settings.embed.pretrained)
         result = run_produce(paths["text"], paths["images"], settings, verbose=_VERBOSE[0])
-    except AnisoError as exc:
+    except (AnisoError, OSError) as exc:
         _fail(exc)
     _print_result(result, settings)
 
@@ -250,16 +266,28 @@ def diagnose(
     from aniso.io.inputs import open_embedding_source
     from aniso.numeric.sampling import collect_rows, sample_indices
 
+    from aniso.stages.preflight import MIN_ROWS
+
     _configure_logging(False)
     if format_ not in DIAGNOSE_FORMATS:
         typer.echo(f"aniso: error: --format {format_!r} is not one of {', '.join(DIAGNOSE_FORMATS)}", err=True)
         raise typer.Exit(2)
     try:
+        if max_rows < MIN_ROWS:
+            raise InputError(f"--max-rows must be at least {MIN_ROWS} (the kNN metrics compare 10 neighbours), got {max_rows}")
         options = _settings(profile, config, set_).storage.fs_options()
         sources = {"text": open_embedding_source(text, options, what="text"),
                    "image": open_embedding_source(image, options, what="image")}
         if substitutes:
             sources["substitutes"] = open_embedding_source(substitutes, options, what="substitutes")
+        urls = {"text": text, "image": image, "substitutes": substitutes}
+        for name, src in sources.items():
+            if src.dim != sources["text"].dim:
+                raise InputError(f"{name} embeddings ({urls[name]}) have d={src.dim} but text embeddings ({text}) "
+                                 f"have d={sources['text'].dim}")
+            if src.n_rows < MIN_ROWS:
+                raise InputError(f"{name} input {urls[name]} has {src.n_rows} row(s); at least {MIN_ROWS} are needed "
+                                 "(the kNN metrics compare 10 neighbours)")
         if pairs and sources["text"].n_rows != sources["image"].n_rows:
             raise InputError(f"--pairs needs as many image rows as text rows: {sources['text'].n_rows} vs {sources['image'].n_rows}")
         text_rows = sample_indices(sources["text"].n_rows, max_rows, seed=0)
@@ -270,7 +298,7 @@ def diagnose(
         rows = {"raw text": run_diagnostics(arrays["text"], arrays["image"], paired=pairs)}
         if substitutes:
             rows["substitutes"] = run_diagnostics(arrays["text"], arrays["image"], arrays["substitutes"], paired=pairs)
-    except AnisoError as exc:
+    except (AnisoError, OSError) as exc:
         _fail(exc)
     if format_ in ("table", "markdown"):
         typer.echo(f"rows sampled: text {len(arrays['text'])}, image {len(arrays['image'])} (of "

@@ -12,6 +12,7 @@ import pytest
 
 from aniso.errors import AnisoError, ConfigError, InputError, NotFittedError
 from aniso.methods import Aligner, AnisoAlign, available_aligners, get_aligner
+from aniso.numeric.moments import moments_of
 from aniso.testing.synthetic import planted_gap
 
 #: A tiny learned AnisoAlign, so the learned stages are held to the same contract.
@@ -190,3 +191,82 @@ def test_the_aligner_seed_seeds_the_fit_samples():
     other = AnisoAlign(seed=3, budget_rows=200).fit(gap.text, gap.image, seed=0).transform(probe)
     np.testing.assert_array_equal(by_param, by_fit)
     assert not np.array_equal(by_param, other)
+
+
+# -- atomic saves ------------------------------------------------------------------------------
+def test_concurrent_saves_and_loads_see_one_complete_model(fitted, data, root):
+    """Two writers save different models to one folder while a reader loads it: every load is
+    one of the two whole models (the non-atomic save tore them: "not a zip file")."""
+    import threading
+
+    url, options = root
+    text, image, x = data
+    models = [fitted("realign", {}), get_aligner("realign").fit(text[::-1][:400], image[:400])]
+    expected = [m.transform(x) for m in models]
+    where = f"{url}/model-race"
+    models[0].save(where, storage_options=options)
+    rounds = 40 if url.startswith("s3://") else 150
+    errors: list[BaseException] = []
+
+    def write(model: Aligner) -> None:
+        try:
+            for _ in range(rounds):
+                model.save(where, storage_options=options)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test thread
+            errors.append(exc)
+
+    writers = [threading.Thread(target=write, args=(m,)) for m in models]
+    for t in writers:
+        t.start()
+    loads = 0
+    while any(t.is_alive() for t in writers) or loads == 0:
+        out = Aligner.load(where, storage_options=options).transform(x)
+        assert any(np.array_equal(out, e) for e in expected), "a load mixed two saves"
+        loads += 1
+    for t in writers:
+        t.join()
+    assert not errors, errors
+    assert loads > 5
+
+
+def test_a_finished_model_is_never_replaced_by_an_uncalibrated_one(tmp_path, data):
+    """A slower concurrent run's fit must not undo the faster run's calibration."""
+    text, image, x = data
+    final = get_aligner("realign").fit(text, image)
+    uncalibrated = get_aligner("realign").fit_statistics(moments_of(text), moments_of(image))
+    where = str(tmp_path / "model")
+    final.save(where)
+    uncalibrated.save(where)
+    loaded = Aligner.load(where)
+    assert loaded.fitted and np.array_equal(loaded.transform(x), final.transform(x))
+
+
+@pytest.mark.parametrize("damage", ["truncated state", "garbage state", "torn json", "legacy truncated state.npz"])
+def test_a_damaged_model_is_detected_and_refit(tmp_path, data, damage):
+    import json
+
+    from aniso.stages.fit import model_is_final
+
+    text, image, x = data
+    model = get_aligner("realign").fit(text, image)
+    where = tmp_path / "model"
+    model.save(str(where))
+    meta = json.loads((where / "aligner.json").read_text())
+    state = where / meta["state"]
+    if damage == "truncated state":
+        state.write_bytes(state.read_bytes()[:100])
+    elif damage == "garbage state":
+        state.write_bytes(b"not a zip file at all")
+    elif damage == "torn json":
+        (where / "aligner.json").write_text('{"name": "realign", "par')
+    else:  # what the in-place save of earlier versions left after a crash
+        meta.pop("state"), meta.pop("state_sha256")
+        (where / "aligner.json").write_text(json.dumps(meta))
+        (where / "state.npz").write_bytes(state.read_bytes()[:100])
+    with pytest.raises(AnisoError, match="aligner") as info:
+        Aligner.load(str(where))
+    assert str(where) in str(info.value)
+    assert Aligner.saved(str(where)) is None and not model_is_final(str(where), {})
+    model.save(str(where))  # what the rerun's fit and calibration write
+    assert model_is_final(str(where), {})
+    assert np.array_equal(Aligner.load(str(where)).transform(x), model.transform(x))

@@ -94,5 +94,7 @@ def test_help_shows_defaults_without_placeholders_and_version():
     assert result.exit_code == 0
     assert "<bool>" not in result.output and "<str>" not in result.output
     assert "default: anisoalign" in re.sub(r"\s+", " ", result.output.replace("│", " "))
+    top = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "100"})
+    assert "Exit codes: 0 success" in top.output and "2 bad input or settings" in re.sub(r"\s+", " ", top.output)
     version = CliRunner().invoke(app, ["--version"])
     assert version.exit_code == 0 and re.match(r"aniso \d+\.\d+\.\d+ \(code ", version.output)

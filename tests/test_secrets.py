@@ -63,12 +63,19 @@ def _credentials_file(tmp_path, access, secret, token):
     return path
 
 
-@pytest.mark.parametrize("way", ["environment", "profile"])
+@pytest.mark.parametrize("way", ["environment", "profile", "sse-c key as ${ENV_VAR}"])
 def test_secret_never_stored(tmp_path, gap, moto_server, monkeypatch, caplog, way):
     secret = f"SECRET-{uuid.uuid4().hex}"
     token = f"TOKEN-{uuid.uuid4().hex}"
     access = f"AKIA{uuid.uuid4().hex[:16].upper()}"
-    if way == "environment":
+    sse_key = uuid.uuid4().hex  # 32 bytes: an AES-256 customer key
+    extra = []
+    if way.startswith("sse-c"):
+        # the settings (a flow parameter) hold only the variable's name; s3fs gets the key
+        monkeypatch.setenv("ANISO_TEST_SSE_KEY", sse_key)
+        extra = ["storage.storage_options.s3_additional_kwargs.SSECustomerAlgorithm=AES256",
+                 "storage.storage_options.s3_additional_kwargs.SSECustomerKey=${ANISO_TEST_SSE_KEY}"]
+    if way != "profile":
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", access)
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
         monkeypatch.setenv("AWS_SESSION_TOKEN", token)
@@ -86,7 +93,7 @@ def test_secret_never_stored(tmp_path, gap, moto_server, monkeypatch, caplog, wa
             np.save(f, array)
     settings = load_settings(profile="ci", environ={}, overrides=[
         f"storage.root={bucket}/store", "storage.dataset=sec", "method.name=realign",
-        f"storage.storage_options.endpoint_url={moto_server}", "gates.report=true"])
+        f"storage.storage_options.endpoint_url={moto_server}", "gates.report=true", *extra])
 
     # everything `--verbose` shows (INFO); botocore's own DEBUG logging prints signed request
     # headers, a level aniso never enables
@@ -94,7 +101,7 @@ def test_secret_never_stored(tmp_path, gap, moto_server, monkeypatch, caplog, wa
     result = produce(text=paths["text"], image=paths["image"], settings=settings)
     assert result["gates"]["passed"]
 
-    needles = [secret, token]
+    needles = [secret, token, sse_key]
     stored = _storage_bytes(bucket, moto_server)
     assert b"manifest" in stored or len(stored) > 1000  # the check below reads real data
     runs, logs = _flow_runs_and_logs()

@@ -75,3 +75,52 @@ def test_a_server_that_dies_is_a_clear_error(monkeypatch):
     finally:
         server.stop()
     assert os.environ.get("PREFECT_API_URL") != server.api_url
+
+
+def _gone(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE  # exited; only its parent's wait is missing
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_the_server_does_not_outlive_a_killed_cli(tmp_path, gap):
+    """``kill -9`` of the CLI skips its atexit stop; the server it started must still go."""
+    import signal
+    import time
+
+    np.save(tmp_path / "text.npy", gap.text)
+    np.save(tmp_path / "image.npy", gap.image)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    cli = subprocess.Popen(
+        [str(Path(sys.executable).with_name("aniso")), "produce", "--text", "text.npy", "--image", "image.npy",
+         "--out", "store", "--dataset", "kill", "--profile", "ci", "--method", "realign"],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        server = None
+        deadline = time.monotonic() + 120
+        while server is None and time.monotonic() < deadline and cli.poll() is None:
+            for child in psutil.Process(cli.pid).children():
+                try:
+                    if "prefect.server.api.server:create_app" in child.cmdline():
+                        server = child
+                except psutil.NoSuchProcess:
+                    continue
+            time.sleep(0.05)
+        assert server is not None, "the CLI started no server of its own"
+        time.sleep(1.0)  # let it get past its launcher into uvicorn
+        os.kill(cli.pid, signal.SIGKILL)
+        cli.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while not _gone(server) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _gone(server), f"server {server.pid} outlived the killed CLI {cli.pid}"
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+        if server is not None and not _gone(server):
+            server.kill()  # only the server this test's CLI started

@@ -9,8 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from aniso._fs import exists, join_url
-from aniso.errors import InputError
+from aniso.errors import InputError, StoreNotFound
 from aniso.io.rows import open_rows
 from aniso.methods import Aligner, get_aligner
 from aniso.numeric.sampling import sample_indices
@@ -25,8 +24,9 @@ def fit_model(
     text_store_url: str, image_store_url: str, *, seed: int, sample_size: int | None,
     storage_options: dict[str, Any],
 ) -> str:
-    """Fit the aligner (everything but the calibration) and save it; skipped when saved already."""
-    if exists(join_url(model_url, "aligner.json"), storage_options):
+    """Fit the aligner (everything but the calibration) and save it; skipped when a readable
+    model is saved already (a damaged one is fitted again)."""
+    if Aligner.saved(model_url, storage_options) is not None:
         return model_url
     aligner = get_aligner(method, **params)
     text_stats = load_moments(text_stats_url, storage_options)
@@ -46,7 +46,7 @@ def fit_model(
 
 def calibration_shard(model_url: str, text_store_url: str, shard: int, storage_options: dict[str, Any]) -> dict[str, Any]:
     """Partial sum of x̂ over one shard of text (the calibration pass)."""
-    aligner = Aligner.load(model_url, storage_options)
+    aligner = _saved(model_url, storage_options)
     emb, _, valid = open_rows(text_store_url, storage_options).read_shard(shard, with_ids=False)
     if not valid.any():
         return {"sum": [0.0] * aligner.dim, "n": 0}
@@ -61,7 +61,7 @@ def calibration_shard(model_url: str, text_store_url: str, shard: int, storage_o
 
 def finish_calibration(model_url: str, partials: list[dict[str, Any]], storage_options: dict[str, Any]) -> str:
     """Set μ̂ from the partial sums (in shard order, so the result is reproducible) and re-save."""
-    aligner = Aligner.load(model_url, storage_options)
+    aligner = _saved(model_url, storage_options)
     if not aligner.calibrate or aligner.mu_hat is not None:
         return model_url
     total = np.sum([np.asarray(p["sum"], dtype=np.float64) for p in partials], axis=0)
@@ -73,7 +73,14 @@ def finish_calibration(model_url: str, partials: list[dict[str, Any]], storage_o
 
 
 def model_is_final(model_url: str, storage_options: dict[str, Any]) -> bool:
-    if not exists(join_url(model_url, "aligner.json"), storage_options):
-        return False
-    aligner = Aligner.load(model_url, storage_options)
-    return not aligner.calibrate or aligner.mu_hat is not None
+    """Whether a complete, readable model (calibrated where the method calibrates) is saved."""
+    aligner = Aligner.saved(model_url, storage_options)
+    return aligner is not None and aligner.fitted
+
+
+def _saved(model_url: str, storage_options: dict[str, Any]) -> Aligner:
+    """The readable model at ``model_url`` (damaged ones skipped); StoreNotFound when none."""
+    aligner = Aligner.saved(model_url, storage_options)
+    if aligner is None:
+        raise StoreNotFound(f"no readable model at {model_url}; rerun to fit it again")
+    return aligner

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from aniso._fs import redact_url
+from aniso._fs import redact_url, refuse_url_credentials
 from aniso.errors import InputError
 from aniso.io.inputs import open_embedding_source
 from aniso.io.layout import DatasetLayout
@@ -34,7 +34,13 @@ def prepare_input(
     anyway), or, with ``in_place=False``, copied into a Zarr store at ``layout.input_store``
     shard by shard (:func:`import_shard`). Returns the store's :class:`~aniso.io.rows.StoreRef`
     and the shards still to import.
+
+    Raises
+    ------
+    InputError
+        When ``url`` carries credentials: the view and the store attributes record it.
     """
+    refuse_url_credentials(url, f"{modality} input")
     source = open_embedding_source(url, storage_options, what=f"{modality} input {url}", ids=ids)
     if source.store is not None:
         return describe(source.store, source.fingerprint), []

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from aniso._fs import filesystem, is_local, join_url
+from aniso._fs import filesystem, is_local, join_url, refuse_url_credentials
 from aniso.errors import AnisoError, ConfigError, InputError, StoreCorrupt, StoreNotFound
 
 __all__ = ["MIN_ROWS", "TIMEOUT_S", "preflight", "check_output_root", "check_input", "probe_options"]
@@ -146,6 +146,7 @@ def input_shape(url: str, storage_options: dict[str, Any], *, what: str) -> tupl
 
 def check_input(url: str, storage_options: dict[str, Any], *, what: str, timeout: float = TIMEOUT_S) -> tuple[int, int] | None:
     """Check one input is readable and large enough; returns ``(rows, dim)`` or ``None`` (corpus)."""
+    refuse_url_credentials(url, what)
     options = probe_options(url, storage_options, timeout)
 
     def look() -> tuple[int, int] | None:
