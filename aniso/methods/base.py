@@ -90,7 +90,7 @@ class Aligner(ABC):
     def __new__(cls, *args: Any, **params: Any) -> Self:
         # Every method's keyword parameters are checked against its parameter model before its
         # own __init__ runs: a misspelt or out-of-range one is a ConfigError naming it, for every
-        # method alike (never a bare TypeError or a method-specific error).
+        # method alike (never a bare TypeError, never an error type of its own).
         if cls.name:
             validate_method(cls.name, params, where=f"{cls.__name__}: ")
         return super().__new__(cls)
