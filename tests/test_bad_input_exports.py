@@ -148,6 +148,16 @@ def test_the_same_version_resumes_without_rewriting(two_versions, tmp_path, fmt)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
+def test_an_export_releases_its_reader_lease(two_versions, tmp_path, fmt):
+    """The export leases the version while it reads (gc keeps it) and releases it when done."""
+    root, v1, _ = two_versions
+    leases = Path(root) / "ds" / "leases"
+    before = {p for p in leases.rglob("*") if p.is_file()} if leases.exists() else set()
+    export_published(root, "ds", str(tmp_path / "out"), fmt, version=v1)
+    assert ({p for p in leases.rglob("*") if p.is_file()} if leases.exists() else set()) == before
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("inside", ["ds", "ds/published", "ds/published/{v1}", "ds/published/{v1}/data.zarr",
                                     "ds/runs/somewhere", "."])
 def test_an_out_overlapping_the_dataset_folder_is_refused(two_versions, fmt, inside):

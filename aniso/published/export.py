@@ -44,7 +44,7 @@ import numpy as np
 from aniso._fs import filesystem, join_url, open_url, write_atomic
 from aniso.errors import ConfigError, StoreCorrupt
 from aniso.io.layout import DatasetLayout
-from aniso.published.dataset import open_published
+from aniso.published.dataset import PublishedDataset, open_published
 
 __all__ = ["export_published", "verify_export", "FORMATS"]
 
@@ -262,10 +262,16 @@ def export_published(
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}: choose one of {', '.join(FORMATS)}")
     options = storage_options or {}
-    ds = open_published(root, dataset, version=version, storage_options=options)
+    _check_out(root, dataset, out, options)  # before the lease: a refused --out leaves nothing behind
+    with open_published(root, dataset, version=version, storage_options=options) as ds:
+        return _export_version(ds, dataset, out, fmt, options, verify_source)
+
+
+def _export_version(ds: PublishedDataset, dataset: str, out: str, fmt: str, options: dict[str, Any],
+                    verify_source: bool) -> dict[str, Any]:
+    """The export itself, of an opened (leased) version; the lease is renewed part by part."""
     from aniso.io.store import shard_checksum
 
-    _check_out(root, dataset, out, options)
     source = {"format": fmt, "dataset": dataset, "version": ds.version}
     markers = _check_target(out, source, options)
     parts = []
@@ -282,6 +288,8 @@ def export_published(
             marker = _write_part(fmt, out, part, [str(i) for i in ids[valid]], rows,
                                  emb[valid].astype(np.float16), options, part_source)
             logger.info("exported part %d (%d rows) to %s", part, marker["rows"], out)
+        if ds.lease is not None:
+            ds.lease.renew()
         parts.append(marker)
     manifest = {"format": fmt, "dataset": dataset, "version": ds.version, "dim": ds.manifest["dim"],
                 "dtype": "float16", "rows": sum(p["rows"] for p in parts),
