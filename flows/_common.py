@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+import dask
 from prefect import Task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.context import FlowRunContext
@@ -42,6 +43,12 @@ def make_task_runner(cluster: ClusterSettings) -> DaskTaskRunner:
             kwargs["scheduler_kwargs"] = {"dashboard": False, "dashboard_address": "127.0.0.1:0"}
         if cluster_class.endswith(".LocalCluster"):
             kwargs["processes"] = cluster.processes
+        # The workers' statistical profiler (it feeds only the dashboard's profile page) calls
+        # sys._current_frames() every 10 ms; on Python 3.11 before 3.11.9 that can deadlock the
+        # process against a thread that is exiting (CPython gh-106883: the runtime's head lock
+        # and the GIL taken in opposite orders), which hung runs whose workers share the flow's
+        # process. Nanny-started workers receive this configuration too.
+        dask.config.set({"distributed.worker.profile.enabled": False})
     # a secret a cluster needs (e.g. its workers' env) is a ${ENV_VAR} in the settings: read here
     kwargs.update(resolve_env_refs(cluster.cluster_kwargs))
     return DaskTaskRunner(cluster_class=cluster_class, cluster_kwargs=kwargs)

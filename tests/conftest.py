@@ -116,9 +116,12 @@ def root(request, tmp_path):
 @pytest.fixture(scope="session")
 def dask_cluster():
     """A real in-process Dask ``LocalCluster`` (2 workers × 1 thread)."""
+    import dask
     from distributed import LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+    # no worker profiler, as aniso's own local clusters (flows/_common.py says why)
+    with dask.config.set({"distributed.worker.profile.enabled": False}), \
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
         yield cluster
 
 

@@ -7,6 +7,7 @@ import threading
 import time
 import uuid
 
+import dask
 import numpy as np
 import pytest
 from test_produce import _inputs, _settings, run
@@ -83,7 +84,8 @@ def test_lost_dask_worker_is_survived(tmp_path, gap, monkeypatch):
             time.sleep(10)  # a dead worker never returns its result
         return real_apply(model_url, text_store_url, subs_url, shard, storage_options)
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+    with dask.config.set({"distributed.worker.profile.enabled": False}), \
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
         url = str(tmp_path / "killed")
         settings = _settings(url, {}, **{"cluster.address": cluster.scheduler_address})
         monkeypatch.setattr(apply_stage, "apply_shard", apply_then_die)

@@ -168,3 +168,26 @@ def test_failed_gate_keeps_the_previous_publication(tmp_path, gap):
     assert info.value.failures and info.value.failures[0]["name"] == "centroid_residual"
     assert read_latest(DatasetLayout(url, "t")) == before
     open_published(url, "t").verify()  # the previous version is intact
+
+
+def test_local_cluster_workers_run_without_the_statistical_profiler():
+    """The workers share the flow's process (``processes: false``): their 10 ms profiler
+    (sys._current_frames) can deadlock Python 3.11 against an exiting thread, so it is off."""
+    from distributed import get_worker
+    from prefect import flow, task
+
+    @task
+    def profiling() -> bool:
+        return "profile" in get_worker().periodic_callbacks
+
+    import dask
+
+    settings = load_settings(profile="ci", environ={})
+    assert settings.cluster.processes is False
+    with dask.config.set({"distributed.worker.profile.enabled": True}):  # dask's default, whatever ran before
+
+        @flow(task_runner=make_task_runner(settings.cluster))
+        def probe() -> bool:
+            return profiling.submit().result()
+
+        assert probe() is False
