@@ -206,6 +206,10 @@ class PublishedDataset:
                 found.append(f"{where}: {int(np.count_nonzero(valid))} valid rows, the manifest says {entry['valid_rows']}")
             elif self.digests is not None and (bad := self._bad_chunks(entry, emb, ids, valid)):
                 found.append(f"{where}: {bad}")
+        from aniso.published.model import model_problems
+
+        version_url = self.store.url.rstrip("/").rsplit("/", 1)[0]
+        found += [f"{version_url}: {p}" for p in model_problems(self.manifest, version_url, self.store.storage_options)]
         return found
 
     def _bad_chunks(self, entry: dict[str, Any], emb: np.ndarray, ids: np.ndarray, valid: np.ndarray) -> str:

@@ -1,0 +1,69 @@
+"""Checks and set-up of a run that applies a frozen model (``aniso produce --model REF``).
+
+A frozen-model run has no statistics or fit stage: it copies the referenced model into its own
+run folder and applies it. Its substitutes are bit-identical, row for row, to those of every
+other version made with the same model, whatever the new input's shard layout or row order
+(the transforms are row-deterministic: :mod:`aniso.numeric.rowwise`). Ids are the join key
+between such versions, so an input without ids is refused unless row numbers are declared to be
+the ids (``corpus.embedding_ids=row-number``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aniso.errors import InputError
+from aniso.io.inputs import ROW_NUMBER, input_form, open_embedding_source
+from aniso.io.layout import DatasetLayout
+
+__all__ = ["input_id_source", "check_frozen_ids", "check_before_run"]
+
+
+def input_id_source(url: str, storage_options: dict[str, Any], ids: str = "auto") -> str:
+    """``"row-number"`` when the input's ids are its row numbers (a bare ``.npy``, a
+    clip-retrieval folder without metadata, or ``corpus.embedding_ids=row-number``), else
+    ``"input"`` (metadata ids, an aniso store's ids, a raw corpus's ids)."""
+    if ids == ROW_NUMBER:
+        return ROW_NUMBER
+    if input_form(url, storage_options).kind != "npy":
+        return "input"
+    source = open_embedding_source(url, storage_options, what="text input", ids=ids)
+    return "input" if all(part.id_column for part in source.parts) else ROW_NUMBER
+
+
+def check_frozen_ids(url: str, id_source: str, ids_setting: str) -> None:
+    """Refuse a ``--model`` run over an input whose ids are row numbers nobody asked for.
+
+    Raises
+    ------
+    InputError
+        (exit 2) naming the input and both fixes.
+    """
+    if id_source == ROW_NUMBER and ids_setting != ROW_NUMBER:
+        raise InputError(
+            f"text input {url} has no ids (a bare .npy: rows would be joined across versions by position); "
+            "--model runs join rows on ids: give a clip-retrieval folder with metadata/metadata_<i>.parquet "
+            f"holding an id column, or set corpus.embedding_ids={ROW_NUMBER} if row numbers are the ids")
+
+
+def check_before_run(text: str, text_dim: int | None, settings: Any, storage_options: dict[str, Any]) -> str:
+    """The checks :func:`aniso.stages.preflight.preflight` makes for publication; returns the
+    text input's id source.
+
+    * ``method.model`` set: the model reference resolves and the text input has ids;
+    * the new version would keep ``LATEST``'s dimension, dtype and id source
+      (:func:`aniso.published.guard.check_schema`), when the dimension is known from headers.
+    """
+    from aniso.published.guard import check_schema
+    from aniso.published.model import resolve_model
+
+    layout = DatasetLayout(settings.storage.root, settings.storage.dataset)
+    id_source = input_id_source(text, storage_options, settings.corpus.embedding_ids) \
+        if input_form(text, storage_options).kind != "corpus" else "input"
+    if settings.method.model:
+        check_frozen_ids(text, id_source, settings.corpus.embedding_ids)
+        resolve_model(settings.method.model, layout, storage_options)
+    if text_dim is not None:
+        check_schema(layout, dim=text_dim, dtype=settings.store.output_dtype, id_source=id_source,
+                     allow=settings.publish.allow_schema_change, storage_options=storage_options)
+    return id_source
