@@ -58,3 +58,33 @@ def check_schema(layout: DatasetLayout, *, dim: int, dtype: str, id_source: str,
     raise SchemaChanged(f"refusing to replace dataset {layout.dataset!r} (LATEST {pointer['version']}): the new "
                         f"version would change {what}; publish it under another --dataset, or set "
                         "publish.allow_schema_change=true")
+
+
+#: Where ``aniso demo`` (and the default profile) writes, and the dataset it publishes.
+DEMO_ROOT, DEMO_DATASET = ".aniso-demo", "demo"
+
+
+def refuse_demo_replacement(text: str, root: str, dataset: str, *, dataset_given: bool) -> None:
+    """Refuse a ``produce`` that would publish other inputs into the demo dataset.
+
+    A run given no ``--dataset`` whose settings name the demo root and dataset, over inputs that
+    are not the demo's generated corpus (``<root>/corpus/``), would replace the demo's ``LATEST``.
+
+    Raises
+    ------
+    ConfigError
+        (exit 2) naming the demo dataset and the fix.
+    """
+    import os
+
+    from aniso.errors import ConfigError
+
+    if dataset_given or dataset != DEMO_DATASET or "://" in root:
+        return
+    if os.path.abspath(root) != os.path.abspath(DEMO_ROOT):
+        return
+    corpus = os.path.join(os.path.abspath(root), "corpus") + os.sep
+    if "://" not in text and os.path.abspath(text).startswith(corpus):
+        return
+    raise ConfigError(f"refusing to replace the demo dataset {DEMO_DATASET!r} under {root} with {text}: give "
+                      "--dataset NAME (and --out ROOT) for your own data")
