@@ -30,13 +30,12 @@ from aniso._fs import exists, filesystem, is_local, join_url, write_atomic
 from aniso.errors import ConfigError, StoreCorrupt, StoreNotFound
 from aniso.io.layout import DatasetLayout
 from aniso.methods import Aligner
+from aniso.published.model_check import MODEL_PATH, model_problems
 
 __all__ = ["MODEL_PATH", "ModelSource", "resolve_model", "model_files", "copy_model", "model_entry", "model_problems"]
 
 logger = logging.getLogger(__name__)
 
-#: Where a version's model lives, relative to ``published/<version>/``.
-MODEL_PATH = "model"
 _MODEL_JSON = "aligner.json"
 
 
@@ -150,7 +149,10 @@ def resolve_model(ref: str, layout: DatasetLayout, storage_options: dict[str, An
         if not isinstance(entry, dict):
             raise ConfigError(f"--model {ref}: version {version} of {layout.dataset} holds no model (published "
                               "before versions carried their model); run produce without --model to fit one")
-        url = join_url(layout.published(version), str(entry.get("path", MODEL_PATH)))
+        if entry.get("path") != MODEL_PATH:  # never a path out of the version folder
+            raise StoreCorrupt(f"version {version} of {layout.dataset}: its manifest's model path is "
+                               f"{entry.get('path')!r}, not {MODEL_PATH!r}")
+        url = join_url(layout.published(version), MODEL_PATH)
         return ModelSource(url, ref, version, entry)
     if "/" not in ref and not exists(ref, storage_options):
         raise ConfigError(f"--model {ref!r} is not 'latest', a published version of {layout.dataset} nor a model "
@@ -160,29 +162,6 @@ def resolve_model(ref: str, layout: DatasetLayout, storage_options: dict[str, An
     except (StoreNotFound, StoreCorrupt) as exc:
         raise ConfigError(f"--model {ref}: {exc}") from None
     return ModelSource(ref, ref, None, {})
-
-
-def model_problems(manifest: dict[str, Any], version_url: str, storage_options: dict[str, Any]) -> list[str]:
-    """The version's model files against the manifest's sha256 (empty: intact or no model)."""
-    entry = manifest.get("model")
-    if entry is None:
-        return []
-    if not isinstance(entry, dict) or not isinstance(entry.get("files"), dict) or entry.get("path") != MODEL_PATH:
-        return [f"manifest 'model' entry is malformed: {entry!r}"]
-    fs, path = filesystem(join_url(version_url, MODEL_PATH), storage_options)
-    found = []
-    for name, digest in sorted(entry["files"].items()):
-        if "/" in name or name.startswith("."):
-            found.append(f"model file name {name!r} is not a plain file name")
-            continue
-        try:
-            data = fs.cat_file(join_url(path, name))
-        except FileNotFoundError:
-            found.append(f"model file {MODEL_PATH}/{name} is missing")
-            continue
-        if hashlib.sha256(data).hexdigest() != digest:
-            found.append(f"model file {MODEL_PATH}/{name} does not match its sha256 in the manifest")
-    return found
 
 
 def load_model(source: ModelSource, storage_options: dict[str, Any]) -> Aligner:
