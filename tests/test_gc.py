@@ -147,3 +147,25 @@ def test_gc_keeps_the_model_a_kept_version_was_made_with(root):
 
     kept = Aligner.load(resolve_model("latest", layout, options).url, options)
     assert kept.transform(x).tobytes() == aligner.transform(x).tobytes()
+
+
+def test_the_retention_flow_applies_the_same_rules(root, prefect_harness):
+    from aniso.config import load_settings
+    from aniso.flows.retention import retention
+
+    url, options = root
+    layout = DatasetLayout(url, "ds")
+    keys = ("flowaaaaaaaaaaaa", "flowbbbbbbbbbbbb")
+    for seed, key in enumerate(keys):
+        _run(layout, key, options, seed)
+        publish(layout, key, gate_results={}, lineage={}, storage_options=options)
+        time.sleep(0.01)
+    versions = list_versions(layout, options)
+    settings = load_settings(overrides=[f"storage.root={url}", "storage.dataset=ds"], environ={})
+    settings.storage.storage_options = options
+    young = retention(settings=settings, keep=1)  # both are seconds old
+    assert young["removed"] == [] and list_versions(layout, options) == versions
+    done = retention(settings=settings, keep=1, min_age_hours=0)
+    assert done["removed"] == [layout.published(versions[0]), layout.run(keys[0])]
+    assert done["reasons"][layout.published(versions[1])] == "kept: LATEST names it"
+    assert list_versions(layout, options) == versions[1:]
