@@ -21,14 +21,16 @@ from typing import Any
 from prefect import flow
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
-from aniso._fs import redact_url, write_json
+from aniso._fs import join_url, redact_url, write_json
 from aniso._version import code_version
 from aniso.config import Settings, config_hash, load_settings, semantic_config
 from aniso.errors import ConfigError, GateFailed, InputError
 from aniso.io.inputs import is_embedding_input, open_embedding_source
 from aniso.io.layout import DatasetLayout, run_key
 from aniso.published.guard import check_schema
-from aniso.published.model import model_identity, resolve_model, write_model_copy
+from aniso.io.store import EmbeddingStore
+from aniso.published.dataset import DATA_PATH, read_json
+from aniso.published.model import ModelSource, model_identity, resolve_model, write_model_copy
 from aniso.io.rows import StoreRef, describe
 from aniso.quality.gates import load_suites, preload_in_background
 from aniso.quality.metric_info import format_value
@@ -225,9 +227,12 @@ def run_stages(text: str, image: str, settings: Settings) -> dict[str, Any]:
                                output_dtype=settings.store.output_dtype)
         with _stage("apply"):
             apply_model(model_url, text_ref, subs_url, settings,
-                        attrs={"run_key": key, "method": settings.method.name, "config_hash": config_hash(settings)})
+                        attrs={"run_key": key, "method": method, "config_hash": config_hash(settings)},
+                        carry_from=_carry_source(frozen, layout, options))
         sample = _prepared(prepared)
 
+    if frozen is not None:
+        lineage["incremental"] = _carried(subs_url, frozen, options)
     rows = text_ref.n_rows
     with _stage("gates"):
         # in the flow's own process, where preload_in_background has imported great-expectations
@@ -261,6 +266,24 @@ def run_stages(text: str, image: str, settings: Settings) -> dict[str, Any]:
         key="aniso-published",
     )
     return {"run_key": key, "published": pointer, "gates": gates, "substitutes": subs_url, "model": model_url}
+
+
+def _carry_source(frozen: ModelSource | None, layout: DatasetLayout, options: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """``(data URL, manifest)`` of the version a frozen model was taken from: the version whose
+    unchanged shards the run carries over (None for a model given by URL)."""
+    if frozen is None or frozen.version is None:
+        return None
+    version_url = layout.published(frozen.version)
+    manifest = read_json(join_url(version_url, "manifest.json"), options, "the manifest")
+    return join_url(version_url, str(manifest.get("path", DATA_PATH))), manifest
+
+
+def _carried(subs_url: str, frozen: ModelSource, options: dict[str, Any]) -> dict[str, Any]:
+    """The lineage's record of what a frozen-model run carried over and what it applied."""
+    markers = EmbeddingStore.open(subs_url, storage_options=options).markers()
+    carried = [m for m in markers if (m.get("stats") or {}).get("carried")]
+    return {"from_version": frozen.version, "carried_shards": len(carried), "applied_shards": len(markers) - len(carried),
+            "carried_rows": sum(m["rows"] for m in carried), "applied_rows": sum(m["rows"] for m in markers) - sum(m["rows"] for m in carried)}
 
 
 def _prepared(future: Future[GateSample]) -> GateSample | None:

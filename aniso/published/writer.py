@@ -99,6 +99,8 @@ def _shard_entries(store: EmbeddingStore, markers: list[dict[str, Any]]) -> list
     entries = []
     for m in markers:
         entry = {k: m[k] for k in ("shard", "start", "stop", "rows", "valid_rows", "sha256")}
+        if (m.get("stats") or {}).get("input_sha256"):  # lets a frozen-model run carry the shard over
+            entry["input_sha256"] = m["stats"]["input_sha256"]
         chunks = m.get("chunks")
         if chunks is None or m.get("chunks_row_stride") != EMBEDDING_ROW_STRIDE:
             emb, ids, valid = store.read_shard(m["shard"])
