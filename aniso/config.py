@@ -231,7 +231,7 @@ class GateSettings(_Section):
     #: Random pairs for the pairwise-cosine Spearman gate (all pairs when the sample has fewer).
     #: ``centroid_residual`` bound of a run that applies a frozen model (``method.model``): its
     #: calibration belongs to the text it was fitted on, so new rows move the centroid by their
-    #: sampling noise; a larger shift is drift (docs/quality.md).
+    #: sampling noise; a larger shift is drift (docs/format.md, "The model").
     frozen_centroid_residual_max: float = _finite(0.05, ge=0.0, le=2.0)
     #: Each pair gathers two rows of each set as float64 (500,000 pairs x d=1024: 8 GiB at peak).
     spearman_pairs: int = Field(20_000, gt=100, le=500_000)
