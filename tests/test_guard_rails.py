@@ -31,3 +31,33 @@ def test_the_demo_guard_lets_the_demo_corpus_and_named_datasets_through(tmp_path
     refuse_demo_replacement("s3://b/mine.npy", "s3://b/root", "demo", dataset_given=False)
     with pytest.raises(ConfigError, match="demo dataset 'demo'"):
         refuse_demo_replacement("mine.npy", str(tmp_path / ".aniso-demo"), "demo", dataset_given=False)
+
+
+def test_cli_refusals_exit_two_with_one_line(tmp_path, gap):
+    """A bare .npy with --model, and a version that would change LATEST's dimension: exit 2,
+    one line naming the fix, before any work (nothing written under the dataset)."""
+    from aniso.io.layout import DatasetLayout
+    from aniso.io.store import EmbeddingStore
+    from aniso.published.dataset import list_versions
+    from aniso.published.writer import publish
+
+    np.save(tmp_path / "text.npy", gap.text[:100])
+    np.save(tmp_path / "image.npy", gap.image[:100])
+    base = ["produce", "--text", str(tmp_path / "text.npy"), "--image", str(tmp_path / "image.npy"),
+            "--out", str(tmp_path / "root"), "--dataset", "d", "--profile", "ci"]
+    bare = CliRunner().invoke(app, [*base, "--model", "latest"])
+    assert bare.exit_code == 2, bare.output
+    line = [ln for ln in bare.output.splitlines() if ln.startswith("aniso: error:")]
+    assert len(line) == 1 and "has no ids" in line[0] and "corpus.embedding_ids=row-number" in line[0]
+
+    layout = DatasetLayout(str(tmp_path / "root"), "d")  # a published version with d=3
+    store = EmbeddingStore.create(layout.substitutes("olderaaaaaaaaaaa"), n_rows=20, dim=3, chunk_rows=8,
+                                  shard_rows=16)
+    for shard in range(store.n_shards):
+        a, b = store.shard_range(shard)
+        store.write_shard(shard, np.ones((b - a, 3), np.float32), [str(i) for i in range(a, b)])
+    publish(layout, "olderaaaaaaaaaaa", gate_results={}, lineage={}, id_source="row-number")
+    changed = CliRunner().invoke(app, base)
+    assert changed.exit_code == 2, changed.output
+    assert "dim 3 -> 64" in changed.output and "publish.allow_schema_change=true" in changed.output
+    assert len(list_versions(layout)) == 1
