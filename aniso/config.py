@@ -191,6 +191,10 @@ class MethodSettings(_Section):
     #: published version of the dataset, or a model folder URL. An execution detail here: the
     #: model's own checksum, method and parameters key the run (:mod:`aniso.published.model`).
     model: str | None = Field(None, min_length=1, max_length=2048, json_schema_extra=EXECUTION)
+    #: What a frozen-model run does when its inputs drifted past the ``input_drift`` bounds:
+    #: ``never`` refits (the run fails, exit 3) or ``on_drift`` (fits a new model instead, and
+    #: says so in the lineage).
+    refit: Literal["never", "on_drift"] = Field("never", json_schema_extra=EXECUTION)
 
     @model_validator(mode="after")
     def _known_method(self) -> MethodSettings:

@@ -12,7 +12,12 @@ default profile: chunks of 4,096 rows, shards of 65,536), alternating, each on a
   whose input is unchanged are carried over (hard links), the rest applied; gates; publication.
 
 It prints the wall times, their ratio (target ≤ 0.25) and checks that every row of version 1 kept
-its bits in the incremental version. ``rows`` should be a multiple of 65,536 for the old rows to
+its bits in the incremental version.
+
+``--drift`` instead prints the ``input_drift`` gate's figures (``aniso/quality/drift.py``, bounds in
+``conf/gates.yaml``) on real CLIP sets from a ``shared/data`` folder beside the checkout: a model
+and its reference fitted on the first half of Flickr8k-500's captions and its 100 images, then (a) the
+same corpus's next snapshot (all 500 captions) and (b) another set's captions (COCO-500). ``rows`` should be a multiple of 65,536 for the old rows to
 fill whole shards (an appended corpus); otherwise the old partial shard is recomputed.
 """
 
@@ -48,14 +53,46 @@ def produce_run(text_url: str, image_url: str, root: str, *sets: str) -> tuple[f
     return time.perf_counter() - start, result
 
 
+def drift_figures() -> None:
+    """The drift gate's figures on the next snapshot of a corpus and on another set's captions."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from aniso.methods import CentroidShift
+    from aniso.quality.drift import drift_metrics, judge_drift, load_drift_bounds, reference_from
+
+    data = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    flickr, coco = data / "flickr8k-clip-vitb32", data / "mind-the-gap-coco500" / "features_clip.npy"
+    if not flickr.exists() or not coco.exists():
+        print(f"skipped: {flickr} or {coco} absent")
+        return
+    text, image = np.load(flickr / "text_embeddings.npy"), np.load(flickr / "image_embeddings.npy")
+    half = text.shape[0] // 2
+    bounds = load_drift_bounds()
+    model = CentroidShift().fit(text[:half], image)  # the image corpus stays; the captions grow
+    reference = reference_from(text[:half], image, int(bounds["top_k"]))
+    cases = {"next snapshot (Flickr8k, all 500 captions)": text,
+             "another set's captions (COCO-500, CLIP ViT-B/16)": np.load(coco)[1]}
+    for name, new_text in cases.items():
+        results = judge_drift(drift_metrics(reference, model.mu_text, model.mu_image, new_text, image), bounds)
+        verdict = "passes" if all(r["passed"] for r in results) else "FAILS"
+        print(f"{name}: {verdict} - " + ", ".join(
+            f"{r['name'].split(':')[1]} {r['observed']:.3f} ({r['bound']})" for r in results))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--drift", action="store_true", help="print the input_drift gate's figures instead")
     parser.add_argument("--rows", type=int, default=196_608)
     parser.add_argument("--grow", type=float, default=0.1)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--method", default="anisoalign")
     args = parser.parse_args()
+    if args.drift:
+        drift_figures()
+        return
     grown = int(args.rows * (1 + args.grow))
     with tempfile.TemporaryDirectory() as work:
         # the same generator draws shard by shard: the first rows of the grown corpus are the old corpus

@@ -36,7 +36,7 @@ from aniso.quality.gates import load_suites, preload_in_background
 from aniso.quality.metric_info import format_value
 from aniso.stages.gate import GateSample, prepare_gate_sample
 from aniso.stages.fit import model_is_final
-from aniso.stages.frozen import check_frozen_ids, input_id_source
+from aniso.stages.frozen import check_frozen_ids, input_drift, input_id_source, save_drift_reference
 from aniso.stages.preflight import preflight
 from aniso.stages.statistics import statistics_kind
 from aniso.tasks.gate import gate
@@ -180,6 +180,23 @@ def run_stages(text: str, image: str, settings: Settings) -> dict[str, Any]:
         check_frozen_ids(text, id_source, settings.corpus.embedding_ids)
     check_schema(layout, dim=text_ref.dim, dtype=settings.store.output_dtype, id_source=id_source,
                  allow=settings.publish.allow_schema_change, storage_options=options)
+    drift, refit = None, None
+    if frozen is not None:
+        with _stage("input drift"):
+            drift = input_drift(frozen.url, text_store, image_store, settings.gates, options)
+        failed = [r for r in drift or [] if not r["passed"]]
+        if failed and settings.method.refit == "on_drift":
+            logger.warning("inputs drifted from model %s (%s): refitting (method.refit=on_drift)", frozen.ref,
+                           ", ".join(r["name"] for r in failed))
+            refit = {"reason": "input_drift", "model_version": frozen.version, "drift": drift}
+            frozen = None
+        elif failed:
+            raise GateFailed(
+                "input_drift gate failed, nothing published: "
+                + "; ".join(f"{r['name']} observed {format_value(r['observed'])} (required {r['bound']}: "
+                            f"{r['meaning']})" for r in failed)
+                + "; refit (produce without --model, or --set method.refit=on_drift)",
+                failures=[{k: r[k] for k in ("name", "observed", "bound")} for r in failed])
     inputs = {"text": text_ref.fingerprint, "image": image_ref.fingerprint}
     semantic = semantic_config(settings)
     method, params = settings.method.name, settings.method.params
@@ -198,6 +215,8 @@ def run_stages(text: str, image: str, settings: Settings) -> dict[str, Any]:
         "text_store": text_store.removeprefix(layout.base).lstrip("/"),
         "mode": "fit" if frozen is None else "frozen-model",
     }
+    if refit is not None:
+        lineage["refit"] = refit
     if frozen is not None:
         lineage["model"] = {"ref": redact_url(frozen.ref), "version": frozen.entry.get("fitted_in") or frozen.version,
                             "from_version": frozen.version, "sha256": identity["sha256"]}
@@ -210,6 +229,7 @@ def run_stages(text: str, image: str, settings: Settings) -> dict[str, Any]:
                 [text_ref, image_ref], options, statistics_kind(settings.method.name))
         with _stage("fit"):
             model_url = fit_and_calibrate(layout.model(key), text_ref, image_ref, text_stats, image_stats, settings)
+            save_drift_reference(model_url, text_store, image_store, settings.gates, options)
         fitted_in, fitted_on = None, lineage["inputs"]
     else:
         with _stage("model"):
@@ -239,6 +259,8 @@ def run_stages(text: str, image: str, settings: Settings) -> dict[str, Any]:
         gates = run_stage("gates", rows, lambda: gate(model_url, text_store, subs_url, layout.quality(key),
                                                       gate_settings, options, image_store_url=image_store,
                                                       sample=sample, run_key=key, run_record=layout.run_record(key)))
+    if drift:  # judged before apply (a failure stops the run there): recorded with the other gates
+        gates = {**gates, "results": [*gates["results"], *drift]}
     _gate_artifacts(key, gates, load_suites(settings.gates.suite_file).summary_metrics())
     if not gates["passed"]:
         failed = [{"name": r["name"], "observed": r["observed"], "bound": r["bound"]}

@@ -75,7 +75,8 @@ FIELDS = {
     "embed.decode_workers": (5, False),
     "method.name": ("realign", True),
     "method.params": ({"strength": 0.5}, True),
-    "method.model": ("latest", False),  # the model's checksum keys a frozen-model run instead
+    "method.model": ("latest", False),
+    "method.refit": ("on_drift", False),  # the model's checksum keys a frozen-model run instead
     "publish.allow_schema_change": (True, False),
     "fit.seed": (3, True),
     "fit.sample_size": (999, True),

@@ -11,7 +11,7 @@ import pytest
 
 from aniso._fs import join_url, open_url
 from aniso.config import load_settings
-from aniso.errors import ConfigError, InputError, SchemaChanged
+from aniso.errors import ConfigError, GateFailed, InputError, SchemaChanged
 from aniso.flows._common import make_task_runner
 from aniso.flows import produce as produce_module
 from aniso.io.layout import DatasetLayout
@@ -70,7 +70,7 @@ def test_version_holds_its_model_and_a_frozen_run_reuses_it_bit_for_bit(root, ga
     model = v1.manifest["model"]
     assert model["path"] == MODEL_PATH and model["method"] == "anisoalign" and model["fitted_in"] == v1.version
     assert model["fitted_on"]["text"]["rows"] == len(old) and model["fitted_on"]["image"]["rows"] == n
-    assert set(model["files"]) == {"aligner.json", f"state-{model['sha256'][:16]}.npz"}
+    assert set(model["files"]) == {"aligner.json", f"state-{model['sha256'][:16]}.npz", "reference.npz"}
     assert v1.manifest["id_source"] == "input" and v1.manifest["lineage"]["mode"] == "fit"
     assert v1.problems() == []
     version_model = join_url(url, "t", "published", v1.version, MODEL_PATH)
@@ -96,7 +96,11 @@ def test_version_holds_its_model_and_a_frozen_run_reuses_it_bit_for_bit(root, ga
     assert lineage["model"]["version"] == v1.version and lineage["model"]["sha256"] == model["sha256"]
     assert v2.manifest["model"]["sha256"] == model["sha256"] and v2.manifest["model"]["fitted_in"] == v1.version
     assert v2.manifest["model"]["fitted_on"] == model["fitted_on"]
-    assert {r["name"] for r in v2.manifest["gates"]["results"]} == {r["name"] for r in v1.manifest["gates"]["results"]}
+    names = {r["name"] for r in v2.manifest["gates"]["results"]}  # every gate, and the input drift
+    assert names == {r["name"] for r in v1.manifest["gates"]["results"]} | {
+        "input_drift:text_centroid_shift", "input_drift:image_centroid_shift", "input_drift:text_spectrum_change",
+        "input_drift:image_spectrum_change", "input_drift:text_subspace_overlap"}
+    assert "reference.npz" in v1.manifest["model"]["files"]
 
     rows1, rows2 = _by_id(v1), _by_id(v2)
     assert set(rows2) == set(ids[new].tolist())  # removed ids are gone, new ids are there
@@ -191,3 +195,27 @@ def test_an_appended_corpus_carries_unchanged_shards_over_and_applies_the_rest(r
     rows2, rows3 = _by_id(v2), _by_id(v3)
     assert "row-01999" not in rows3 and rows3["row-00005"].tobytes() != rows2["row-00005"].tobytes()
     assert all(rows3[i].tobytes() == rows2[i].tobytes() for i in rows3 if i != "row-00005")
+
+
+def test_input_drift_fails_the_run_or_refits_on_drift(root, gap):
+    url, options = root
+    n = gap.text.shape[0]
+    ids = np.array([f"d-{i:05d}" for i in range(n)])
+    image = _npy(url, options, "image", gap.image)
+    first = run(_settings(url, options, "method.name=realign"), _folder(url, options, "a", gap.text, ids, parts=1), image)
+    layout = DatasetLayout(url, "t")
+    # captions from another distribution: the same rows with their coordinates reversed
+    other = _folder(url, options, "other", np.ascontiguousarray(gap.text[:, ::-1]), ids, parts=1)
+    with pytest.raises(GateFailed, match=r"input_drift gate failed, nothing published: "
+                                         r"input_drift:text_centroid_shift observed [0-9.]+ \(required <= 0.25"):
+        run(_settings(url, options, "method.model=latest"), other, image)
+    assert read_latest(layout, options)["version"] == first["published"]["version"]  # nothing published
+
+    refit = run(_settings(url, options, "method.model=latest", "method.refit=on_drift"), other, image)
+    v2 = open_published(url, "t", storage_options=options)
+    lineage = v2.manifest["lineage"]
+    assert v2.version == refit["published"]["version"] != first["published"]["version"]
+    assert lineage["mode"] == "fit" and lineage["method"] == "anisoalign"  # the settings' method: a refit
+    assert lineage["refit"]["reason"] == "input_drift" and lineage["refit"]["model_version"] == first["published"]["version"]
+    assert any(not r["passed"] for r in lineage["refit"]["drift"])
+    assert v2.manifest["model"]["fitted_in"] == v2.version

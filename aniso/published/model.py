@@ -37,6 +37,7 @@ __all__ = ["MODEL_PATH", "ModelSource", "resolve_model", "model_files", "copy_mo
 logger = logging.getLogger(__name__)
 
 _MODEL_JSON = "aligner.json"
+_REFERENCE = "reference.npz"
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,8 @@ class ModelSource:
 
 
 def model_files(model_url: str, storage_options: dict[str, Any]) -> dict[str, bytes]:
-    """The committed model's files (``aligner.json`` and the state file it names), read whole.
+    """The committed model's files (``aligner.json``, the state file it names and the drift
+    reference ``reference.npz`` when there is one), read whole.
 
     Raises
     ------
@@ -73,9 +75,14 @@ def model_files(model_url: str, storage_options: dict[str, Any]) -> dict[str, by
     except (ValueError, KeyError, TypeError) as exc:
         raise StoreCorrupt(f"model {model_url}: {_MODEL_JSON} names no state file ({exc})") from exc
     try:
-        return {_MODEL_JSON: meta_bytes, state: fs.cat_file(join_url(path, state))}
+        files = {_MODEL_JSON: meta_bytes, state: fs.cat_file(join_url(path, state))}
     except FileNotFoundError:
         raise StoreCorrupt(f"model {model_url}: its state file {state} is missing") from None
+    try:  # the input-drift reference of the fit (aniso.quality.drift), when the run saved one
+        files[_REFERENCE] = fs.cat_file(join_url(path, _REFERENCE))
+    except FileNotFoundError:
+        pass
+    return files
 
 
 def copy_model(src_url: str, dst_url: str, storage_options: dict[str, Any]) -> dict[str, str]:

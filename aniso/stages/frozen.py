@@ -67,3 +67,47 @@ def check_before_run(text: str, text_dim: int | None, settings: Any, storage_opt
         check_schema(layout, dim=text_dim, dtype=settings.store.output_dtype, id_source=id_source,
                      allow=settings.publish.allow_schema_change, storage_options=storage_options)
     return id_source
+
+
+def drift_samples(text_url: str, image_url: str, gates: Any, storage_options: dict[str, Any]) -> tuple[Any, Any]:
+    """The deterministic text and image samples the drift reference and the drift gate compare
+    (the gate stage's own samples: :func:`aniso.stages.gate.gate_rows`)."""
+    from aniso.io.rows import open_rows
+    from aniso.stages.gate import gate_rows, read_rows_at
+
+    text = open_rows(text_url, storage_options)
+    image = open_rows(image_url, storage_options)
+    return (read_rows_at(text, gate_rows(text, gates.sample_rows, gates.seed, max_chunks=gates.sample_chunks)),
+            read_rows_at(image, gate_rows(image, gates.distribution_sample_rows, gates.seed + 7,
+                                          max_chunks=gates.sample_chunks)))
+
+
+def save_drift_reference(model_url: str, text_url: str, image_url: str, gates: Any,
+                         storage_options: dict[str, Any]) -> None:
+    """Save the fit's drift reference beside its model (skipped when a rerun finds it saved)."""
+    from aniso.quality.drift import load_drift_bounds, load_reference, reference_from, save_reference
+
+    if load_reference(model_url, storage_options) is not None:
+        return
+    text, image = drift_samples(text_url, image_url, gates, storage_options)
+    k = int(load_drift_bounds(gates.suite_file)["top_k"])
+    save_reference(model_url, reference_from(text, image, k), storage_options)
+
+
+def input_drift(model_url: str, text_url: str, image_url: str, gates: Any,
+                storage_options: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The ``input_drift`` gate results of new inputs against a frozen model's reference; None
+    when the model has no reference (fitted before references were saved): logged, not judged."""
+    import logging
+
+    from aniso.methods import Aligner
+    from aniso.quality.drift import drift_metrics, judge_drift, load_drift_bounds, load_reference
+
+    reference = load_reference(model_url, storage_options)
+    if reference is None:
+        logging.getLogger(__name__).warning("model %s has no drift reference: the input_drift gate is skipped", model_url)
+        return None
+    aligner = Aligner.load(model_url, storage_options)
+    text, image = drift_samples(text_url, image_url, gates, storage_options)
+    metrics = drift_metrics(reference, aligner.mu_text, aligner.mu_image, text, image)
+    return judge_drift(metrics, load_drift_bounds(gates.suite_file))
