@@ -2,7 +2,8 @@
 
 Run: ``.venv/bin/python bench/incremental.py [--rows 196608] [--grow 0.1] [--repeat 2] [--method anisoalign]``.
 
-Both runs are the whole ``produce`` flow in this process (Prefect + a local Dask cluster, the
+Both runs are the whole ``produce`` flow in this process (the full run cold: the cached statistics
+of its inputs are removed first) (Prefect + a local Dask cluster, the
 default profile: chunks of 4,096 rows, shards of 65,536), alternating, each on a fresh root:
 
 * **full**: ``produce`` on the grown corpus (``rows × (1 + grow)`` text rows): statistics, fit,
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -102,6 +104,8 @@ def main() -> None:
         produce_run(old, image, f"{work}/warm", f"method.name={args.method}")  # Prefect server, imports
         full_s, incr_s, ratios = [], [], []
         for rep in range(args.repeat):
+            for store in (new, image):  # a cold full run: its input statistics are not reused
+                shutil.rmtree(f"{store}/_stats", ignore_errors=True)
             t_full, _ = produce_run(new, image, f"{work}/full{rep}", f"method.name={args.method}")
             produce_run(old, image, f"{work}/incr{rep}", f"method.name={args.method}")  # version 1, not timed
             t_incr, result = produce_run(new, image, f"{work}/incr{rep}", "method.model=latest")
