@@ -2,9 +2,9 @@
 
 Run: ``.venv/bin/python bench/incremental.py [--rows 196608] [--grow 0.1] [--repeat 2] [--method anisoalign]``.
 
-Both runs are the whole ``produce`` flow in this process (the full run cold: the cached statistics
-of its inputs are removed first) (Prefect + a local Dask cluster, the
-default profile: chunks of 4,096 rows, shards of 65,536), alternating, each on a fresh root:
+Both runs are the whole ``produce`` flow in this process (Prefect + a local Dask cluster, the
+default profile: chunks of 4,096 rows, shards of 65,536), alternating, each on a fresh root; the
+full run is cold (the statistics cached beside its inputs are removed first):
 
 * **full**: ``produce`` on the grown corpus (``rows × (1 + grow)`` text rows): statistics, fit,
   calibration, apply, gates, publication;

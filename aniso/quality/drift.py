@@ -9,8 +9,11 @@ compares (:data:`DRIFT_METRICS`, bounds in ``conf/gates.yaml`` under ``input_dri
 * the centroid shift of each modality, as a fraction of the model's modality gap
   ‖μ_image − μ_text‖ (sampling noise of a 2,048-row sample is a few percent of a CLIP-like gap);
 * the leading spectrum: the largest |log ratio| of the top ``top_k`` trace-normalised eigenvalues;
-* the subspace overlap ‖U_refᵀ U_new‖²_F / k of the top ``top_k`` text directions (1: the same
-  subspace; k/d: unrelated).
+* the subspace overlap of the top ``top_k`` text directions, weighted by variance: the new sample's
+  variance inside the fit's top-k subspace over the variance inside its own top-k subspace (1: the
+  fit's directions still carry the leading variance; near k/d of it: they turned). Weighting by
+  variance keeps an isotropic spectrum, whose top directions are sampling noise, from reading
+  as drift (the plain ‖U_refᵀ U_new‖²_F / k is about k/d there).
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ DRIFT_METRICS: dict[str, tuple[str, str, str]] = {
     "image_spectrum_change": ("spectrum_log_ratio_max", "max",
                               "largest |log ratio| of the images' leading trace-normalised eigenvalues, new vs fit"),
     "text_subspace_overlap": ("subspace_overlap_min", "min",
-                              "overlap of the text's top directions with those at fit time (1 same, k/d unrelated)"),
+                              "share of the new text's leading variance that the fit's top directions still capture "
+                              "(1: same; low: the leading directions turned)"),
 }
 
 
@@ -73,11 +77,15 @@ def load_drift_bounds(path: str | Path | None = None) -> DriftBounds:
     return bounds
 
 
-def _leading(sample: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` trace-normalised eigenvalues and eigenvectors ``(d, k)`` of a sample's covariance."""
+def _centred(sample: np.ndarray) -> np.ndarray:
     x = np.asarray(sample, np.float64)
     x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    x = x - x.mean(axis=0)
+    return x - x.mean(axis=0)
+
+
+def _leading(sample: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` trace-normalised eigenvalues and eigenvectors ``(d, k)`` of a sample's covariance."""
+    x = _centred(sample)
     # the right singular vectors of the centred sample: no d x d matrix beyond the sample's rank
     _, s, vt = np.linalg.svd(x, full_matrices=False)
     values = s**2 / max(float(np.sum(s**2)), 1e-300)
@@ -121,13 +129,15 @@ def drift_metrics(reference: dict[str, np.ndarray], mu_text: np.ndarray, mu_imag
     k = int(reference["k"])
     gap = max(float(np.linalg.norm(mu_image - mu_text)), 1e-12)
     unit = text / np.maximum(np.linalg.norm(text, axis=1, keepdims=True), 1e-12)
-    values, vectors = _leading(text, k)
+    values, _ = _leading(text, k)
     ref_vectors = reference["text_vectors"]
-    q = min(vectors.shape[1], ref_vectors.shape[1])
+    q = min(values.size, ref_vectors.shape[1])
+    centred = _centred(text)
+    own = float(np.sum(values[:q])) * float(np.sum(centred**2))  # variance in the sample's own top-q
     out = {
         "text_centroid_shift": float(np.linalg.norm(unit.mean(axis=0) - mu_text)) / gap,
         "text_spectrum_change": _log_ratio(values, reference["text_values"]),
-        "text_subspace_overlap": float(np.sum((ref_vectors[:, :q].T @ vectors[:, :q]) ** 2)) / max(q, 1),
+        "text_subspace_overlap": float(np.sum((centred @ ref_vectors[:, :q]) ** 2)) / max(own, 1e-300),
     }
     if image is not None and len(image):
         img = image / np.maximum(np.linalg.norm(image, axis=1, keepdims=True), 1e-12)
