@@ -9,11 +9,12 @@ compares (:data:`DRIFT_METRICS`, bounds in ``conf/gates.yaml`` under ``input_dri
 * the centroid shift of each modality, as a fraction of the model's modality gap
   ‖μ_image − μ_text‖ (sampling noise of a 2,048-row sample is a few percent of a CLIP-like gap);
 * the leading spectrum: the largest |log ratio| of the top ``top_k`` trace-normalised eigenvalues;
-* the subspace overlap of the top ``top_k`` text directions, weighted by variance: the new sample's
-  variance inside the fit's top-k subspace over the variance inside its own top-k subspace (1: the
-  fit's directions still carry the leading variance; near k/d of it: they turned). Weighting by
-  variance keeps an isotropic spectrum, whose top directions are sampling noise, from reading
-  as drift (the plain ‖U_refᵀ U_new‖²_F / k is about k/d there).
+* the subspace overlap ‖U_refᵀ U_new‖²_F / q: how much of the fit's q significant leading text
+  directions lies inside the new sample's top-``top_k`` subspace (1: inside; q/d: unrelated). A
+  direction is significant when its eigenvalue exceeds 1.5 × the largest eigenvalue an isotropic
+  sample of the same size and dimension reaches, (1 + √(d/n))² / d of the trace (the
+  Marchenko-Pastur edge): an isotropic spectrum's top directions are sampling noise and would
+  otherwise read as drift. With no significant direction the overlap is 1 (nothing to track).
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ DRIFT_METRICS: dict[str, tuple[str, str, str]] = {
     "image_spectrum_change": ("spectrum_log_ratio_max", "max",
                               "largest |log ratio| of the images' leading trace-normalised eigenvalues, new vs fit"),
     "text_subspace_overlap": ("subspace_overlap_min", "min",
-                              "share of the new text's leading variance that the fit's top directions still capture "
-                              "(1: same; low: the leading directions turned)"),
+                              "how much of the fit's significant leading text directions lies in the new top "
+                              "directions (1: same; low: they turned)"),
 }
 
 
@@ -95,7 +96,7 @@ def _leading(sample: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 def reference_from(text: np.ndarray, image: np.ndarray | None, k: int) -> dict[str, np.ndarray]:
     """The drift reference of a fitting run's gate samples."""
-    ref = {"k": np.array(k)}
+    ref = {"k": np.array(k), "n": np.array(len(text)), "d": np.array(np.asarray(text).shape[1])}
     ref["text_values"], ref["text_vectors"] = _leading(text, k)
     if image is not None and len(image):
         ref["image_values"], _ = _leading(image, k)
@@ -129,15 +130,16 @@ def drift_metrics(reference: dict[str, np.ndarray], mu_text: np.ndarray, mu_imag
     k = int(reference["k"])
     gap = max(float(np.linalg.norm(mu_image - mu_text)), 1e-12)
     unit = text / np.maximum(np.linalg.norm(text, axis=1, keepdims=True), 1e-12)
-    values, _ = _leading(text, k)
-    ref_vectors = reference["text_vectors"]
-    q = min(values.size, ref_vectors.shape[1])
-    centred = _centred(text)
-    own = float(np.sum(values[:q])) * float(np.sum(centred**2))  # variance in the sample's own top-q
+    values, vectors = _leading(text, k)
+    ref_values, ref_vectors = reference["text_values"], reference["text_vectors"]
+    d, n = int(reference.get("d", ref_vectors.shape[0])), int(reference.get("n", 1))
+    edge = (1.0 + np.sqrt(d / max(n, 1))) ** 2 / d  # largest eigenvalue share of an isotropic sample
+    q = int(np.sum(ref_values > 1.5 * edge))
+    overlap = float(np.sum((ref_vectors[:, :q].T @ vectors) ** 2)) / q if q else 1.0
     out = {
         "text_centroid_shift": float(np.linalg.norm(unit.mean(axis=0) - mu_text)) / gap,
-        "text_spectrum_change": _log_ratio(values, reference["text_values"]),
-        "text_subspace_overlap": float(np.sum((centred @ ref_vectors[:, :q]) ** 2)) / max(own, 1e-300),
+        "text_spectrum_change": _log_ratio(values, ref_values),
+        "text_subspace_overlap": overlap,
     }
     if image is not None and len(image):
         img = image / np.maximum(np.linalg.norm(image, axis=1, keepdims=True), 1e-12)
