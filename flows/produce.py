@@ -297,7 +297,7 @@ def _carry_source(frozen: ModelSource | None, layout: DatasetLayout, options: di
         return None
     version_url = layout.published(frozen.version)
     manifest = read_json(join_url(version_url, "manifest.json"), options, "the manifest")
-    return join_url(version_url, str(manifest.get("path", DATA_PATH))), manifest
+    return join_url(version_url, DATA_PATH), manifest  # never a path the manifest names: inside the version
 
 
 def _carried(subs_url: str, frozen: ModelSource, options: dict[str, Any]) -> dict[str, Any]:
