@@ -51,6 +51,7 @@ __all__ = [
     "MethodSettings",
     "FitSettings",
     "GateSettings",
+    "PublishSettings",
     "ClusterSettings",
     "load_settings",
     "config_hash",
@@ -186,6 +187,14 @@ class MethodSettings(_Section):
 
     name: str = "anisoalign"
     params: dict[str, Any] = Field(default_factory=dict)
+    #: Apply a frozen model instead of fitting (``aniso produce --model REF``): ``latest``, a
+    #: published version of the dataset, or a model folder URL. An execution detail here: the
+    #: model's own checksum, method and parameters key the run (:mod:`aniso.published.model`).
+    model: str | None = Field(None, min_length=1, max_length=2048, json_schema_extra=EXECUTION)
+    #: What a frozen-model run does when its inputs drifted past the ``input_drift`` bounds:
+    #: ``never`` refits (the run fails, exit 3) or ``on_drift`` (fits a new model instead, and
+    #: says so in the lineage).
+    refit: Literal["never", "on_drift"] = Field("never", json_schema_extra=EXECUTION)
 
     @model_validator(mode="after")
     def _known_method(self) -> MethodSettings:
@@ -224,6 +233,10 @@ class GateSettings(_Section):
     #: MMD holds three rows x rows float64 matrices and their temporaries (8,192: ~3 GiB).
     distribution_sample_rows: int = Field(1024, gt=10, le=8192)
     #: Random pairs for the pairwise-cosine Spearman gate (all pairs when the sample has fewer).
+    #: ``centroid_residual`` bound of a run that applies a frozen model (``method.model``): its
+    #: calibration belongs to the text it was fitted on, so new rows move the centroid by their
+    #: sampling noise; a larger shift is drift (docs/format.md, "The model").
+    frozen_centroid_residual_max: float = _finite(0.05, ge=0.0, le=2.0)
     #: Each pair gathers two rows of each set as float64 (500,000 pairs x d=1024: 8 GiB at peak).
     spearman_pairs: int = Field(20_000, gt=100, le=500_000)
     #: At most this many read chunks per store are read to draw a sample (0: no limit).
@@ -232,6 +245,15 @@ class GateSettings(_Section):
     suite_file: str | None = None
     #: Write ``quality/report.html`` and ``report.json`` beside ``gates.json``.
     report: bool = True
+
+
+class PublishSettings(_Section):
+    """Publication guard rails (:mod:`aniso.published.guard`)."""
+
+    section: ClassVar[str] = "publish"
+
+    #: Publish a version whose dimension, dtype or id source differ from ``LATEST``'s.
+    allow_schema_change: bool = Field(False, json_schema_extra=EXECUTION)
 
 
 class ClusterSettings(_Section):
@@ -279,6 +301,7 @@ class Settings(BaseSettings):
     method: MethodSettings = Field(default_factory=MethodSettings)
     fit: FitSettings = Field(default_factory=FitSettings)
     gates: GateSettings = Field(default_factory=GateSettings, json_schema_extra=EXECUTION)
+    publish: PublishSettings = Field(default_factory=PublishSettings, json_schema_extra=EXECUTION)
     cluster: ClusterSettings = Field(default_factory=ClusterSettings, json_schema_extra=EXECUTION)
 
     @classmethod

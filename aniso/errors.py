@@ -15,6 +15,7 @@ __all__ = [
     "AnisoError",
     "ConfigError",
     "InputError",
+    "SchemaChanged",
     "ShardAlignmentError",
     "StoreCorrupt",
     "StoreNotFound",
@@ -38,6 +39,11 @@ class InputError(AnisoError, ValueError):
 
     The message always names the offending file, row or value.
     """
+
+
+class SchemaChanged(InputError):
+    """A new version's dimension, dtype or id source differs from the dataset's ``LATEST``
+    (refused unless ``publish.allow_schema_change``)."""
 
 
 class ShardAlignmentError(AnisoError, ValueError):

@@ -14,8 +14,10 @@ __all__ = ["announce_settings", "announce_start", "flow_with_runner", "run_produ
 
 def announce_settings(settings: Settings) -> None:
     """The second line: where the run writes, with which method and cluster (settings resolved)."""
-    notice("writing to %s/%s with method %s on %d Dask worker(s)", settings.storage.root, settings.storage.dataset,
-           settings.method.name, settings.cluster.n_workers)
+    method = f"the frozen model {settings.method.model} (its own method)" if settings.method.model else \
+        f"method {settings.method.name}"
+    notice("writing to %s/%s with %s on %d Dask worker(s)", settings.storage.root, settings.storage.dataset,
+           method, settings.cluster.n_workers)
 
 
 def flow_with_runner(flow: Any, settings: Settings, *, verbose: bool = False) -> Any:

@@ -150,6 +150,9 @@ def produce(
     dataset: DatasetOpt = None,
     method: Annotated[Optional[str], typer.Option(help=f"{', '.join(METHODS)}. "
                                                       f"{_setting_default('method.name')}")] = None,
+    model: Annotated[Optional[str], typer.Option(
+        "--model", help="Apply a frozen model instead of fitting one: 'latest', a published version of the dataset, "
+                        "or a model folder URL. No statistics or fit; every gate runs; the text input needs ids.")] = None,
     config: ConfigOpt = None,
     profile: ProfileOpt = None,
     set_: SetOpt = None,
@@ -159,10 +162,17 @@ def produce(
     _configure_logging(verbose)
     from aniso._fs import redact_url
 
-    _announce("produce", f"text {redact_url(text)} + image {redact_url(image)} -> statistics (or embed), fit, apply, "
-                         "gates, publish")
     try:
-        settings = _settings(profile, config, set_, **{"storage.root": out, "storage.dataset": dataset, "method.name": method})
+        settings = _settings(profile, config, set_, **{"storage.root": out, "storage.dataset": dataset,
+                                                       "method.name": method, "method.model": model})
+        from aniso.published.guard import refuse_demo_replacement
+
+        # first, before anything else is printed: never replace the demo's LATEST by accident
+        refuse_demo_replacement(text, settings.storage.root, settings.storage.dataset, dataset_given=dataset is not None)
+        stages = "apply the frozen model " + redact_url(settings.method.model) if settings.method.model else \
+            "statistics (or embed), fit, apply"
+        _announce("produce", f"text {redact_url(text)} + image {redact_url(image)} -> {stages}, gates, publish into "
+                             f"{settings.storage.dataset}")
         announce_settings(settings)
         result = run_produce(text, image, settings, verbose=_VERBOSE[0])
     except (AnisoError, OSError) as exc:
@@ -382,14 +392,19 @@ def gc(
     dataset: Annotated[str, typer.Option(help="Dataset name.")],
     keep: Annotated[int, typer.Option(help="Published versions to keep (the newest; LATEST's is always kept).")] = 3,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only print what would be removed.")] = False,
-    min_age_hours: Annotated[float, typer.Option(help="Never remove runs touched more recently (runs in progress).")] = 24.0,
+    min_age_hours: Annotated[float, typer.Option(help="Never remove a version published, or a run touched, more "
+                                                      "recently (whatever --keep says).")] = 24.0,
+    keep_version: Annotated[Optional[list[str]], typer.Option(
+        "--keep-version", help="Also keep this version (repeatable), e.g. one a scheduled --model run names.")] = None,
     config: ConfigOpt = None,
     profile: ProfileOpt = None,
     set_: SetOpt = None,
 ) -> None:
     """Remove old published versions and the run data no kept version needs.
 
-    Versions a reader holds a live lease on (a training job reading them) are kept, and named.
+    Never removes the version LATEST names, a version younger than --min-age-hours, a
+    --keep-version, or one a reader holds a live lease on (a training job reading it); each
+    version holds its own model. --dry-run lists what would go and why.
     """
     from aniso.io.layout import DatasetLayout
     from aniso.published.retention import collect_garbage
@@ -397,7 +412,7 @@ def gc(
     try:
         options = _settings(profile, config, set_).storage.fs_options()
         plan = collect_garbage(DatasetLayout(root, dataset), keep, dry_run=dry_run,
-                               min_age_s=min_age_hours * 3600, storage_options=options)
+                               min_age_s=min_age_hours * 3600, storage_options=options, pinned=keep_version or ())
     except AnisoError as exc:
         _fail(exc)
     from datetime import datetime, timezone
@@ -406,9 +421,14 @@ def gc(
     for url, until in plan.leased_versions.items():
         when = datetime.fromtimestamp(until, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
         typer.echo(f"kept {url}: a reader holds a lease on it (until {when})")
+    if dry_run:
+        for url in plan.keep_versions:
+            if url not in plan.leased_versions:
+                typer.echo(f"{plan.reasons.get(url, 'kept')}: {url}")
     for url in plan.removals:
         gone = url in plan.already_removed
-        typer.echo(f"{verb} {url}" + (" (already removed by another gc)" if gone else ""))
+        why = plan.reasons.get(url)
+        typer.echo(f"{verb} {url}" + (f" ({why})" if why else "") + (" (already removed by another gc)" if gone else ""))
     linked = (f" ({plan.bytes_still_linked / 2**20:.1f} MiB more stay linked from kept data)"
               if plan.bytes_still_linked else "")
     typer.echo(f"{dataset}: kept {len(plan.keep_versions)} version(s) and {len(plan.keep_runs)} run(s); {verb} "

@@ -1,5 +1,8 @@
 """The whole job: embed or ingest → statistics → fit → calibrate → apply → gate → publish.
 
+With ``settings.method.model`` (``aniso produce --model REF``) the statistics and fit stages are
+replaced by a copy of the frozen model (:mod:`aniso.stages.frozen`); every gate still runs.
+
 Every stage skips work already completed for the run key (inputs + semantic config + code
 version), so a rerun after a crash anywhere resumes and produces identical output.
 """
@@ -18,16 +21,22 @@ from typing import Any
 from prefect import flow
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
-from aniso._fs import redact_url, write_json
+from aniso._fs import join_url, redact_url, write_json
 from aniso._version import code_version
 from aniso.config import Settings, config_hash, load_settings, semantic_config
 from aniso.errors import ConfigError, GateFailed, InputError
 from aniso.io.inputs import is_embedding_input, open_embedding_source
 from aniso.io.layout import DatasetLayout, run_key
+from aniso.published.guard import check_schema
+from aniso.io.store import EmbeddingStore
+from aniso.published.dataset import DATA_PATH, read_json
+from aniso.published.model import ModelSource, model_identity, resolve_model, write_model_copy
 from aniso.io.rows import StoreRef, describe
 from aniso.quality.gates import load_suites, preload_in_background
 from aniso.quality.metric_info import format_value
 from aniso.stages.gate import GateSample, prepare_gate_sample
+from aniso.stages.fit import model_is_final
+from aniso.stages.frozen import check_frozen_ids, input_drift, input_id_source, save_drift_reference
 from aniso.stages.preflight import preflight
 from aniso.stages.statistics import statistics_kind
 from aniso.tasks.gate import gate
@@ -164,37 +173,94 @@ def run_stages(text: str, image: str, settings: Settings) -> dict[str, Any]:
         raise InputError(f"text embeddings ({text}) have d={text_ref.dim} but image embeddings ({image}) have d={image_ref.dim}")
     text_store, image_store = text_ref.url, image_ref.url
 
-    key = run_key({"text": text_ref.fingerprint, "image": image_ref.fingerprint}, semantic_config(settings), code_version())
+    frozen = resolve_model(settings.method.model, layout, options) if settings.method.model else None
+    id_source = input_id_source(text, options, settings.corpus.embedding_ids) \
+        if is_embedding_input(text, options) else "input"
+    if frozen is not None:
+        check_frozen_ids(text, id_source, settings.corpus.embedding_ids)
+    check_schema(layout, dim=text_ref.dim, dtype=settings.store.output_dtype, id_source=id_source,
+                 allow=settings.publish.allow_schema_change, storage_options=options)
+    drift, refit = None, None
+    if frozen is not None:
+        with _stage("input drift"):
+            drift = input_drift(frozen.url, text_store, image_store, settings.gates, options)
+        failed = [r for r in drift or [] if not r["passed"]]
+        if failed and settings.method.refit == "on_drift":
+            logger.warning("inputs drifted from model %s (%s): refitting (method.refit=on_drift)", frozen.ref,
+                           ", ".join(r["name"] for r in failed))
+            refit = {"reason": "input_drift", "model_version": frozen.version, "drift": drift}
+            frozen = None
+        elif failed:
+            raise GateFailed(
+                "input_drift gate failed, nothing published: "
+                + "; ".join(f"{r['name']} observed {format_value(r['observed'])} (required {r['bound']}: "
+                            f"{r['meaning']})" for r in failed)
+                + "; refit (produce without --model, or --set method.refit=on_drift)",
+                failures=[{k: r[k] for k in ("name", "observed", "bound")} for r in failed])
+    inputs = {"text": text_ref.fingerprint, "image": image_ref.fingerprint}
+    semantic = semantic_config(settings)
+    method, params = settings.method.name, settings.method.params
+    if frozen is not None:  # the model's checksum, method and parameters key the run, not the fit settings
+        identity = model_identity(frozen.url, options)
+        inputs["model"] = identity["sha256"]
+        method, params = identity["method"], identity["params"]
+        semantic = {**semantic, "method": {"name": method, "params": params}, "fit": None}
+    key = run_key(inputs, semantic, code_version())
     logger.info("run key %s (dataset %s)", key, layout.dataset)
     lineage = {
-        "method": settings.method.name, "params": settings.method.params, "config_hash": config_hash(settings),
+        "method": method, "params": params, "config_hash": config_hash(settings),
         "code_version": code_version(), "embed_model": settings.embed.model,
-        "inputs": {"text": {"fingerprint": text_ref.fingerprint}, "image": {"fingerprint": image_ref.fingerprint}},
+        "inputs": {"text": {"fingerprint": text_ref.fingerprint, "rows": text_ref.n_rows},
+                   "image": {"fingerprint": image_ref.fingerprint, "rows": image_ref.n_rows}},
         "text_store": text_store.removeprefix(layout.base).lstrip("/"),
+        "mode": "fit" if frozen is None else "frozen-model",
     }
-    write_json(layout.run_record(key), {"run_key": key, "dataset": layout.dataset, "config": semantic_config(settings), **lineage}, options)
+    if refit is not None:
+        lineage["refit"] = refit
+    if frozen is not None:
+        lineage["model"] = {"ref": redact_url(frozen.ref), "version": frozen.entry.get("fitted_in") or frozen.version,
+                            "from_version": frozen.version, "sha256": identity["sha256"]}
+    write_json(layout.run_record(key), {"run_key": key, "dataset": layout.dataset, "config": semantic, **lineage}, options)
 
-    with _stage("statistics"):
-        text_stats, image_stats = compute_statistics_together(
-            [text_ref, image_ref], options, statistics_kind(settings.method.name))
-    with _stage("fit"):
-        model_url = fit_and_calibrate(layout.model(key), text_ref, image_ref, text_stats, image_stats, settings)
+    gate_settings = settings.gates
+    if frozen is None:
+        with _stage("statistics"):
+            text_stats, image_stats = compute_statistics_together(
+                [text_ref, image_ref], options, statistics_kind(settings.method.name))
+        with _stage("fit"):
+            model_url = fit_and_calibrate(layout.model(key), text_ref, image_ref, text_stats, image_stats, settings)
+            save_drift_reference(model_url, text_store, image_store, settings.gates, options)
+        fitted_in, fitted_on = None, lineage["inputs"]
+    else:
+        with _stage("model"):
+            model_url = layout.model(key)
+            if not model_is_final(model_url, options):
+                write_model_copy(frozen.url, model_url, options)
+        fitted_in, fitted_on = lineage["model"]["version"], frozen.entry.get("fitted_on") or {}
+        # the model's calibration is its fitting text's: new rows move the centroid by their noise
+        gate_settings = settings.gates.model_copy(
+            update={"centroid_residual_max": settings.gates.frozen_centroid_residual_max})
     subs_url = layout.substitutes(key)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="aniso-gate-sample") as pool:
         # the gate samples and their metrics need only the model: computed while apply writes
-        prepared = pool.submit(prepare_gate_sample, model_url, text_store, settings.gates, options, image_store,
+        prepared = pool.submit(prepare_gate_sample, model_url, text_store, gate_settings, options, image_store,
                                output_dtype=settings.store.output_dtype)
         with _stage("apply"):
             apply_model(model_url, text_ref, subs_url, settings,
-                        attrs={"run_key": key, "method": settings.method.name, "config_hash": config_hash(settings)})
+                        attrs={"run_key": key, "method": method, "config_hash": config_hash(settings)},
+                        carry_from=_carry_source(frozen, layout, options))
         sample = _prepared(prepared)
 
+    if frozen is not None:
+        lineage["incremental"] = _carried(subs_url, frozen, options)
     rows = text_ref.n_rows
     with _stage("gates"):
         # in the flow's own process, where preload_in_background has imported great-expectations
         gates = run_stage("gates", rows, lambda: gate(model_url, text_store, subs_url, layout.quality(key),
-                                                      settings.gates, options, image_store_url=image_store,
+                                                      gate_settings, options, image_store_url=image_store,
                                                       sample=sample, run_key=key, run_record=layout.run_record(key)))
+    if drift:  # judged before apply (a failure stops the run there): recorded with the other gates
+        gates = {**gates, "results": [*gates["results"], *drift]}
     _gate_artifacts(key, gates, load_suites(settings.gates.suite_file).summary_metrics())
     if not gates["passed"]:
         failed = [{"name": r["name"], "observed": r["observed"], "bound": r["bound"]}
@@ -210,7 +276,8 @@ def run_stages(text: str, image: str, settings: Settings) -> dict[str, Any]:
         # the report goes into the version folder before its manifest (a version never changes after)
         pointer = run_stage("publish", rows, lambda: publish.submit(
             settings.storage.root, layout.dataset, key, gates, lineage, options,
-            report_from=layout.quality(key) if quality_html else None).result())
+            report_from=layout.quality(key) if quality_html else None, model_from=model_url,
+            model_fitted_in=fitted_in, model_fitted_on=fitted_on, id_source=id_source).result())
     report_url = pointer.get("report")
     if report_url:
         create_link_artifact(link=_link(report_url), link_text=f"report of {layout.dataset} {pointer['version']}",
@@ -221,6 +288,24 @@ def run_stages(text: str, image: str, settings: Settings) -> dict[str, Any]:
         key="aniso-published",
     )
     return {"run_key": key, "published": pointer, "gates": gates, "substitutes": subs_url, "model": model_url}
+
+
+def _carry_source(frozen: ModelSource | None, layout: DatasetLayout, options: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """``(data URL, manifest)`` of the version a frozen model was taken from: the version whose
+    unchanged shards the run carries over (None for a model given by URL)."""
+    if frozen is None or frozen.version is None:
+        return None
+    version_url = layout.published(frozen.version)
+    manifest = read_json(join_url(version_url, "manifest.json"), options, "the manifest")
+    return join_url(version_url, DATA_PATH), manifest  # never a path the manifest names: inside the version
+
+
+def _carried(subs_url: str, frozen: ModelSource, options: dict[str, Any]) -> dict[str, Any]:
+    """The lineage's record of what a frozen-model run carried over and what it applied."""
+    markers = EmbeddingStore.open(subs_url, storage_options=options).markers()
+    carried = [m for m in markers if (m.get("stats") or {}).get("carried")]
+    return {"from_version": frozen.version, "carried_shards": len(carried), "applied_shards": len(markers) - len(carried),
+            "carried_rows": sum(m["rows"] for m in carried), "applied_rows": sum(m["rows"] for m in markers) - sum(m["rows"] for m in carried)}
 
 
 def _prepared(future: Future[GateSample]) -> GateSample | None:

@@ -14,6 +14,7 @@ from ._retry import TASK_OPTIONS
 
 @task(name="publish", **TASK_OPTIONS)
 def publish(root: str, dataset: str, run_key: str, gate_results: dict[str, Any], lineage: dict[str, Any],
-            storage_options: dict[str, Any], report_from: str | None = None) -> dict[str, Any]:
+            storage_options: dict[str, Any], report_from: str | None = None, **model: Any) -> dict[str, Any]:
+    """Publish the run (``model``: :func:`aniso.published.writer.publish`'s model and id keywords)."""
     return publish_version(DatasetLayout(root, dataset), run_key, gate_results=gate_results, lineage=lineage,
-                           storage_options=storage_options, report_from=report_from)
+                           storage_options=storage_options, report_from=report_from, **model)

@@ -413,15 +413,21 @@ def test_two_gc_at_once_do_not_trip_over_each_other(pub):
 def test_gc_does_not_count_hard_linked_bytes_still_in_use_as_freed(tmp_path):
     layout, versions = _two_versions_linked(str(tmp_path))
     old = layout.published(versions[0])
-    plan = collect_garbage(layout, 1, min_age_s=3600, dry_run=True)  # the runs are young: kept
+    later = time.time() + 7200  # the versions are two hours old then; the runs are touched "now"
+    for base, _, names in os.walk(os.path.join(layout.base, "runs")):
+        for name in names:
+            os.utime(os.path.join(base, name), (later, later))
+    plan = collect_garbage(layout, 1, min_age_s=3600, dry_run=True, now=later)  # the runs are young: kept
     assert plan.remove_versions == [old] and plan.remove_runs == []
     files = [os.path.join(b, f) for b, _, names in os.walk(old) for f in names]
     # publication hard-linked the version's data to its kept run's files: removing them frees nothing
     linked = sum(os.path.getsize(f) for f in files if os.stat(f).st_nlink > 1)
     own = sum(os.path.getsize(f) for f in files if os.stat(f).st_nlink == 1)  # manifest, embedding metadata
     assert linked > 0 and (plan.bytes_freed, plan.bytes_still_linked) == (own, linked)
+    # right after publication the CLI's default --min-age-hours 24 keeps both versions, and says why
     result = CliRunner().invoke(app, ["gc", str(tmp_path), "--dataset", "ds", "--keep", "1", "--dry-run"])
-    assert result.exit_code == 0 and "stay linked from kept data" in result.output
+    assert result.exit_code == 0 and "would remove 0 version(s)" in result.output
+    assert f"younger than --min-age-hours 24: {old}" in result.output
 
 
 def _two_versions_linked(root: str) -> tuple[DatasetLayout, list[str]]:

@@ -120,6 +120,9 @@ OUT_OF_BOUNDS = [
     ("gates.spearman_pairs", "500001", "less than or equal to 500000"),
     ("gates.spearman_pairs", "1e12", "less than or equal to 500000"),
     ("gates.spearman_pairs", "1000000000000", "less than or equal to 500000"),
+    ("gates.frozen_centroid_residual_max", "-0.1", "greater than or equal to 0"),
+    ("gates.frozen_centroid_residual_max", "2.5", "less than or equal to 2"),
+    ("gates.frozen_centroid_residual_max", "nan", "finite"),
     ("gates.sample_chunks", "-1", "greater than or equal to 0"),
     ("gates.sample_chunks", "1000001", "less than or equal to 1000000"),
     ("cluster.n_workers", "0", "greater than 0"),
@@ -259,7 +262,7 @@ SECRET = "PASSWORD-7f3a9c"
 #: Every setting that can hold a mapping or a URL (a test below keeps this list complete).
 MAPPING_FIELDS = ["storage.storage_options", "method.params", "cluster.cluster_kwargs"]
 TEXT_FIELDS = ["storage.root", "corpus.text_field", "corpus.id_field", "corpus.embedding_ids", "embed.model",
-               "embed.pretrained", "method.name", "gates.suite_file", "cluster.address", "cluster.cluster_class", "cluster.dashboard"]
+               "embed.pretrained", "method.name", "method.model", "gates.suite_file", "cluster.address", "cluster.cluster_class", "cluster.dashboard"]
 
 #: Credentials in a mapping, as they are written in practice.
 IN_MAPPINGS = [

@@ -75,6 +75,9 @@ FIELDS = {
     "embed.decode_workers": (5, False),
     "method.name": ("realign", True),
     "method.params": ({"strength": 0.5}, True),
+    "method.model": ("latest", False),
+    "method.refit": ("on_drift", False),  # the model's checksum keys a frozen-model run instead
+    "publish.allow_schema_change": (True, False),
     "fit.seed": (3, True),
     "fit.sample_size": (999, True),
     "gates.centroid_residual_max": (0.5, False),
@@ -85,6 +88,7 @@ FIELDS = {
     "gates.seed": (4, False),
     "gates.distribution_sample_rows": (99, False),
     "gates.spearman_pairs": (999, False),
+    "gates.frozen_centroid_residual_max": (0.1, False),
     "gates.sample_chunks": (3, False),
     "gates.suite_file": ("other.yaml", False),
     "gates.report": (False, False),

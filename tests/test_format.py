@@ -25,7 +25,13 @@ def published(tmp_path):
     for shard in range(store.n_shards):
         a, b = store.shard_range(shard)
         store.write_shard(shard, np.ones((b - a, 3), np.float32), [str(i) for i in range(a, b)])
-    pointer = publish(layout, "abc123def4567890", gate_results={"passed": True}, lineage={"method": "realign"})
+    from aniso.methods import CentroidShift
+
+    rng = np.random.default_rng(0)
+    CentroidShift().fit(rng.normal(size=(20, 3)), rng.normal(size=(20, 3)) + 1).save(layout.model("abc123def4567890"))
+    pointer = publish(layout, "abc123def4567890", gate_results={"passed": True}, lineage={"method": "realign"},
+                      model_from=layout.model("abc123def4567890"), id_source="input",
+                      model_fitted_on={"text": {"fingerprint": "f", "rows": 70}})
     manifest = json.loads(Path(layout.published(pointer["version"]), "manifest.json").read_text())
     return pointer, manifest, json.loads(Path(layout.latest).read_text())
 
@@ -36,13 +42,15 @@ def test_real_manifest_and_latest_validate(published):
     jsonschema.validate(latest, schema("latest"))
     assert manifest["format"] == MANIFEST_FORMAT and latest == pointer
     assert manifest["arrays"]["embedding"]["dtype"] == "float16" and len(manifest["shards"]) == 3
+    assert manifest["model"]["method"] == "centroid" and manifest["model"]["fitted_in"] == pointer["version"]
 
 
 @pytest.mark.parametrize("change", [
     {"path": "/abs/data.zarr"}, {"path": "../runs/x/substitutes.zarr"}, {"path": "s3://b/x"},
     {"path": "a/./b"}, {"format": "aniso-substitutes/1"}, {"zarr_format": 2},
     {"shards": [{"shard": 0, "start": 0, "stop": 32, "rows": 32, "valid_rows": 32, "sha256": "xyz"}]},
-    {"version": "../x"}, {"arrays": {"embedding": {"shape": [70, 3], "dtype": "int8", "chunks": [16, 3],
+    {"version": "../x"}, {"id_source": "rows"}, {"model": {"path": "../runs/x/model"}},
+    {"arrays": {"embedding": {"shape": [70, 3], "dtype": "int8", "chunks": [16, 3],
                                                    "shards": [32, 3]}, "id": {}, "valid": {}}},
 ])
 def test_schema_rejects_what_readers_must_refuse(published, change):

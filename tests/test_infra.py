@@ -50,7 +50,7 @@ def test_prefect_yaml_validates_with_prefects_loader():
     configs, actions, printed = _load_with_prefect()
     # the CLI loader swallows validation errors into a warning and an empty list: neither happened
     assert "validation" not in printed.lower() and "unable" not in printed.lower(), printed
-    assert {c["name"] for c in configs} >= {"produce-nightly"}
+    assert {c["name"] for c in configs} >= {"produce-nightly", "produce-weekly-refit", "retention"}
     assert not actions.get("pull")  # module entrypoints: the installed package, nothing to pull
 
 
@@ -61,9 +61,10 @@ def test_deployments_schedule_produce_with_valid_parameters():
 
     configs, _, _ = _load_with_prefect()
     for config in configs:
-        assert config["entrypoint"] == "aniso.flows.produce:produce"  # works from an installed package
+        # module paths: they work from an installed package
+        assert config["entrypoint"] in ("aniso.flows.produce:produce", "aniso.flows.retention:retention")
         flow = load_flow_from_entrypoint(config["entrypoint"])
-        assert flow.name == "produce"
+        assert flow.name == config["entrypoint"].rsplit(":", 1)[-1]
         assert set(config["parameters"]) == set(inspect.signature(flow.fn).parameters)
         schedules = [_schedule_config_to_deployment_schedule(s) for s in config["schedules"]]
         assert schedules and all(isinstance(s["schedule"], CronSchedule) for s in schedules)
@@ -194,3 +195,17 @@ def test_dependencies_have_lower_bounds_and_extras_split_library_pipeline_embed(
         req = Requirement(dep)
         assert req.specifier.contains(pins[_name(req.name)], prereleases=True), (dep, pins[_name(req.name)])
     assert "constraints.txt" in (REPO / "Makefile").read_text()
+
+
+def test_the_schedule_refits_weekly_applies_the_model_nightly_and_runs_retention():
+    """One dataset: the weekly refit and the nightly frozen-model run publish into it with the
+    documented default method, and retention keeps it."""
+    configs = {c["name"]: c for c in _load_with_prefect()[0]}
+    nightly, weekly, retention = (configs[n]["parameters"]["settings"] for n in
+                                  ("produce-nightly", "produce-weekly-refit", "retention"))
+    default = load_settings(environ={}).method.name
+    assert nightly["method"] == {"name": default, "model": "latest"} and weekly["method"] == {"name": default}
+    assert nightly["storage"] == weekly["storage"] == retention["storage"]
+    assert configs["retention"]["parameters"]["min_age_hours"] >= 24
+    assert all(s["active"] for n in ("produce-nightly", "produce-weekly-refit", "retention")
+               for s in configs[n]["schedules"])

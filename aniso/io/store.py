@@ -263,6 +263,20 @@ class EmbeddingStore:
                 f"got {embedding.shape[0]}"
             )
         self.write_rows(start, embedding, ids, valid)
+        return self.mark_shard(shard, embedding, ids, valid=valid, stats=stats)
+
+    def mark_shard(
+        self,
+        shard: int,
+        embedding: np.ndarray,
+        ids: Sequence[str],
+        *,
+        valid: np.ndarray | None = None,
+        stats: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Write the completion marker of a shard whose data (``embedding``, ``ids``, ``valid``:
+        as stored) is in place, e.g. files carried over from another store; returns it."""
+        start, stop = self.shard_range(shard)
         stored = embedding.astype(self.embedding.dtype, copy=False)
         flags = np.ones(stop - start, bool) if valid is None else np.asarray(valid, bool)
         marker = {

@@ -30,6 +30,7 @@ from aniso.io.store import EmbeddingStore, shard_checksum
 from aniso.published.checked import CheckedArray, ChunkDigests
 from aniso.published.lease import LEASE_S, Lease
 from aniso.published.manifest_check import manifest_problems
+from aniso.published.model_check import model_problems
 
 __all__ = [
     "open_published", "PublishedDataset", "read_latest", "find_published", "list_versions",
@@ -206,6 +207,8 @@ class PublishedDataset:
                 found.append(f"{where}: {int(np.count_nonzero(valid))} valid rows, the manifest says {entry['valid_rows']}")
             elif self.digests is not None and (bad := self._bad_chunks(entry, emb, ids, valid)):
                 found.append(f"{where}: {bad}")
+        version_url = self.store.url.rstrip("/").rsplit("/", 1)[0]
+        found += [f"{version_url}: {p}" for p in model_problems(self.manifest, version_url, self.store.storage_options)]
         return found
 
     def _bad_chunks(self, entry: dict[str, Any], emb: np.ndarray, ids: np.ndarray, valid: np.ndarray) -> str:

@@ -9,6 +9,7 @@ runs them on every open, so no reader (and no ``aniso verify``) trusts such a ma
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from aniso.io.chunk_digest import CHUNK_ARRAYS
@@ -95,9 +96,33 @@ def _shard_entries(manifest: dict[str, Any]) -> list[str]:
     return found
 
 
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def _model_entry(manifest: dict[str, Any]) -> list[str]:
+    """The optional ``model`` entry: inside the version (``path`` is ``"model"``), plain file names
+    with sha256 digests, and ``id_source`` one of the two known values."""
+    found = []
+    if manifest.get("id_source", "input") not in ("input", "row-number"):
+        found.append(f"'id_source' is {manifest['id_source']!r}, not 'input' or 'row-number'")
+    if "model" not in manifest:
+        return found
+    entry = manifest["model"]
+    if not isinstance(entry, dict) or entry.get("path") != "model":
+        return found + [f"'model' is {entry!r:.120}, not an entry whose path is 'model'"]
+    files = entry.get("files")
+    if not isinstance(files, dict) or not files or not all(
+            isinstance(k, str) and _FILE_NAME.match(k) and isinstance(v, str) and _HEX64.match(v) for k, v in files.items()):
+        found.append(f"'model.files' is {files!r:.120}, not plain file names with sha256 digests")
+    if not isinstance(entry.get("sha256"), str) or not _HEX64.match(entry["sha256"]):
+        found.append(f"'model.sha256' is {entry.get('sha256')!r}, not a 64-digit hex digest")
+    return found
+
+
 def manifest_problems(manifest: dict[str, Any], store: Any) -> list[str]:
     """Every way ``manifest`` disagrees with itself or with ``store`` (an :class:`EmbeddingStore`)."""
     found = _geometry(manifest)
     if found:
         return found
-    return _against_arrays(manifest, store) + _shard_entries(manifest)
+    return _against_arrays(manifest, store) + _shard_entries(manifest) + _model_entry(manifest)

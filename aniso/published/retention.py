@@ -4,11 +4,19 @@ Published versions are self-contained (:mod:`aniso.published`), so nothing a rea
 under ``runs/``. What is kept:
 
 * the ``keep`` newest published versions, and always the one ``LATEST`` names;
+* every version published within ``min_age_s`` (its publication time is in its name), whatever
+  ``keep`` says: a job pinned to the previous version keeps its data for at least that long;
+* any version named in ``pinned`` (e.g. a scheduled ``produce --model <version>`` reference);
 * any version a reader holds a live lease on (:mod:`aniso.published.lease`): a training job
   iterating an older version keeps it until it stops reading;
-* ``runs/<key>`` of each kept version (its model and quality report: the version's lineage, and
-  what makes republishing the same run a no-op);
+* ``runs/<key>`` of each kept version (its quality report and a copy of its model: the version's
+  lineage, and what makes republishing the same run a no-op);
 * any run or half-written version folder touched within ``min_age_s`` (a run in progress).
+
+Models: every version holds the model that made it (``published/<version>/model/``, hard links
+or server-side copies of the fitting run's files), so no kept version needs anything from a
+removed one, and ``produce --model latest`` always finds its model. :attr:`GcPlan.reasons` says
+why each version and run is kept or removed (``aniso gc --dry-run`` prints it).
 
 ``embeddings/`` (input caches shared by runs) and ``corpus/`` are left alone.
 
@@ -23,7 +31,7 @@ import logging
 import numbers
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from aniso._fs import filesystem, is_local, join_url
@@ -32,7 +40,7 @@ from aniso.io.layout import DatasetLayout
 from aniso.published.dataset import list_versions, read_latest
 from aniso.published.lease import leases_url, live_leases
 
-__all__ = ["GcPlan", "plan_gc", "collect_garbage"]
+__all__ = ["GcPlan", "plan_gc", "collect_garbage", "published_at"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +61,8 @@ class GcPlan:
     bytes_freed: int = 0
     #: bytes of removed hard links whose data stays referenced from kept files (not freed)
     bytes_still_linked: int = 0
+    #: why each version, run and unfinished publication is kept or removed (URL -> reason)
+    reasons: dict[str, str] = field(default_factory=dict)
 
     @property
     def removals(self) -> list[str]:
@@ -115,9 +125,44 @@ def _children(fs: Any, path: str) -> list[str]:
         return []
 
 
+def published_at(version: str) -> float | None:
+    """The publication time (epoch s) in a version's name (``<%Y%m%dT%H%M%S%fZ>-<key>``), or None."""
+    try:
+        return datetime.strptime(version.split("-", 1)[0], "%Y%m%dT%H%M%S%fZ").replace(tzinfo=timezone.utc).timestamp()
+    except ValueError:
+        return None
+
+
+def _age(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+
+
+def _version_reason(name: str, *, latest: str | None, newest: set[str], keep: int, pinned: set[str],
+                    age: float, min_age_s: float) -> str | None:
+    """Why version ``name`` is kept (None: nothing keeps it, leases aside)."""
+    if name == latest:
+        return "LATEST names it"
+    if name in pinned:
+        return "pinned (--keep-version)"
+    if age < min_age_s:
+        return f"published {_age(age)} ago, younger than --min-age-hours {min_age_s / 3600:g}"
+    if name in newest:
+        return f"one of the {keep} newest"
+    return None
+
+
 def plan_gc(layout: DatasetLayout, keep: int, *, min_age_s: float = 86400.0,
-            storage_options: dict[str, Any] | None = None) -> GcPlan:
-    """Decide what :func:`collect_garbage` removes; removes nothing."""
+            storage_options: dict[str, Any] | None = None, pinned: list[str] | tuple[str, ...] = (),
+            now: float | None = None) -> GcPlan:
+    """Decide what :func:`collect_garbage` removes, and why (:attr:`GcPlan.reasons`); removes nothing.
+
+    Parameters
+    ----------
+    pinned
+        Versions to keep whatever their age (a scheduled ``--model <version>`` needs its version).
+    now
+        The time ages are measured at (epoch s; default: the clock).
+    """
     if isinstance(keep, bool) or not isinstance(keep, numbers.Integral):
         raise ConfigError(f"--keep must be a whole number of versions (got {keep!r})")
     if min_age_s != min_age_s or min_age_s < 0:  # NaN or negative: "young" would mean nothing
@@ -126,44 +171,64 @@ def plan_gc(layout: DatasetLayout, keep: int, *, min_age_s: float = 86400.0,
         raise ConfigError(f"--keep must be at least 1 (got {keep}): gc never removes every version")
     options = storage_options or {}
     fs, base = filesystem(layout.base, options)
-    now = time.time()
+    now = time.time() if now is None else now
     versions = list_versions(layout, options)
     latest = read_latest(layout, options)
-    kept = set(versions[-keep:]) | ({latest["version"]} if latest else set())
+    latest_name = latest["version"] if latest else None
+    unknown = sorted(set(pinned) - set(versions))
+    if unknown:
+        raise ConfigError(f"--keep-version {unknown[0]}: no such published version of {layout.dataset}")
     plan = GcPlan()
     run_keys: set[str] = set()
     for name in versions:
         url = layout.published(name)
-        leases = [] if name in kept else live_leases(layout, name, options, now)
-        if name in kept or leases:
+        when = published_at(name)
+        if when is None:  # not a name publish() gives: its manifest's modification time
+            when = _usage(fs, join_url(base, "published", name, "manifest.json"))[1]
+        reason = _version_reason(name, latest=latest_name, newest=set(versions[-keep:]), keep=keep,
+                                 pinned=set(pinned), age=now - when, min_age_s=min_age_s)
+        leases = [] if reason else live_leases(layout, name, options, now)
+        if reason or leases:
             plan.keep_versions.append(url)
             run_keys.add(name.rsplit("-", 1)[-1])
             if leases:
                 plan.leased_versions[url] = max(float(lease.get("expires", now)) for lease in leases)
+                reason = "a reader holds a lease on it"
+            plan.reasons[url] = f"kept: {reason}"
         else:
             plan.remove_versions.append(url)
+            plan.reasons[url] = (f"older than the {keep} newest, not LATEST, published {_age(now - when)} ago, "
+                                 "no reader's lease")
     published_path = join_url(base, "published")
     for path in _children(fs, published_path):
         name = path.rsplit("/", 1)[-1]
         if name == "LATEST" or name in versions or not fs.isdir(path):
             continue
         size, newest = _usage(fs, path)
+        url = join_url(layout.base, "published", name)
         if now - newest >= min_age_s:  # a publication that died before its manifest
-            plan.remove_partial.append(join_url(layout.base, "published", name))
+            plan.remove_partial.append(url)
+            plan.reasons[url] = f"a publication without a manifest, untouched for {_age(now - newest)}"
     for path in _children(fs, join_url(base, "runs")):
         key = path.rsplit("/", 1)[-1]
         url = join_url(layout.base, "runs", key)
         size, newest = _usage(fs, path)
-        if key[:12] in run_keys or now - newest < min_age_s:
+        if key[:12] in run_keys:
             plan.keep_runs.append(url)
+            plan.reasons[url] = "kept: the run of a kept version"
+        elif now - newest < min_age_s:
+            plan.keep_runs.append(url)
+            plan.reasons[url] = f"kept: touched {_age(max(0.0, now - newest))} ago (a run in progress?)"
         else:
             plan.remove_runs.append(url)
+            plan.reasons[url] = f"no kept version was published from it, untouched for {_age(now - newest)}"
     plan.bytes_freed, plan.bytes_still_linked = _freed(fs, [filesystem(u, options)[1] for u in plan.removals])
     return plan
 
 
 def collect_garbage(layout: DatasetLayout, keep: int, *, dry_run: bool = False, min_age_s: float = 86400.0,
-                    storage_options: dict[str, Any] | None = None) -> GcPlan:
+                    storage_options: dict[str, Any] | None = None, pinned: list[str] | tuple[str, ...] = (),
+                    now: float | None = None) -> GcPlan:
     """Remove what :func:`plan_gc` selects (nothing with ``dry_run``); returns the plan.
 
     Versions go first, then runs: an interrupted gc never leaves a kept version without data
@@ -172,7 +237,7 @@ def collect_garbage(layout: DatasetLayout, keep: int, *, dry_run: bool = False, 
     gc removed first is listed in ``already_removed``.
     """
     options = storage_options or {}
-    plan = plan_gc(layout, keep, min_age_s=min_age_s, storage_options=options)
+    plan = plan_gc(layout, keep, min_age_s=min_age_s, storage_options=options, pinned=pinned, now=now)
     if dry_run:
         return plan
     fs = filesystem(layout.base, options)[0]
@@ -181,6 +246,7 @@ def collect_garbage(layout: DatasetLayout, keep: int, *, dry_run: bool = False, 
         plan.remove_versions.remove(url)
         plan.keep_versions.append(url)
         plan.leased_versions[url] = time.time()
+        plan.reasons[url] = "kept: a reader holds a lease on it"
         logger.info("gc kept %s: a reader opened it meanwhile", url)
     if opened:
         plan.bytes_freed, plan.bytes_still_linked = _freed(fs, [filesystem(u, options)[1] for u in plan.removals])

@@ -3,7 +3,8 @@
 A published version holds everything it needs (``docs/format.md``)::
 
     published/<version>/data.zarr/      the Zarr v3 group (embedding, id, valid), crc32c per chunk
-    published/<version>/manifest.json   shapes, ids, per-shard sha256 and per-chunk crc32c, gates, lineage
+    published/<version>/model/          the fitted model that made it (aniso.published.model)
+    published/<version>/manifest.json   shapes, ids, per-shard sha256 and per-chunk crc32c, model, gates, lineage
     published/LATEST                    {"version", "manifest", "run_key"}
 
 Write order: the run's store is linked (local: hard links, or a copy across devices) or copied
@@ -98,6 +99,8 @@ def _shard_entries(store: EmbeddingStore, markers: list[dict[str, Any]]) -> list
     entries = []
     for m in markers:
         entry = {k: m[k] for k in ("shard", "start", "stop", "rows", "valid_rows", "sha256")}
+        if (m.get("stats") or {}).get("input_sha256"):  # lets a frozen-model run carry the shard over
+            entry["input_sha256"] = m["stats"]["input_sha256"]
         chunks = m.get("chunks")
         if chunks is None or m.get("chunks_row_stride") != EMBEDDING_ROW_STRIDE:
             emb, ids, valid = store.read_shard(m["shard"])
@@ -114,6 +117,10 @@ def publish(
     lineage: dict[str, Any],
     storage_options: dict[str, Any] | None = None,
     report_from: str | None = None,
+    model_from: str | None = None,
+    model_fitted_in: str | None = None,
+    model_fitted_on: dict[str, Any] | None = None,
+    id_source: str | None = None,
 ) -> dict[str, Any]:
     """Publish the run's substitutes as a new immutable, self-contained version; move ``LATEST``.
 
@@ -124,6 +131,14 @@ def publish(
         version and written as ``report.html`` into the version folder before the manifest (which
         then names it), so nothing in a version changes once its manifest exists. A report that
         cannot be written is logged and left out; it never stops a publication.
+    model_from
+        The run's model folder: copied into ``<version>/model/`` (hard links locally, server-side
+        copies on object storage) and named in the manifest's ``model`` entry with its checksums,
+        method and parameters, ``model_fitted_in`` (the version that fitted it; this version
+        when None) and ``model_fitted_on`` (input fingerprints and row counts).
+    id_source
+        ``"input"`` (ids from the input) or ``"row-number"``: recorded as the manifest's
+        ``id_source`` (the guard rails compare it between versions).
 
     Returns
     -------
@@ -172,6 +187,15 @@ def publish(
             "lineage": lineage,
             "publication": copy,
         }
+        if model_from is not None:
+            from aniso.published.model import MODEL_PATH, copy_model, model_entry
+
+            model_url = join_url(layout.published(version), MODEL_PATH)
+            files = copy_model(model_from, model_url, options)
+            manifest["model"] = model_entry(files, model_url, options, fitted_in=model_fitted_in or version,
+                                            fitted_on=model_fitted_on or {})
+        if id_source is not None:
+            manifest["id_source"] = id_source
         if report_from is not None and _write_report(report_from, layout, version, options):
             manifest["report"] = report = REPORT_PATH
         write_atomic(join_url(layout.published(version), "manifest.json"),

@@ -6,6 +6,7 @@ Idempotent, one call per shard or per run (see :mod:`aniso.stages`).
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Any
 
@@ -15,7 +16,7 @@ from aniso.io.rows import open_rows
 from aniso.io.store import EmbeddingStore
 from aniso.methods import Aligner
 
-__all__ = ["APPLY_BLOCK", "prepare_substitutes", "apply_shard", "shard_quality"]
+__all__ = ["APPLY_BLOCK", "prepare_substitutes", "apply_shard", "shard_quality", "input_digest"]
 
 #: per block instead of several copies of the whole shard (the maps are row-wise, so the result
 #: does not depend on it).
@@ -58,10 +59,19 @@ def apply_shard(
             out[valid] = target
     compute_s = time.perf_counter() - started - read_s
     stats = shard_quality(out if valid.all() else out[valid], list(ids[valid]))
-    stats.update(read_seconds=read_s, compute_seconds=compute_s)
+    stats.update(read_seconds=read_s, compute_seconds=compute_s, input_sha256=input_digest(emb, ids, valid))
     marker = subs.write_shard(shard, out, list(ids), valid=valid, stats=stats)
     marker["stats"]["write_seconds"] = time.perf_counter() - started - read_s - compute_s
     return marker
+
+
+def input_digest(emb: np.ndarray, ids: Any, valid: np.ndarray) -> str:
+    """sha256 of a text shard as the model sees it: its rows (float32, C order), ids and valid
+    flags. Equal digests mean equal substitutes under one model (the transforms are row-wise)."""
+    digest = hashlib.sha256(np.ascontiguousarray(emb, dtype=np.float32).reshape(-1).view(np.uint8))
+    digest.update("\x1f".join(map(str, ids)).encode())
+    digest.update(np.asarray(valid, dtype=np.uint8).tobytes())
+    return digest.hexdigest()
 
 
 def shard_quality(subs: np.ndarray, ids: list[str]) -> dict[str, Any]:

@@ -5,6 +5,9 @@
 * are the inputs there and readable, do their dimensions agree, are there enough rows to fit
   and gate (:data:`MIN_ROWS`)?
 * is the output root writable (the bucket exists, the credentials work)?
+* does a ``--model`` reference resolve, does its text input have ids, and would the new version
+  keep the dimension, dtype and id source of the dataset's ``LATEST``
+  (:func:`aniso.stages.frozen.check_before_run`)?
 
 Each failure is one :class:`~aniso.errors.InputError` (inputs) or
 :class:`~aniso.errors.ConfigError` (storage) whose message names the URL or setting; the CLI
@@ -192,4 +195,8 @@ def preflight(text: str, image: str, settings: Any, *, timeout: float = TIMEOUT_
         raise InputError(f"text embeddings ({text}) have d={shapes['text'][1]} but image embeddings "
                          f"({image}) have d={shapes['image'][1]}")
     check_output_root(settings.storage.root, settings.storage.dataset, options, timeout=timeout)
+    from aniso.stages.frozen import check_before_run
+
+    # a frozen model's reference and ids, and the schema of the version LATEST names
+    check_before_run(text, shapes["text"][1] if shapes["text"] else None, settings, options)
     logger.info("preflight passed in %.2f s", time.perf_counter() - started)
