@@ -23,7 +23,7 @@ from aniso._version import code_version
 from aniso.config import Settings, config_hash, load_settings, semantic_config
 from aniso.errors import ConfigError, GateFailed, InputError
 from aniso.io.inputs import is_embedding_input, open_embedding_source
-from aniso.io.layout import DatasetLayout, run_key
+from aniso.io.layout import DatasetLayout, input_record, run_key, run_lineage
 from aniso.io.rows import StoreRef, describe
 from aniso.quality.gates import load_suites, preload_in_background
 from aniso.quality.metric_info import format_value
@@ -154,8 +154,9 @@ def run_stages(text: str, image: str, settings: Settings) -> dict[str, Any]:
     announce_dashboard()
     options = settings.storage.fs_options()
     layout = DatasetLayout(settings.storage.root, settings.storage.dataset)
+    embedding_input = {"text": is_embedding_input(text, options), "image": is_embedding_input(image, options)}
     with _stage("inputs"):
-        if all(is_embedding_input(url, options) for url in (text, image)):
+        if all(embedding_input.values()):
             text_ref, image_ref = ingest_inputs([(text, "text"), (image, "image")], layout, settings)
         else:
             text_ref = embeddings_for(text, "text", layout, settings)
@@ -166,12 +167,13 @@ def run_stages(text: str, image: str, settings: Settings) -> dict[str, Any]:
 
     key = run_key({"text": text_ref.fingerprint, "image": image_ref.fingerprint}, semantic_config(settings), code_version())
     logger.info("run key %s (dataset %s)", key, layout.dataset)
-    lineage = {
-        "method": settings.method.name, "params": settings.method.params, "config_hash": config_hash(settings),
-        "code_version": code_version(), "embed_model": settings.embed.model,
-        "inputs": {"text": {"fingerprint": text_ref.fingerprint}, "image": {"fingerprint": image_ref.fingerprint}},
-        "text_store": text_store.removeprefix(layout.base).lstrip("/"),
-    }
+    lineage = run_lineage(
+        {"text": input_record(text, text_ref.fingerprint, embedded=not embedding_input["text"]),
+         "image": input_record(image, image_ref.fingerprint, embedded=not embedding_input["image"])},
+        embed_model=settings.embed.model, method=settings.method.name, params=settings.method.params,
+        config_hash=config_hash(settings), code_version=code_version(),
+        text_store=text_store.removeprefix(layout.base).lstrip("/"),
+    )
     write_json(layout.run_record(key), {"run_key": key, "dataset": layout.dataset, "config": semantic_config(settings), **lineage}, options)
 
     with _stage("statistics"):

@@ -275,10 +275,20 @@ def _identity_rows(content: Mapping[str, Any]) -> list[list[Any]]:
         ["code version", ident.get("code_version")],
         ["config hash", ident.get("config_hash")],
         ["embedding model", ident.get("embed_model")],
-        *[[f"input: {name}", (v or {}).get("fingerprint", v) if isinstance(v, Mapping) else v] for name, v in inputs.items()],
+        *[[f"input: {name}", _input_cell(v)] for name, v in inputs.items()],
         ["report generated", content.get("generated")],
     ]
     return [r for r in rows if r[1] not in (None, "", {})]
+
+
+def _input_cell(record: Any) -> Any:
+    """An input's URL and fingerprint (``<url> (fingerprint <12 hex>)``), or what was recorded."""
+    if not isinstance(record, Mapping):
+        return record
+    fingerprint = str(record.get("fingerprint") or "")
+    if not record.get("url"):
+        return fingerprint
+    return f"{record['url']} (fingerprint {fingerprint[:12]})" if fingerprint else record["url"]
 
 
 def _metric_rows(content: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
