@@ -97,7 +97,8 @@ ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML settin
 ProfileOpt = Annotated[Optional[str], typer.Option("--profile", help="conf/<profile>.yaml (default, local, s3, ci). "
                                                                     "(default: $ANISO_PROFILE, else default)")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting: section.field=value (repeatable).")]
-OutOpt = Annotated[Optional[str], typer.Option(help=f"Storage root URL (local path or s3://...). {_setting_default('storage.root')}")]
+RootArg = Annotated[Optional[str], typer.Argument(metavar="ROOT", help="Storage root URL (local path or s3://...).", show_default=False)]
+OutOpt = Annotated[Optional[str], typer.Option(help="The storage root, as ROOT (kept for compatibility).")]
 DatasetOpt = Annotated[Optional[str], typer.Option(help=f"Dataset name under the root. {_setting_default('storage.dataset')}")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Also log each step (aniso, Prefect, Dask) at INFO.")]
 
@@ -115,6 +116,18 @@ def _fail(exc: BaseException) -> None:
         reason = f"{exc.strerror or type(exc).__name__}{where} (errno {exc.errno}); fix it and rerun: the run resumes"
     typer.echo(f"aniso: error: {' '.join(reason.split())}", err=True)
     raise typer.Exit(code)
+
+
+def _root(root: str | None, out: str | None, command: str, *, required: bool = False) -> str | None:
+    """The storage root of a command: its ROOT argument, or ``--out`` (the earlier spelling)."""
+    if root is not None and out is not None and root != out:
+        typer.echo(f"aniso: error: ROOT {root} and --out {out} name two storage roots; give one", err=True)
+        raise typer.Exit(2)
+    given = root if root is not None else out
+    if given is None and required:
+        typer.echo(f"aniso: error: aniso {command} needs the storage root: aniso {command} ROOT ...", err=True)
+        raise typer.Exit(2)
+    return given
 
 
 def _settings(profile: str | None, config: Path | None, overrides: list[str] | None, **fields: str | None) -> Settings:
@@ -146,6 +159,8 @@ def _announce(command: str, what: str) -> None:
 def produce(
     text: Annotated[str, typer.Option(help="Text embeddings: .npy, clip-retrieval folder or Zarr store URL.")],
     image: Annotated[str, typer.Option(help="Image embeddings: .npy, clip-retrieval folder or Zarr store URL.")],
+    root: Annotated[Optional[str], typer.Argument(metavar="ROOT", help=f"Storage root URL (local path or s3://...). "
+                                                       f"{_setting_default('storage.root')}", show_default=False)] = None,
     out: OutOpt = None,
     dataset: DatasetOpt = None,
     method: Annotated[Optional[str], typer.Option(help=f"{', '.join(METHODS)}. "
@@ -162,7 +177,8 @@ def produce(
     _announce("produce", f"text {redact_url(text)} + image {redact_url(image)} -> statistics (or embed), fit, apply, "
                          "gates, publish")
     try:
-        settings = _settings(profile, config, set_, **{"storage.root": out, "storage.dataset": dataset, "method.name": method})
+        settings = _settings(profile, config, set_, **{"storage.root": _root(root, out, "produce"),
+                                                       "storage.dataset": dataset, "method.name": method})
         announce_settings(settings)
         result = run_produce(text, image, settings, verbose=_VERBOSE[0])
     except (AnisoError, OSError) as exc:
@@ -176,7 +192,9 @@ def _print_result(result: dict, settings: Settings) -> None:
 
 @app.command()
 def demo(
-    out: Annotated[str, typer.Option(help="Storage root for the demo.")] = ".aniso-demo",
+    root: Annotated[Optional[str], typer.Argument(metavar="ROOT", help="Storage root for the demo. [default: .aniso-demo]",
+                                                  show_default=False)] = None,
+    out: OutOpt = None,
     items: Annotated[int, typer.Option(help="Captions and images to generate (unpaired: different seeds).")] = 4000,
     method: Annotated[Optional[str], typer.Option(help=f"Alignment method. {_setting_default('method.name')}")] = None,
     set_: SetOpt = None,
@@ -184,6 +202,7 @@ def demo(
 ) -> None:
     """The embedded default, offline: a generated captioned corpus → the shipped demo open_clip
     model → AnisoAlign → gates → publish."""
+    out = _root(root, out, "demo") or ".aniso-demo"
     _configure_logging(verbose)
     _announce("demo", f"{items} generated captions and {items} rendered images -> embed with the demo model, "
                       "fit, apply, gates, publish")
@@ -212,7 +231,8 @@ def demo(
 
 @app.command()
 def embed(
-    out: Annotated[str, typer.Option(help="Storage root URL (local path or s3://...).")],
+    root: RootArg = None,
+    out: OutOpt = None,
     text: Annotated[Optional[str], typer.Option(help="Text corpus URL (jsonl, parquet, csv, txt, tars).")] = None,
     images: Annotated[Optional[str], typer.Option(help="Image corpus URL (folder tree or webdataset tars).")] = None,
     dataset: DatasetOpt = None,
@@ -227,6 +247,7 @@ def embed(
     """Embed a raw corpus into a Zarr embedding store (resumable; per-item failures recorded)."""
     from aniso.flows.embed import embed as embed_flow
 
+    out = _root(root, out, "embed", required=True)
     _configure_logging(verbose)
     if (text is None) == (images is None):
         typer.echo("aniso: error: give exactly one of --text or --images", err=True)
@@ -250,7 +271,11 @@ def embed(
 def diagnose(
     text: Annotated[str, typer.Option(help="Text embeddings URL (.npy, clip-retrieval folder, Zarr store).")],
     image: Annotated[str, typer.Option(help="Image embeddings URL.")],
-    substitutes: Annotated[Optional[str], typer.Option(help="Substitutes for the text (row-aligned).")] = None,
+    substitutes: Annotated[Optional[str], typer.Option(
+        help="Substitutes for the text (row-aligned): an embedding store URL, a published version's folder "
+             "(ROOT/DATASET/published/VERSION), or a storage root with --dataset (and --version).")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="With --substitutes ROOT: the published dataset.")] = None,
+    version: Annotated[Optional[str], typer.Option(help="With --dataset: the published version (default: LATEST).")] = None,
     pairs: Annotated[bool, typer.Option("--pairs", help="Text and image rows are pairs (adds A_r, R@k, ...).")] = False,
     max_rows: Annotated[int, typer.Option(help="Deterministic row sample per input.")] = 5000,
     format_: Annotated[str, typer.Option("--format", metavar="|".join(DIAGNOSE_FORMATS),
@@ -262,62 +287,44 @@ def diagnose(
 ) -> None:
     """Print the geometric diagnostics of raw text and, if given, substitutes against the images
     (what each value means: docs/diagnostics.md)."""
-    from aniso.quality.diagnostics import diagnose as run_diagnostics
-    from aniso.io.inputs import open_embedding_source
-    from aniso.numeric.sampling import collect_rows, sample_indices
-
-    from aniso.stages.preflight import MIN_ROWS
+    from ._diagnose import diagnose_inputs
 
     _configure_logging(False)
     if format_ not in DIAGNOSE_FORMATS:
         typer.echo(f"aniso: error: --format {format_!r} is not one of {', '.join(DIAGNOSE_FORMATS)}", err=True)
         raise typer.Exit(2)
     try:
-        if max_rows < MIN_ROWS:
-            raise InputError(f"--max-rows must be at least {MIN_ROWS} (the kNN metrics compare 10 neighbours), got {max_rows}")
         options = _settings(profile, config, set_).storage.fs_options()
-        sources = {"text": open_embedding_source(text, options, what="text"),
-                   "image": open_embedding_source(image, options, what="image")}
-        if substitutes:
-            sources["substitutes"] = open_embedding_source(substitutes, options, what="substitutes")
-        urls = {"text": text, "image": image, "substitutes": substitutes}
-        for name, src in sources.items():
-            if src.dim != sources["text"].dim:
-                raise InputError(f"{name} embeddings ({urls[name]}) have d={src.dim} but text embeddings ({text}) "
-                                 f"have d={sources['text'].dim}")
-            if src.n_rows < MIN_ROWS:
-                raise InputError(f"{name} input {urls[name]} has {src.n_rows} row(s); at least {MIN_ROWS} are needed "
-                                 "(the kNN metrics compare 10 neighbours)")
-        if pairs and sources["text"].n_rows != sources["image"].n_rows:
-            raise InputError(f"--pairs needs as many image rows as text rows: {sources['text'].n_rows} vs {sources['image'].n_rows}")
-        text_rows = sample_indices(sources["text"].n_rows, max_rows, seed=0)
-        arrays = {
-            name: collect_rows(src, text_rows if name != "image" or pairs else sample_indices(src.n_rows, max_rows, seed=1), what=name)
-            for name, src in sources.items()
-        }
-        rows = {"raw text": run_diagnostics(arrays["text"], arrays["image"], paired=pairs)}
-        if substitutes:
-            rows["substitutes"] = run_diagnostics(arrays["text"], arrays["image"], arrays["substitutes"], paired=pairs)
+        rows, counts = diagnose_inputs(text, image, substitutes, dataset=dataset, version=version, pairs=pairs,
+                                       max_rows=max_rows, options=options)
     except (AnisoError, OSError) as exc:
         _fail(exc)
     if format_ in ("table", "markdown"):
-        typer.echo(f"rows sampled: text {len(arrays['text'])}, image {len(arrays['image'])} (of "
-                   f"{sources['text'].n_rows} and {sources['image'].n_rows})")
+        typer.echo(f"rows sampled: text {counts['text_sampled']}, image {counts['image_sampled']} (of "
+                   f"{counts['text']} and {counts['image']})")
     typer.echo(diagnose_output(rows, format_))
 
 
 @app.command()
 def show(
-    out: Annotated[str, typer.Option(help="Storage root URL.")],
+    root: RootArg = None,
+    out: OutOpt = None,
     dataset: Annotated[str, typer.Option(help="Dataset name.")] = "demo",
+    version: Annotated[Optional[str], typer.Option(help="Published version (default: LATEST).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full manifest as JSON (what a training team reads).")] = False,
+    config: ConfigOpt = None,
+    profile: ProfileOpt = None,
+    set_: SetOpt = None,
 ) -> None:
-    """Summarise the published version: rows, method, gates, where the data and the report are."""
+    """Summarise a published version: rows, method, gates, where the data and the report are."""
     from aniso.published.dataset import open_published
 
+    root = _root(root, out, "show", required=True)
     _configure_logging(False)
     try:
-        published = open_published(out, dataset, lease_s=None)  # reads the manifest only: no lease
+        options = _settings(profile, config, set_).storage.fs_options()
+        # reads the manifest only: no lease
+        published = open_published(root, dataset, version=version, storage_options=options, lease_s=None)
     except AnisoError as exc:
         _fail(exc)
     if as_json:
@@ -325,14 +332,14 @@ def show(
         return
     from aniso._fs import exists, join_url
 
-    version_dir = join_url(out, dataset, "published", str(published.manifest.get("version", "")))
+    version_dir = join_url(root, dataset, "published", str(published.manifest.get("version", "")))
     report = join_url(version_dir, "report.html")
-    typer.echo("\n".join(show_summary(published.manifest, out, dataset, report if exists(report) else None)))
+    typer.echo("\n".join(show_summary(published.manifest, root, dataset, report if exists(report, options) else None)))
 
 
 @app.command()
 def verify(
-    root: Annotated[str, typer.Argument(help="Storage root URL (local path or s3://...).")],
+    root: Annotated[str, typer.Argument(metavar="ROOT", help="Storage root URL (local path or s3://...).")],
     dataset: Annotated[str, typer.Option(help="Dataset name.")],
     version: Annotated[Optional[str], typer.Option(help="Published version (default: LATEST).")] = None,
     config: ConfigOpt = None,
@@ -378,7 +385,7 @@ def verify(
 
 @app.command()
 def gc(
-    root: Annotated[str, typer.Argument(help="Storage root URL (local path or s3://...).")],
+    root: Annotated[str, typer.Argument(metavar="ROOT", help="Storage root URL (local path or s3://...).")],
     dataset: Annotated[str, typer.Option(help="Dataset name.")],
     keep: Annotated[int, typer.Option(help="Published versions to keep (the newest; LATEST's is always kept).")] = 3,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only print what would be removed.")] = False,
@@ -418,7 +425,7 @@ def gc(
 
 @app.command()
 def export(
-    root: Annotated[str, typer.Argument(help="Storage root URL (local path or s3://...).")],
+    root: Annotated[str, typer.Argument(metavar="ROOT", help="Storage root URL (local path or s3://...).")],
     dataset: Annotated[str, typer.Option(help="Dataset name.")],
     out: Annotated[str, typer.Option(help="Where to write the export (local path or s3://...).")],
     format_: Annotated[str, typer.Option("--format", help="clip-retrieval (float16 .npy + metadata parquet) or webdataset (tars).")],
