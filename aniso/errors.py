@@ -22,6 +22,7 @@ __all__ = [
     "GateFailed",
     "FailureRateExceeded",
     "DeviceUnavailable",
+    "ClusterUnavailable",
 ]
 
 
@@ -78,3 +79,7 @@ class FailureRateExceeded(AnisoError, RuntimeError):
 
 class DeviceUnavailable(AnisoError, RuntimeError):
     """A GPU was required (``require_gpu``) but none is usable."""
+
+
+class ClusterUnavailable(AnisoError, RuntimeError):
+    """The Dask cluster has no worker to run on (none joined within ``cluster.wait_timeout``)."""

@@ -14,6 +14,7 @@ from prefect_dask import DaskTaskRunner
 
 from aniso._fs import resolve_env_refs
 from aniso.config import ClusterSettings
+from aniso.errors import ClusterUnavailable
 from aniso.progress import ProgressEvent, format_event, report
 
 logger = logging.getLogger(__name__)
@@ -25,8 +26,8 @@ ARTIFACT_INTERVAL = 2.0
 
 def make_task_runner(cluster: ClusterSettings) -> DaskTaskRunner:
     """A DaskTaskRunner: an existing scheduler when ``address`` is set, else a temporary cluster."""
-    if cluster.address:
-        return DaskTaskRunner(address=cluster.address)
+    if cluster.address:  # connecting gives up after cluster.wait_timeout, as waiting for workers does
+        return DaskTaskRunner(address=cluster.address, client_kwargs={"timeout": cluster.wait_timeout})
     cluster_class = cluster.cluster_class or "distributed.LocalCluster"
     kwargs: dict[str, Any] = {}
     if cluster_class.rsplit(".", 1)[-1] in ("LocalCluster", "LocalCUDACluster"):
@@ -91,6 +92,35 @@ def run_stage(stage: str, rows: int, work: Callable[[], T]) -> T:
     result = work()
     progress.finish()
     return result
+
+
+def wait_for_workers(cluster: ClusterSettings) -> None:
+    """Connect to the running flow's Dask cluster and wait until it has a worker, each at most
+    ``cluster.wait_timeout`` seconds.
+
+    Raises
+    ------
+    ClusterUnavailable
+        The scheduler cannot be reached, or no worker joined in time (a scheduler started
+        without workers, workers that cannot reach it): one line naming the scheduler and the
+        setting, instead of a silent hang or a connection traceback.
+    """
+    runner = getattr(FlowRunContext.get(), "task_runner", None)
+    if not isinstance(runner, DaskTaskRunner):
+        return
+    where = cluster.address or "the local cluster's scheduler"
+    try:
+        client = runner.client  # connects (the runner's client is created on first use)
+    except (OSError, TimeoutError) as exc:
+        raise ClusterUnavailable(f"cannot reach the Dask scheduler at {where} within {cluster.wait_timeout:g} s "
+                                 f"(cluster.wait_timeout): {' '.join(str(exc).split())}") from exc
+    try:
+        client.wait_for_workers(1, timeout=cluster.wait_timeout)
+    except (TimeoutError, OSError) as exc:
+        raise ClusterUnavailable(
+            f"no Dask worker joined the scheduler at {where} within {cluster.wait_timeout:g} s "
+            f"(cluster.wait_timeout); start workers (dask worker {where}) or check cluster.address"
+        ) from exc
 
 
 def announce_dashboard() -> str | None:

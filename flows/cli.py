@@ -113,7 +113,9 @@ def _fail(exc: BaseException) -> None:
     reason = str(exc)
     if isinstance(exc, OSError) and not isinstance(exc, AnisoError):
         where = f": {exc.filename}" if exc.filename else ""
-        reason = f"{exc.strerror or type(exc).__name__}{where} (errno {exc.errno}); fix it and rerun: the run resumes"
+        what = exc.strerror or str(exc) or type(exc).__name__
+        errno = f" (errno {exc.errno})" if exc.errno is not None else ""
+        reason = f"{what}{where}{errno}; fix it and rerun: the run resumes"
     typer.echo(f"aniso: error: {' '.join(reason.split())}", err=True)
     raise typer.Exit(code)
 
@@ -461,7 +463,10 @@ def main() -> None:  # pragma: no cover - console entry point
     """The ``aniso`` console script: run the command, then leave without tearing down the
     interpreter (see :func:`aniso.flows._console.fast_exit`)."""
     from ._console import fast_exit
+    from ._supervise import needs_supervision, supervise
 
+    if needs_supervision(sys.argv[1:]):  # a flow run: stopped as one process tree (see _supervise)
+        fast_exit(supervise(sys.argv[1:]))
     try:
         app(standalone_mode=True)
     except SystemExit as exc:

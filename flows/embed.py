@@ -14,7 +14,7 @@ from aniso.config import Settings
 from aniso.stages.embed import finish_embedding, prepare_embedding
 from aniso.tasks.embed import embed_corpus_shard
 
-from ._common import map_shards
+from ._common import map_shards, wait_for_workers
 
 
 def embed_corpus(url: str, modality: str, settings: Settings) -> dict[str, Any]:
@@ -28,4 +28,5 @@ def embed_corpus(url: str, modality: str, settings: Settings) -> dict[str, Any]:
 @flow(name="embed")
 def embed(url: str, modality: str, settings: Settings) -> dict[str, Any]:
     """Standalone embed flow (``aniso embed``)."""
+    wait_for_workers(settings.cluster)
     return embed_corpus(url, modality, settings)

@@ -33,7 +33,7 @@ from aniso.stages.statistics import statistics_kind
 from aniso.tasks.gate import gate
 from aniso.tasks.publish import publish
 
-from ._common import announce_dashboard, make_task_runner, run_stage
+from ._common import announce_dashboard, make_task_runner, run_stage, wait_for_workers
 from .apply import apply_model
 from .fit import fit_and_calibrate
 from .ingest import ingest_embeddings, ingest_inputs
@@ -151,6 +151,7 @@ def run_stages(text: str, image: str, settings: Settings) -> dict[str, Any]:
     """The stages of :func:`produce` (its subflow, on the settings' Dask task runner)."""
     settings = resolve_settings(settings)
     preload_in_background()  # great-expectations loads while the data stages run
+    wait_for_workers(settings.cluster)
     announce_dashboard()
     options = settings.storage.fs_options()
     layout = DatasetLayout(settings.storage.root, settings.storage.dataset)
