@@ -18,7 +18,7 @@ from typing import Any
 from prefect import flow
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
-from aniso._fs import redact_url, write_json
+from aniso._fs import absolute_url, redact_url, write_json
 from aniso._version import code_version
 from aniso.config import Settings, config_hash, load_settings, semantic_config
 from aniso.errors import ConfigError, GateFailed, InputError
@@ -33,7 +33,7 @@ from aniso.stages.statistics import statistics_kind
 from aniso.tasks.gate import gate
 from aniso.tasks.publish import publish
 
-from ._common import announce_dashboard, make_task_runner, run_stage, wait_for_workers
+from ._common import SettingsTaskRunner, announce_dashboard, run_stage, use_settings_cluster, wait_for_workers
 from .apply import apply_model
 from .fit import fit_and_calibrate
 from .ingest import ingest_embeddings, ingest_inputs
@@ -106,14 +106,16 @@ def resolve_settings(settings: Settings | dict[str, Any]) -> Settings:
 
 # Parameters are validated by hand below: deployments pass ``settings`` as JSON, CLI runs pass
 # the model itself, and both must end up as the same validated Settings.
-@flow(name="produce", flow_run_name=_run_name, validate_parameters=False)
+@flow(name="produce", flow_run_name=_run_name, validate_parameters=False, task_runner=SettingsTaskRunner())
 def produce(text: str, image: str, settings: Settings | dict[str, Any]) -> dict[str, Any]:
     """Produce and publish substitute image embeddings for a text corpus.
 
     The flow checks the settings, inputs and output root first (:func:`aniso.stages.preflight.preflight`),
-    then runs the stages as a subflow on the Dask task runner built from ``settings.cluster``
-    (``address``: an existing scheduler; else a temporary ``cluster_class`` cluster), so a CLI
-    run, ``serve`` and a ``prefect deploy`` deployment all execute on the configured cluster.
+    then runs the stages itself on the Dask cluster ``settings.cluster`` names (``address``: an
+    existing scheduler; else a temporary ``cluster_class`` cluster; see
+    :class:`~aniso.flows._common.SettingsTaskRunner`), so a CLI run, ``serve`` and a ``prefect
+    deploy`` deployment all execute on the configured cluster, and the flow run they started
+    carries every stage's logs, progress and artifacts.
 
     Parameters
     ----------
@@ -139,17 +141,17 @@ def produce(text: str, image: str, settings: Settings | dict[str, Any]) -> dict[
         When any gate fails; nothing is published and the run's staging data stays.
     """
     settings = resolve_settings(settings)
+    # local paths as the caller meant them: tasks may run on workers started in other directories
+    text, image = absolute_url(text), absolute_url(image)
+    settings.storage.root = absolute_url(settings.storage.root)
     preflight(text, image, settings)
-    runner = make_task_runner(settings.cluster)
-    logger.info("task runner: %s", settings.cluster.address or settings.cluster.cluster_class or "distributed.LocalCluster")
+    logger.info("task runner: %s", use_settings_cluster(settings.cluster))
     with _gil_handoff():
-        return run_stages.with_options(task_runner=runner)(text=text, image=image, settings=settings)
+        return _run_stages(text, image, settings)
 
 
-@flow(name="produce-stages", validate_parameters=False)
-def run_stages(text: str, image: str, settings: Settings) -> dict[str, Any]:
-    """The stages of :func:`produce` (its subflow, on the settings' Dask task runner)."""
-    settings = resolve_settings(settings)
+def _run_stages(text: str, image: str, settings: Settings) -> dict[str, Any]:
+    """The stages of :func:`produce`, in its flow run, on its task runner."""
     preload_in_background()  # great-expectations loads while the data stages run
     wait_for_workers(settings.cluster)
     announce_dashboard()
