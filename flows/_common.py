@@ -14,7 +14,7 @@ from prefect_dask import DaskTaskRunner
 
 from aniso._fs import resolve_env_refs
 from aniso.config import ClusterSettings
-from aniso.errors import ClusterUnavailable
+from aniso.errors import ClusterUnavailable, ConfigError
 from aniso.progress import ProgressEvent, format_event, report
 
 logger = logging.getLogger(__name__)
@@ -186,6 +186,33 @@ def wait_for_workers(cluster: ClusterSettings) -> None:
             f"no Dask worker joined the scheduler at {where} within {cluster.wait_timeout:g} s "
             f"(cluster.wait_timeout); start workers (dask worker {where}) or check cluster.address"
         ) from exc
+
+
+def probe_workers(text: str, image: str, settings: Any) -> None:
+    """The preflight's probe on every worker of the running flow's cluster (:func:`aniso.stages.
+    preflight.probe_here`): the flow's own checks passed, but tasks read and write from the
+    workers' environments, which may lack the credentials.
+
+    Raises
+    ------
+    ConfigError
+        One line naming the first worker that failed, what failed and the storage variables
+        (``AWS_*``) its environment lacks.
+    """
+    from aniso.stages.preflight import probe_here, storage_variables
+
+    client = getattr(getattr(FlowRunContext.get(), "task_runner", None), "_client", None)
+    if client is None:
+        return
+    storage = settings.storage
+    results = client.run(probe_here, text, image, storage.root, storage.dataset, storage.fs_options(),
+                         storage_variables())
+    failed = {worker: reason for worker, reason in sorted(results.items()) if reason}
+    if failed:
+        worker, reason = next(iter(failed.items()))
+        more = f" (and {len(failed) - 1} more worker(s))" if len(failed) > 1 else ""
+        raise ConfigError(f"preflight on Dask worker {worker}{more}: {reason}")
+    logger.info("preflight passed on %d Dask worker(s)", len(results))
 
 
 def announce_dashboard() -> str | None:

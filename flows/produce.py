@@ -33,7 +33,8 @@ from aniso.stages.statistics import statistics_kind
 from aniso.tasks.gate import gate
 from aniso.tasks.publish import publish
 
-from ._common import SettingsTaskRunner, announce_dashboard, run_stage, use_settings_cluster, wait_for_workers
+from ._common import (SettingsTaskRunner, announce_dashboard, probe_workers, run_stage, use_settings_cluster,
+                      wait_for_workers)
 from .apply import apply_model
 from .fit import fit_and_calibrate
 from .ingest import ingest_embeddings, ingest_inputs
@@ -154,6 +155,7 @@ def _run_stages(text: str, image: str, settings: Settings) -> dict[str, Any]:
     """The stages of :func:`produce`, in its flow run, on its task runner."""
     preload_in_background()  # great-expectations loads while the data stages run
     wait_for_workers(settings.cluster)
+    probe_workers(text, image, settings)
     announce_dashboard()
     options = settings.storage.fs_options()
     layout = DatasetLayout(settings.storage.root, settings.storage.dataset)
