@@ -23,6 +23,7 @@ __all__ = [
     "FailureRateExceeded",
     "DeviceUnavailable",
     "ClusterUnavailable",
+    "MissingExtra",
 ]
 
 
@@ -83,3 +84,8 @@ class DeviceUnavailable(AnisoError, RuntimeError):
 
 class ClusterUnavailable(AnisoError, RuntimeError):
     """The Dask cluster has no worker to run on (none joined within ``cluster.wait_timeout``)."""
+
+
+class MissingExtra(ConfigError, ImportError):
+    """What the settings ask for needs an optional dependency that is not installed; the message
+    names the extra that installs it (``pip install "aniso[embed]"``)."""

@@ -39,6 +39,18 @@ def wheel(built) -> Path:
     return built[0]
 
 
+def test_core_install_has_no_torch(wheel):
+    """torch only with the extras that use it: producing from precomputed embeddings needs none."""
+    with zipfile.ZipFile(wheel) as z:
+        metadata = z.read(next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+    requires = [line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
+    core = [r for r in requires if "extra ==" not in r]
+    assert not any(r.startswith("torch") for r in core), core
+    for extra in ("embed", "learned"):
+        assert any(r.startswith("torch") and f'extra == "{extra}"' in r for r in requires), (extra, requires)
+    assert not any(r.startswith("torch") and 'extra == "pipeline"' in r for r in requires)
+
+
 def test_build_prints_no_setuptools_warnings(built):
     """Every folder that ships files is a package of the packaging configuration (pyproject.toml,
     setup.py): setuptools otherwise prints a warning box per folder on every install."""
