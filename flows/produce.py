@@ -76,11 +76,15 @@ def _gil_handoff(interval: float = SWITCH_INTERVAL_S) -> Iterator[None]:
 
 
 @contextmanager
-def _stage(name: str) -> Iterator[None]:
-    """Log the wall time of a stage (``stage <name>: <s> s``; bench/scale.py reads these lines)."""
+def _stage(name: str, timings: dict[str, float] | None = None) -> Iterator[None]:
+    """Log the wall time of a stage (``stage <name>: <s> s``; bench/scale.py reads these lines),
+    and record it in ``timings`` (the run report lists them)."""
     started = time.perf_counter()
     yield
-    logger.info("stage %s: %.2f s", name, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    if timings is not None:
+        timings[name] = round(seconds, 3)
+    logger.info("stage %s: %.2f s", name, seconds)
 
 
 def _run_name() -> str:
@@ -159,8 +163,9 @@ def _run_stages(text: str, image: str, settings: Settings) -> dict[str, Any]:
     announce_dashboard()
     options = settings.storage.fs_options()
     layout = DatasetLayout(settings.storage.root, settings.storage.dataset)
+    timings: dict[str, float] = {}  # seconds per stage, for the run report
     embedding_input = {"text": is_embedding_input(text, options), "image": is_embedding_input(image, options)}
-    with _stage("inputs"):
+    with _stage("inputs", timings):
         if all(embedding_input.values()):
             text_ref, image_ref = ingest_inputs([(text, "text"), (image, "image")], layout, settings)
         else:
@@ -179,24 +184,27 @@ def _run_stages(text: str, image: str, settings: Settings) -> dict[str, Any]:
         config_hash=config_hash(settings), code_version=code_version(),
         text_store=text_store.removeprefix(layout.base).lstrip("/"),
     )
-    write_json(layout.run_record(key), {"run_key": key, "dataset": layout.dataset, "config": semantic_config(settings), **lineage}, options)
+    record = {"run_key": key, "dataset": layout.dataset, "config": semantic_config(settings), **lineage}
+    write_json(layout.run_record(key), record, options)
 
-    with _stage("statistics"):
+    with _stage("statistics", timings):
         text_stats, image_stats = compute_statistics_together(
             [text_ref, image_ref], options, statistics_kind(settings.method.name))
-    with _stage("fit"):
+    with _stage("fit", timings):
         model_url = fit_and_calibrate(layout.model(key), text_ref, image_ref, text_stats, image_stats, settings)
     subs_url = layout.substitutes(key)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="aniso-gate-sample") as pool:
         # the gate samples and their metrics need only the model: computed while apply writes
         prepared = pool.submit(prepare_gate_sample, model_url, text_store, settings.gates, options, image_store,
                                output_dtype=settings.store.output_dtype)
-        with _stage("apply"):
+        with _stage("apply", timings):
             apply_model(model_url, text_ref, subs_url, settings,
                         attrs={"run_key": key, "method": settings.method.name, "config_hash": config_hash(settings)})
         sample = _prepared(prepared)
 
     rows = text_ref.n_rows
+    # the stages so far, for the report the gate stage writes (this run's timings: a resumed run's are its own)
+    write_json(layout.run_record(key), {**record, "stage_seconds": dict(timings)}, options)
     with _stage("gates"):
         # in the flow's own process, where preload_in_background has imported great-expectations
         gates = run_stage("gates", rows, lambda: gate(model_url, text_store, subs_url, layout.quality(key),

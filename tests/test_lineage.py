@@ -54,3 +54,8 @@ def test_precomputed_run_records_urls_and_no_embed_model(tmp_path, gap, monkeypa
     assert run["inputs"] == lineage["inputs"] and "embed_model" not in run
     report = (tmp_path / "out" / "lin" / "published" / manifest["version"] / "report.html").read_text()
     assert lineage["inputs"]["text"]["url"] in report and "embedding model" not in report
+    # the report lists this run's stage timings
+    timings = report.split("<h2>Stage timings</h2>", 1)[1].split("</table>", 1)[0]
+    for stage in ("inputs", "statistics", "fit", "apply", "gates"):
+        assert f"<td>{stage}</td>" in timings, stage
+    assert set(run["stage_seconds"]) == {"inputs", "statistics", "fit", "apply"}

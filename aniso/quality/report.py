@@ -229,6 +229,7 @@ def build_report(
         "title": title,
         "passed": bool(gates.get("passed")),
         "gates": [dict(r) for r in gates.get("results", [])],
+        "gate_seconds": gates.get("seconds"),
         "metrics": metrics,
         "gap": {"before": metrics.get("gap_before"), "after": metrics.get("centroid_residual")},
         "spectra": samples["spectra"],
@@ -328,6 +329,11 @@ def render_html(content: Mapping[str, Any], plots: list[str] | None = None) -> s
     shards = content["shards"]
     ident = content.get("identity") or {}
     config = ident.get("config")
+    stage_seconds = dict(ident.get("stage_seconds") or {})
+    if content.get("gate_seconds") is not None:
+        stage_seconds["gates"] = content["gate_seconds"]
+    timings = ("<h2>Stage timings</h2>" + _table(["stage", "seconds"], [[k, v] for k, v in stage_seconds.items()])
+               if stage_seconds else "")
     settings = (f"<details><summary>settings (semantic; these and the inputs define the run key)</summary>"
                 f"<pre>{_esc(json.dumps(config, indent=2, sort_keys=True, default=str))}</pre></details>") if config else ""
     return f"""<!DOCTYPE html>
@@ -351,6 +357,7 @@ p.note {{ color: #555; font-size: 13px; }}
 <h2>Run</h2>
 {_table(["", ""], _identity_rows(content))}
 {settings}
+{timings}
 <h2>Gates</h2>
 <p class="note">A run is published only when every gate passes; the bound is what the gate suite requires.</p>
 {_table(["gate", "verdict", "observed", "bound", "table", "meaning"], gate_rows, ["" if g["passed"] else "fail" for g in gates])}
