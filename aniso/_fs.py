@@ -21,7 +21,7 @@ from fsspec.core import url_to_fs
 
 from aniso.errors import ConfigError, InputError
 
-__all__ = ["filesystem", "join_url", "open_url", "exists", "is_local", "write_atomic", "write_json", "redact_url",
+__all__ = ["filesystem", "absolute_url", "join_url", "open_url", "exists", "is_local", "write_atomic", "write_json", "redact_url",
            "is_credential_key", "url_credentials", "credential_paths", "resolve_env_refs",
            "refuse_url_credentials"]
 
@@ -37,6 +37,16 @@ def join_url(base: str, *parts: str) -> str:
         scheme, rest = base.split("://", 1)
         return f"{scheme}://" + posixpath.join(rest.rstrip("/"), *parts)
     return posixpath.join(base, *parts)
+
+
+def absolute_url(url: str) -> str:
+    """``url`` with a relative local path made absolute (against this process's directory).
+
+    A run's tasks may execute on Dask workers started in other directories (or on other
+    machines with the same mounts): every local path the flow hands them must be absolute.
+    URLs with a scheme are returned as they are.
+    """
+    return url if "://" in url else os.path.abspath(os.path.expanduser(url))
 
 
 def open_url(url: str, mode: str = "rb", storage_options: dict[str, Any] | None = None) -> IO:

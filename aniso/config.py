@@ -269,6 +269,9 @@ class ClusterSettings(_Section):
     #: Address of the Dask dashboard of a local cluster (e.g. ``":8787"``); off when unset.
     dashboard: str | None = None
     cluster_kwargs: dict[str, Any] = Field(default_factory=dict)
+    #: Seconds the run waits for its first Dask worker before it stops (exit 1, one line): a
+    #: scheduler without workers otherwise leaves every task queued for ever.
+    wait_timeout: float = Field(60.0, gt=0, le=3600)
 
     @model_validator(mode="after")
     def _fits_this_machine(self) -> ClusterSettings:

@@ -23,6 +23,8 @@ __all__ = [
     "GateFailed",
     "FailureRateExceeded",
     "DeviceUnavailable",
+    "ClusterUnavailable",
+    "MissingExtra",
 ]
 
 
@@ -84,3 +86,12 @@ class FailureRateExceeded(AnisoError, RuntimeError):
 
 class DeviceUnavailable(AnisoError, RuntimeError):
     """A GPU was required (``require_gpu``) but none is usable."""
+
+
+class ClusterUnavailable(AnisoError, RuntimeError):
+    """The Dask cluster has no worker to run on (none joined within ``cluster.wait_timeout``)."""
+
+
+class MissingExtra(ConfigError, ImportError):
+    """What the settings ask for needs an optional dependency that is not installed; the message
+    names the extra that installs it (``pip install "aniso[embed]"``)."""

@@ -16,6 +16,11 @@ first epoch, which includes starting the workers and their opening the store, is
 ``check_chunks=False``), alternating in one run, for ``iter_batches`` in one process and for the
 2-worker loader; the ratio is checked rows/s over unchecked rows/s (min and median; the bound is
 0.90, a cost of at most 10%).
+
+``--global-shuffle`` measures what ``shuffle="global"`` (every batch drawn from every chunk of the
+epoch: the whole share read, then one permutation) costs against the buffered ``shuffle=True``
+(4-chunk buffer): ``iter_batches`` in one process, A = global, B = buffered, alternating; the
+ratio is global rows/s over buffered rows/s, with the time to the first batch of each.
 """
 
 from __future__ import annotations
@@ -138,6 +143,35 @@ def measure_check(name: str, root: str, options: dict, n_rows: int, repeat: int,
     return result
 
 
+def measure_global(name: str, root: str, options: dict, n_rows: int, repeat: int, batch_size: int) -> dict:
+    """``shuffle="global"`` vs ``shuffle=True`` epochs of ``iter_batches``, alternating."""
+    ds = open_published(root, "bench", storage_options=options, lease_s=None)
+    modes = {"global": "global", "buffered": True}
+    rates: dict[str, list[float]] = {m: [] for m in modes}
+    first: dict[str, list[float]] = {m: [] for m in modes}
+    for mode in modes:  # warm-up: first open, page cache
+        assert epoch(ds.iter_batches(batch_size, shuffle=modes[mode])) == n_rows
+    for rep in range(repeat):
+        for mode in (("global", "buffered") if rep % 2 == 0 else ("buffered", "global")):
+            t0 = time.perf_counter()
+            rows, t_first = 0, None
+            for ids, emb in ds.iter_batches(batch_size, shuffle=modes[mode], epoch=rep):
+                t_first = t_first if t_first is not None else time.perf_counter() - t0
+                rows += emb.shape[0] + 0 * len(ids)
+            assert rows == n_rows
+            rates[mode].append(rows / (time.perf_counter() - t0))
+            first[mode].append(t_first)
+    ratios = [a / b for a, b in zip(rates["global"], rates["buffered"])]
+    result = {"backend": name, **{f"{m}_rows_s": round(statistics.median(rates[m])) for m in modes},
+              **{f"{m}_first_batch_s": round(statistics.median(first[m]), 3) for m in modes},
+              "ratio_min": round(min(ratios), 3), "ratio_median": round(statistics.median(ratios), 3)}
+    print(f"{name:>6} iter_batches: global shuffle {result['global_rows_s']:,} rows/s vs buffered "
+          f"{result['buffered_rows_s']:,} rows/s (medians) -> ratio min {result['ratio_min']}, median "
+          f"{result['ratio_median']}; first batch after {result['global_first_batch_s']} s vs "
+          f"{result['buffered_first_batch_s']} s", flush=True)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=131072)
@@ -149,6 +183,8 @@ def main() -> None:
     parser.add_argument("--skip-s3", action="store_true")
     parser.add_argument("--plain", action="store_true", help="also measure a bare DataLoader over the dataset")
     parser.add_argument("--check", action="store_true", help="measure checked vs unchecked chunk reads instead")
+    parser.add_argument("--global-shuffle", action="store_true",
+                        help="measure shuffle='global' vs the buffered shuffle instead")
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"{args.rows} rows x {args.dim} float32, chunks of {args.chunk_rows}, shards of {args.shard_rows}; "
@@ -156,7 +192,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = os.path.join(tmp, "root")
         make_dataset(root, {}, args.rows, args.dim, args.chunk_rows, args.shard_rows)
-        if args.check:
+        if args.global_shuffle:
+            measure_global("local", root, {}, args.rows, args.repeat, args.batch_size)
+        elif args.check:
             measure_check("local", root, {}, args.rows, args.repeat, args.batch_size)
         else:
             measure("local", root, {}, args.rows, args.repeat, args.batch_size)
@@ -178,6 +216,9 @@ def main() -> None:
         options = {"endpoint_url": f"http://{host}:{port}", "key": "testing", "secret": "testing"}
         s3fs.S3FileSystem(**options).mkdir("bench")
         make_dataset("s3://bench/root", options, args.rows, args.dim, args.chunk_rows, args.shard_rows)
+        if args.global_shuffle:
+            measure_global("s3", "s3://bench/root", options, args.rows, args.repeat, args.batch_size)
+            return
         if args.check:
             measure_check("s3", "s3://bench/root", options, args.rows, args.repeat, args.batch_size)
             return

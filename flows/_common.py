@@ -15,6 +15,7 @@ from prefect_dask import DaskTaskRunner
 
 from aniso._fs import resolve_env_refs
 from aniso.config import ClusterSettings
+from aniso.errors import ClusterUnavailable, ConfigError
 from aniso.progress import ProgressEvent, format_event, report
 
 logger = logging.getLogger(__name__)
@@ -24,10 +25,10 @@ T = TypeVar("T")
 ARTIFACT_INTERVAL = 2.0
 
 
-def make_task_runner(cluster: ClusterSettings) -> DaskTaskRunner:
+def make_task_runner(cluster: ClusterSettings) -> SettingsTaskRunner:
     """A DaskTaskRunner: an existing scheduler when ``address`` is set, else a temporary cluster."""
-    if cluster.address:
-        return DaskTaskRunner(address=cluster.address)
+    if cluster.address:  # connecting gives up after cluster.wait_timeout, as waiting for workers does
+        return SettingsTaskRunner(address=cluster.address, client_kwargs={"timeout": cluster.wait_timeout})
     cluster_class = cluster.cluster_class or "distributed.LocalCluster"
     kwargs: dict[str, Any] = {}
     if cluster_class.rsplit(".", 1)[-1] in ("LocalCluster", "LocalCUDACluster"):
@@ -51,7 +52,72 @@ def make_task_runner(cluster: ClusterSettings) -> DaskTaskRunner:
         dask.config.set({"distributed.worker.profile.enabled": False})
     # a secret a cluster needs (e.g. its workers' env) is a ${ENV_VAR} in the settings: read here
     kwargs.update(resolve_env_refs(cluster.cluster_kwargs))
-    return DaskTaskRunner(cluster_class=cluster_class, cluster_kwargs=kwargs)
+    return SettingsTaskRunner(cluster_class=cluster_class, cluster_kwargs=kwargs)
+
+
+class SettingsTaskRunner(DaskTaskRunner):
+    """The ``produce`` flow's own task runner: a DaskTaskRunner that takes its cluster from the
+    flow run's settings.
+
+    A flow's task runner is fixed when the flow is defined, but the cluster is a setting of each
+    run (a deployment's ``settings`` parameter). DaskTaskRunner creates its client (and a
+    temporary cluster) only on first use, so the flow body calls :func:`use_settings_cluster`
+    before submitting anything, and every stage runs in the flow run itself: its logs, progress
+    and artifacts belong to the run a deployment or the CLI started (no subflow).
+    """
+
+    def __exit__(self, *args: Any) -> None:
+        if self._client is not None and self.address:
+            _release_worker_services(self._client)
+        super().__exit__(*args)
+
+    def configure(self, cluster: ClusterSettings) -> bool:
+        """Take ``cluster``'s scheduler or cluster class; False when a client already exists."""
+        if self._client is not None:
+            return False
+        template = make_task_runner(cluster)
+        for name in ("address", "cluster_class", "resolved_cluster_class", "cluster_kwargs", "adapt_kwargs",
+                     "client_kwargs"):
+            setattr(self, name, getattr(template, name))
+        return True
+
+
+def _drain_prefect_services(timeout: float = 10.0) -> None:
+    """On a Dask worker: send Prefect's queued events and logs, then stop those services."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for service in (EventsWorker, APILogWorker):
+        try:
+            service.drain_all(timeout=timeout)
+        except Exception:  # noqa: BLE001 - best effort, on a worker that keeps running
+            pass
+
+
+def _release_worker_services(client: Any) -> None:
+    """Drain and stop Prefect's event and log services on every worker of an external cluster.
+
+    Workers of a scheduler the run did not start outlive it. Their Prefect services are bound to
+    the run's API (for a CLI run, its temporary server, gone once the command exits): events and
+    logs still queued there, or sent there by the next run's tasks, failed for minutes with an
+    ERROR line each. Draining while the API still answers sends them; stopping the services
+    makes the next run's tasks start new ones on that run's API.
+    """
+    try:
+        client.run(_drain_prefect_services, wait=True)
+    except Exception as exc:  # noqa: BLE001 - the run's result stands; this only spares the workers' logs
+        logger.debug("could not drain the workers' Prefect services: %s", exc)
+
+
+def use_settings_cluster(cluster: ClusterSettings) -> str:
+    """Point the running flow's :class:`SettingsTaskRunner` at ``cluster``; what it runs on, in words.
+
+    A flow given another task runner (``produce.with_options(task_runner=...)``) keeps it.
+    """
+    runner = getattr(FlowRunContext.get(), "task_runner", None)
+    if isinstance(runner, SettingsTaskRunner) and runner.configure(cluster):
+        return cluster.address or cluster.cluster_class or "distributed.LocalCluster"
+    return f"the flow's own {type(runner).__name__}"
 
 
 class StageProgress:
@@ -98,6 +164,62 @@ def run_stage(stage: str, rows: int, work: Callable[[], T]) -> T:
     result = work()
     progress.finish()
     return result
+
+
+def wait_for_workers(cluster: ClusterSettings) -> None:
+    """Connect to the running flow's Dask cluster and wait until it has a worker, each at most
+    ``cluster.wait_timeout`` seconds.
+
+    Raises
+    ------
+    ClusterUnavailable
+        The scheduler cannot be reached, or no worker joined in time (a scheduler started
+        without workers, workers that cannot reach it): one line naming the scheduler and the
+        setting, instead of a silent hang or a connection traceback.
+    """
+    runner = getattr(FlowRunContext.get(), "task_runner", None)
+    if not isinstance(runner, DaskTaskRunner):
+        return
+    where = cluster.address or "the local cluster's scheduler"
+    try:
+        client = runner.client  # connects (the runner's client is created on first use)
+    except (OSError, TimeoutError) as exc:
+        raise ClusterUnavailable(f"cannot reach the Dask scheduler at {where} within {cluster.wait_timeout:g} s "
+                                 f"(cluster.wait_timeout): {' '.join(str(exc).split())}") from exc
+    try:
+        client.wait_for_workers(1, timeout=cluster.wait_timeout)
+    except (TimeoutError, OSError) as exc:
+        raise ClusterUnavailable(
+            f"no Dask worker joined the scheduler at {where} within {cluster.wait_timeout:g} s "
+            f"(cluster.wait_timeout); start workers (dask worker {where}) or check cluster.address"
+        ) from exc
+
+
+def probe_workers(text: str, image: str, settings: Any) -> None:
+    """The preflight's probe on every worker of the running flow's cluster (:func:`aniso.stages.
+    preflight.probe_here`): the flow's own checks passed, but tasks read and write from the
+    workers' environments, which may lack the credentials.
+
+    Raises
+    ------
+    ConfigError
+        One line naming the first worker that failed, what failed and the storage variables
+        (``AWS_*``) its environment lacks.
+    """
+    from aniso.stages.preflight import probe_here, storage_variables
+
+    client = getattr(getattr(FlowRunContext.get(), "task_runner", None), "_client", None)
+    if client is None:
+        return
+    storage = settings.storage
+    results = client.run(probe_here, text, image, storage.root, storage.dataset, storage.fs_options(),
+                         storage_variables())
+    failed = {worker: reason for worker, reason in sorted(results.items()) if reason}
+    if failed:
+        worker, reason = next(iter(failed.items()))
+        more = f" (and {len(failed) - 1} more worker(s))" if len(failed) > 1 else ""
+        raise ConfigError(f"preflight on Dask worker {worker}{more}: {reason}")
+    logger.info("preflight passed on %d Dask worker(s)", len(results))
 
 
 def announce_dashboard() -> str | None:

@@ -284,3 +284,8 @@ def install_help_style() -> None:
 
     TyperOption.display_type_rich = display_type_rich
     TyperOption._aniso_help = True
+    from typer.core import TyperArgument
+
+    # an argument's metavar is its name (ROOT): show only its plain type beside it
+    TyperArgument.display_type_rich = lambda self, ctx: display_type_rich(  # noqa: ARG005
+        type("_Plain", (), {"metavar": None, "is_flag": False, "display_type": self.display_type})(), ctx)

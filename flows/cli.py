@@ -6,11 +6,9 @@ Exit codes: 0 success · 1 other aniso error · 2 bad input or settings · 3 a g
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 # Prefect's 20 s ephemeral-server start-up timeout is too short on a loaded 2-core machine.
@@ -31,15 +29,18 @@ os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
 
 import typer  # noqa: E402
 
-from aniso.errors import AnisoError, ConfigError, FailureRateExceeded, GateFailed, InputError  # noqa: E402
+from aniso.errors import AnisoError  # noqa: E402
 from aniso.methods.table import METHODS  # noqa: E402
 
 if TYPE_CHECKING:  # settings (pydantic), Prefect and the library load only when a command runs,
     from aniso.config import Settings  # so ``aniso --help`` stays fast
 
 
-from ._console import configure_logging, install_help_style, notice, progress_display  # noqa: E402
-from ._output import DIAGNOSE_FORMATS, diagnose_output, result_lines, show_summary  # noqa: E402
+from ._cli_common import (ConfigOpt, DatasetOpt, OutOpt, ProfileOpt, RootArg, SetOpt, VerboseOpt,  # noqa: E402,F401
+                          _VERBOSE, _configure_logging, _fail, _root, _setting_default, _settings)
+from ._cli_published import export, gc, show, verify  # noqa: E402
+from ._console import install_help_style, notice, progress_display  # noqa: E402
+from ._output import DIAGNOSE_FORMATS, diagnose_output, result_lines  # noqa: E402
 from ._run import announce_settings, announce_start, flow_with_runner, run_produce  # noqa: E402
 
 install_help_style()
@@ -71,72 +72,6 @@ def _main(
 logger = logging.getLogger("aniso.cli")
 
 
-def _setting_default(path: str) -> str:
-    """What a setting is when its option is not given, as ``conf/default.yaml`` sets it (read
-    with PyYAML only, so ``--help`` stays fast; a profile or environment variable may differ)."""
-    try:
-        if _DEFAULTS[0] is None:
-            import yaml
-
-            import aniso
-
-            package = Path(aniso.__file__).resolve().parent
-            conf = package / "conf" if (package / "conf" / "default.yaml").exists() else package.parent / "conf"
-            _DEFAULTS[0] = yaml.safe_load((conf / "default.yaml").read_text()) or {}
-        value: object = _DEFAULTS[0]
-        for part in path.split("."):
-            value = value[part]  # type: ignore[index]
-        return f"(default: {value}, from {path} in the profile)"
-    except Exception:  # noqa: BLE001 - help must print whatever the files hold
-        return f"(default: the profile's {path})"
-
-
-_DEFAULTS: list = [None]
-
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML settings file layered over the profile.")]
-ProfileOpt = Annotated[Optional[str], typer.Option("--profile", help="conf/<profile>.yaml (default, local, s3, ci). "
-                                                                    "(default: $ANISO_PROFILE, else default)")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting: section.field=value (repeatable).")]
-OutOpt = Annotated[Optional[str], typer.Option(help=f"Storage root URL (local path or s3://...). {_setting_default('storage.root')}")]
-DatasetOpt = Annotated[Optional[str], typer.Option(help=f"Dataset name under the root. {_setting_default('storage.dataset')}")]
-VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Also log each step (aniso, Prefect, Dask) at INFO.")]
-
-
-def _fail(exc: BaseException) -> None:
-    """Print a one-line reason and exit with the code of its error class.
-
-    An ``OSError`` (disk full, permission denied, ...) from storage is not bad input: exit 1,
-    with its reason and file; a rerun resumes once it is fixed.
-    """
-    code = 3 if isinstance(exc, GateFailed) else 2 if isinstance(exc, (InputError, ConfigError, FailureRateExceeded)) else 1
-    reason = str(exc)
-    if isinstance(exc, OSError) and not isinstance(exc, AnisoError):
-        where = f": {exc.filename}" if exc.filename else ""
-        reason = f"{exc.strerror or type(exc).__name__}{where} (errno {exc.errno}); fix it and rerun: the run resumes"
-    typer.echo(f"aniso: error: {' '.join(reason.split())}", err=True)
-    raise typer.Exit(code)
-
-
-def _settings(profile: str | None, config: Path | None, overrides: list[str] | None, **fields: str | None) -> Settings:
-    """The settings, with each given option (``{"storage.root": out, ...}``) as a typed value."""
-    from aniso.config import load_settings
-
-    options: dict[str, dict[str, str]] = {}
-    for dotted, value in fields.items():
-        if value is not None:
-            section, name = dotted.split(".")
-            options.setdefault(section, {})[name] = value
-    return load_settings(profile=profile, config_file=config, overrides=overrides or [], options=options)
-
-
-def _configure_logging(verbose: bool) -> None:
-    configure_logging(verbose)
-    _VERBOSE[0] = verbose
-
-
-_VERBOSE = [False]
-
-
 def _announce(command: str, what: str) -> None:
     """The first line of a run, before anything slow is loaded: what it is about to do."""
     notice("%s: %s", command, what)
@@ -146,6 +81,8 @@ def _announce(command: str, what: str) -> None:
 def produce(
     text: Annotated[str, typer.Option(help="Text embeddings: .npy, clip-retrieval folder or Zarr store URL.")],
     image: Annotated[str, typer.Option(help="Image embeddings: .npy, clip-retrieval folder or Zarr store URL.")],
+    root: Annotated[Optional[str], typer.Argument(metavar="ROOT", help=f"Storage root URL (local path or s3://...). "
+                                                       f"{_setting_default('storage.root')}", show_default=False)] = None,
     out: OutOpt = None,
     dataset: DatasetOpt = None,
     method: Annotated[Optional[str], typer.Option(help=f"{', '.join(METHODS)}. "
@@ -163,8 +100,9 @@ def produce(
     from aniso._fs import redact_url
 
     try:
-        settings = _settings(profile, config, set_, **{"storage.root": out, "storage.dataset": dataset,
-                                                       "method.name": method, "method.model": model})
+        settings = _settings(profile, config, set_, **{"storage.root": _root(root, out, "produce"),
+                                                       "storage.dataset": dataset, "method.name": method,
+                                                       "method.model": model})
         from aniso.published.guard import refuse_demo_replacement
 
         # first, before anything else is printed: never replace the demo's LATEST by accident
@@ -186,7 +124,9 @@ def _print_result(result: dict, settings: Settings) -> None:
 
 @app.command()
 def demo(
-    out: Annotated[str, typer.Option(help="Storage root for the demo.")] = ".aniso-demo",
+    root: Annotated[Optional[str], typer.Argument(metavar="ROOT", help="Storage root for the demo. [default: .aniso-demo]",
+                                                  show_default=False)] = None,
+    out: OutOpt = None,
     items: Annotated[int, typer.Option(help="Captions and images to generate (unpaired: different seeds).")] = 4000,
     method: Annotated[Optional[str], typer.Option(help=f"Alignment method. {_setting_default('method.name')}")] = None,
     set_: SetOpt = None,
@@ -194,6 +134,7 @@ def demo(
 ) -> None:
     """The embedded default, offline: a generated captioned corpus → the shipped demo open_clip
     model → AnisoAlign → gates → publish."""
+    out = _root(root, out, "demo") or ".aniso-demo"
     _configure_logging(verbose)
     _announce("demo", f"{items} generated captions and {items} rendered images -> embed with the demo model, "
                       "fit, apply, gates, publish")
@@ -222,7 +163,8 @@ def demo(
 
 @app.command()
 def embed(
-    out: Annotated[str, typer.Option(help="Storage root URL (local path or s3://...).")],
+    root: RootArg = None,
+    out: OutOpt = None,
     text: Annotated[Optional[str], typer.Option(help="Text corpus URL (jsonl, parquet, csv, txt, tars).")] = None,
     images: Annotated[Optional[str], typer.Option(help="Image corpus URL (folder tree or webdataset tars).")] = None,
     dataset: DatasetOpt = None,
@@ -237,6 +179,7 @@ def embed(
     """Embed a raw corpus into a Zarr embedding store (resumable; per-item failures recorded)."""
     from aniso.flows.embed import embed as embed_flow
 
+    out = _root(root, out, "embed", required=True)
     _configure_logging(verbose)
     if (text is None) == (images is None):
         typer.echo("aniso: error: give exactly one of --text or --images", err=True)
@@ -260,7 +203,11 @@ def embed(
 def diagnose(
     text: Annotated[str, typer.Option(help="Text embeddings URL (.npy, clip-retrieval folder, Zarr store).")],
     image: Annotated[str, typer.Option(help="Image embeddings URL.")],
-    substitutes: Annotated[Optional[str], typer.Option(help="Substitutes for the text (row-aligned).")] = None,
+    substitutes: Annotated[Optional[str], typer.Option(
+        help="Substitutes for the text (row-aligned): an embedding store URL, a published version's folder "
+             "(ROOT/DATASET/published/VERSION), or a storage root with --dataset (and --version).")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="With --substitutes ROOT: the published dataset.")] = None,
+    version: Annotated[Optional[str], typer.Option(help="With --dataset: the published version (default: LATEST).")] = None,
     pairs: Annotated[bool, typer.Option("--pairs", help="Text and image rows are pairs (adds A_r, R@k, ...).")] = False,
     max_rows: Annotated[int, typer.Option(help="Deterministic row sample per input.")] = 5000,
     format_: Annotated[str, typer.Option("--format", metavar="|".join(DIAGNOSE_FORMATS),
@@ -272,209 +219,36 @@ def diagnose(
 ) -> None:
     """Print the geometric diagnostics of raw text and, if given, substitutes against the images
     (what each value means: docs/diagnostics.md)."""
-    from aniso.quality.diagnostics import diagnose as run_diagnostics
-    from aniso.io.inputs import open_embedding_source
-    from aniso.numeric.sampling import collect_rows, sample_indices
-
-    from aniso.stages.preflight import MIN_ROWS
+    from ._diagnose import diagnose_inputs
 
     _configure_logging(False)
     if format_ not in DIAGNOSE_FORMATS:
         typer.echo(f"aniso: error: --format {format_!r} is not one of {', '.join(DIAGNOSE_FORMATS)}", err=True)
         raise typer.Exit(2)
     try:
-        if max_rows < MIN_ROWS:
-            raise InputError(f"--max-rows must be at least {MIN_ROWS} (the kNN metrics compare 10 neighbours), got {max_rows}")
         options = _settings(profile, config, set_).storage.fs_options()
-        sources = {"text": open_embedding_source(text, options, what="text"),
-                   "image": open_embedding_source(image, options, what="image")}
-        if substitutes:
-            sources["substitutes"] = open_embedding_source(substitutes, options, what="substitutes")
-        urls = {"text": text, "image": image, "substitutes": substitutes}
-        for name, src in sources.items():
-            if src.dim != sources["text"].dim:
-                raise InputError(f"{name} embeddings ({urls[name]}) have d={src.dim} but text embeddings ({text}) "
-                                 f"have d={sources['text'].dim}")
-            if src.n_rows < MIN_ROWS:
-                raise InputError(f"{name} input {urls[name]} has {src.n_rows} row(s); at least {MIN_ROWS} are needed "
-                                 "(the kNN metrics compare 10 neighbours)")
-        if pairs and sources["text"].n_rows != sources["image"].n_rows:
-            raise InputError(f"--pairs needs as many image rows as text rows: {sources['text'].n_rows} vs {sources['image'].n_rows}")
-        text_rows = sample_indices(sources["text"].n_rows, max_rows, seed=0)
-        arrays = {
-            name: collect_rows(src, text_rows if name != "image" or pairs else sample_indices(src.n_rows, max_rows, seed=1), what=name)
-            for name, src in sources.items()
-        }
-        rows = {"raw text": run_diagnostics(arrays["text"], arrays["image"], paired=pairs)}
-        if substitutes:
-            rows["substitutes"] = run_diagnostics(arrays["text"], arrays["image"], arrays["substitutes"], paired=pairs)
+        rows, counts = diagnose_inputs(text, image, substitutes, dataset=dataset, version=version, pairs=pairs,
+                                       max_rows=max_rows, options=options)
     except (AnisoError, OSError) as exc:
         _fail(exc)
     if format_ in ("table", "markdown"):
-        typer.echo(f"rows sampled: text {len(arrays['text'])}, image {len(arrays['image'])} (of "
-                   f"{sources['text'].n_rows} and {sources['image'].n_rows})")
+        typer.echo(f"rows sampled: text {counts['text_sampled']}, image {counts['image_sampled']} (of "
+                   f"{counts['text']} and {counts['image']})")
     typer.echo(diagnose_output(rows, format_))
 
 
-@app.command()
-def show(
-    out: Annotated[str, typer.Option(help="Storage root URL.")],
-    dataset: Annotated[str, typer.Option(help="Dataset name.")] = "demo",
-    as_json: Annotated[bool, typer.Option("--json", help="Print the full manifest as JSON (what a training team reads).")] = False,
-) -> None:
-    """Summarise the published version: rows, method, gates, where the data and the report are."""
-    from aniso.published.dataset import open_published
-
-    _configure_logging(False)
-    try:
-        published = open_published(out, dataset, lease_s=None)  # reads the manifest only: no lease
-    except AnisoError as exc:
-        _fail(exc)
-    if as_json:
-        typer.echo(json.dumps(published.manifest, indent=2, sort_keys=True, default=str))
-        return
-    from aniso._fs import exists, join_url
-
-    version_dir = join_url(out, dataset, "published", str(published.manifest.get("version", "")))
-    report = join_url(version_dir, "report.html")
-    typer.echo("\n".join(show_summary(published.manifest, out, dataset, report if exists(report) else None)))
-
-
-@app.command()
-def verify(
-    root: Annotated[str, typer.Argument(help="Storage root URL (local path or s3://...).")],
-    dataset: Annotated[str, typer.Option(help="Dataset name.")],
-    version: Annotated[Optional[str], typer.Option(help="Published version (default: LATEST).")] = None,
-    config: ConfigOpt = None,
-    profile: ProfileOpt = None,
-    set_: SetOpt = None,
-) -> None:
-    """Check every shard of a published version against its manifest checksums.
-
-    Exit 0 when intact; 3 when damaged: each damaged shard named with its rows, a manifest that
-    does not describe its arrays (shards not tiling the rows, wrong counts, dtype or geometry), or
-    a corrupt LATEST (also one naming a version that does not exist); 2 when nothing is published
-    or --version names no published version, or for bad settings; 1 otherwise.
-    """
-    from aniso.errors import StoreCorrupt, StoreNotFound
-    from aniso.published.dataset import open_published
-
-    published = None
-    try:
-        options = _settings(profile, config, set_).storage.fs_options()
-        published = open_published(root, dataset, version=version, storage_options=options)
-        problems = published.problems()
-    except StoreCorrupt as exc:
-        typer.echo(f"aniso: damaged: {exc}", err=True)
-        raise typer.Exit(3) from None
-    except StoreNotFound as exc:  # what the command was asked to check does not exist
-        typer.echo(f"aniso: error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    except AnisoError as exc:
-        _fail(exc)
-    finally:
-        if published is not None:
-            published.close()
-    manifest = published.manifest
-    if problems:
-        for line in problems:
-            typer.echo(f"aniso: damaged: {line}", err=True)
-        typer.echo(f"{dataset} version {manifest['version']}: {len(problems)} of {len(manifest['shards'])} "
-                   "shard(s) damaged", err=True)
-        raise typer.Exit(3)
-    typer.echo(f"{dataset} version {manifest['version']}: {len(manifest['shards'])} shard(s), "
-               f"{manifest['n_rows']} rows verified against the manifest checksums")
-
-
-@app.command()
-def gc(
-    root: Annotated[str, typer.Argument(help="Storage root URL (local path or s3://...).")],
-    dataset: Annotated[str, typer.Option(help="Dataset name.")],
-    keep: Annotated[int, typer.Option(help="Published versions to keep (the newest; LATEST's is always kept).")] = 3,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only print what would be removed.")] = False,
-    min_age_hours: Annotated[float, typer.Option(help="Never remove a version published, or a run touched, more "
-                                                      "recently (whatever --keep says).")] = 24.0,
-    keep_version: Annotated[Optional[list[str]], typer.Option(
-        "--keep-version", help="Also keep this version (repeatable), e.g. one a scheduled --model run names.")] = None,
-    config: ConfigOpt = None,
-    profile: ProfileOpt = None,
-    set_: SetOpt = None,
-) -> None:
-    """Remove old published versions and the run data no kept version needs.
-
-    Never removes the version LATEST names, a version younger than --min-age-hours, a
-    --keep-version, or one a reader holds a live lease on (a training job reading it); each
-    version holds its own model. --dry-run lists what would go and why.
-    """
-    from aniso.io.layout import DatasetLayout
-    from aniso.published.retention import collect_garbage
-
-    try:
-        options = _settings(profile, config, set_).storage.fs_options()
-        plan = collect_garbage(DatasetLayout(root, dataset), keep, dry_run=dry_run,
-                               min_age_s=min_age_hours * 3600, storage_options=options, pinned=keep_version or ())
-    except AnisoError as exc:
-        _fail(exc)
-    from datetime import datetime, timezone
-
-    verb = "would remove" if dry_run else "removed"
-    for url, until in plan.leased_versions.items():
-        when = datetime.fromtimestamp(until, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
-        typer.echo(f"kept {url}: a reader holds a lease on it (until {when})")
-    if dry_run:
-        for url in plan.keep_versions:
-            if url not in plan.leased_versions:
-                typer.echo(f"{plan.reasons.get(url, 'kept')}: {url}")
-    for url in plan.removals:
-        gone = url in plan.already_removed
-        why = plan.reasons.get(url)
-        typer.echo(f"{verb} {url}" + (f" ({why})" if why else "") + (" (already removed by another gc)" if gone else ""))
-    linked = (f" ({plan.bytes_still_linked / 2**20:.1f} MiB more stay linked from kept data)"
-              if plan.bytes_still_linked else "")
-    typer.echo(f"{dataset}: kept {len(plan.keep_versions)} version(s) and {len(plan.keep_runs)} run(s); {verb} "
-               f"{len(plan.remove_versions)} version(s), {len(plan.remove_runs)} run(s), "
-               f"{len(plan.remove_partial)} unfinished publication(s), {plan.bytes_freed / 2**20:.1f} MiB{linked}")
-
-
-@app.command()
-def export(
-    root: Annotated[str, typer.Argument(help="Storage root URL (local path or s3://...).")],
-    dataset: Annotated[str, typer.Option(help="Dataset name.")],
-    out: Annotated[str, typer.Option(help="Where to write the export (local path or s3://...).")],
-    format_: Annotated[str, typer.Option("--format", help="clip-retrieval (float16 .npy + metadata parquet) or webdataset (tars).")],
-    version: Annotated[Optional[str], typer.Option(help="Published version (default: LATEST).")] = None,
-    config: ConfigOpt = None,
-    profile: ProfileOpt = None,
-    set_: SetOpt = None,
-) -> None:
-    """Export a published version (streaming, resumable, each part verified after writing).
-
-    An --out folder holds one export: a folder that holds another version's, dataset's or format's
-    export, or that overlaps the dataset folder, is refused (exit 2) before anything is written.
-    A damaged export, or one beside part files it does not list, exits 3.
-    """
-    from aniso.published.export import export_published, verify_export
-
-    try:
-        options = _settings(profile, config, set_).storage.fs_options()
-        manifest = export_published(root, dataset, out, format_, version=version, storage_options=options)  # type: ignore[arg-type]
-        problems = verify_export(out, options)
-    except AnisoError as exc:
-        _fail(exc)
-    if problems:
-        for line in problems:
-            typer.echo(f"aniso: damaged: {line}", err=True)
-        raise typer.Exit(3)
-    typer.echo(f"exported {dataset} version {manifest['version']} as {format_}: {manifest['rows']} rows in "
-               f"{len(manifest['parts'])} part(s) ({manifest['skipped_invalid_rows']} invalid rows skipped), "
-               f"verified\n  {out}")
+for _command in (show, verify, gc, export):
+    app.command()(_command)
 
 
 def main() -> None:  # pragma: no cover - console entry point
     """The ``aniso`` console script: run the command, then leave without tearing down the
     interpreter (see :func:`aniso.flows._console.fast_exit`)."""
     from ._console import fast_exit
+    from ._supervise import needs_supervision, supervise
 
+    if needs_supervision(sys.argv[1:]):  # a flow run: stopped as one process tree (see _supervise)
+        fast_exit(supervise(sys.argv[1:]))
     try:
         app(standalone_mode=True)
     except SystemExit as exc:

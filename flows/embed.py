@@ -10,11 +10,12 @@ from typing import Any
 
 from prefect import flow
 
+from aniso._fs import absolute_url
 from aniso.config import Settings
 from aniso.stages.embed import finish_embedding, prepare_embedding
 from aniso.tasks.embed import embed_corpus_shard
 
-from ._common import map_shards
+from ._common import map_shards, wait_for_workers
 
 
 def embed_corpus(url: str, modality: str, settings: Settings) -> dict[str, Any]:
@@ -28,4 +29,6 @@ def embed_corpus(url: str, modality: str, settings: Settings) -> dict[str, Any]:
 @flow(name="embed")
 def embed(url: str, modality: str, settings: Settings) -> dict[str, Any]:
     """Standalone embed flow (``aniso embed``)."""
-    return embed_corpus(url, modality, settings)
+    settings.storage.root = absolute_url(settings.storage.root)  # tasks may run in other directories
+    wait_for_workers(settings.cluster)
+    return embed_corpus(absolute_url(url), modality, settings)

@@ -21,12 +21,12 @@ from typing import Any
 from prefect import flow
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
-from aniso._fs import join_url, redact_url, write_json
+from aniso._fs import absolute_url, join_url, redact_url, write_json
 from aniso._version import code_version
 from aniso.config import Settings, config_hash, load_settings, semantic_config
 from aniso.errors import ConfigError, GateFailed, InputError
 from aniso.io.inputs import is_embedding_input, open_embedding_source
-from aniso.io.layout import DatasetLayout, run_key
+from aniso.io.layout import DatasetLayout, input_record, run_key, run_lineage
 from aniso.published.guard import check_schema
 from aniso.io.store import EmbeddingStore
 from aniso.published.dataset import DATA_PATH, read_json
@@ -42,7 +42,8 @@ from aniso.stages.statistics import statistics_kind
 from aniso.tasks.gate import gate
 from aniso.tasks.publish import publish
 
-from ._common import announce_dashboard, make_task_runner, run_stage
+from ._common import (SettingsTaskRunner, announce_dashboard, probe_workers, run_stage, use_settings_cluster,
+                      wait_for_workers)
 from .apply import apply_model
 from .fit import fit_and_calibrate
 from .ingest import ingest_embeddings, ingest_inputs
@@ -84,11 +85,15 @@ def _gil_handoff(interval: float = SWITCH_INTERVAL_S) -> Iterator[None]:
 
 
 @contextmanager
-def _stage(name: str) -> Iterator[None]:
-    """Log the wall time of a stage (``stage <name>: <s> s``; bench/scale.py reads these lines)."""
+def _stage(name: str, timings: dict[str, float] | None = None) -> Iterator[None]:
+    """Log the wall time of a stage (``stage <name>: <s> s``; bench/scale.py reads these lines),
+    and record it in ``timings`` (the run report lists them)."""
     started = time.perf_counter()
     yield
-    logger.info("stage %s: %.2f s", name, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    if timings is not None:
+        timings[name] = round(seconds, 3)
+    logger.info("stage %s: %.2f s", name, seconds)
 
 
 def _run_name() -> str:
@@ -115,14 +120,16 @@ def resolve_settings(settings: Settings | dict[str, Any]) -> Settings:
 
 # Parameters are validated by hand below: deployments pass ``settings`` as JSON, CLI runs pass
 # the model itself, and both must end up as the same validated Settings.
-@flow(name="produce", flow_run_name=_run_name, validate_parameters=False)
+@flow(name="produce", flow_run_name=_run_name, validate_parameters=False, task_runner=SettingsTaskRunner())
 def produce(text: str, image: str, settings: Settings | dict[str, Any]) -> dict[str, Any]:
     """Produce and publish substitute image embeddings for a text corpus.
 
     The flow checks the settings, inputs and output root first (:func:`aniso.stages.preflight.preflight`),
-    then runs the stages as a subflow on the Dask task runner built from ``settings.cluster``
-    (``address``: an existing scheduler; else a temporary ``cluster_class`` cluster), so a CLI
-    run, ``serve`` and a ``prefect deploy`` deployment all execute on the configured cluster.
+    then runs the stages itself on the Dask cluster ``settings.cluster`` names (``address``: an
+    existing scheduler; else a temporary ``cluster_class`` cluster; see
+    :class:`~aniso.flows._common.SettingsTaskRunner`), so a CLI run, ``serve`` and a ``prefect
+    deploy`` deployment all execute on the configured cluster, and the flow run they started
+    carries every stage's logs, progress and artifacts.
 
     Parameters
     ----------
@@ -148,23 +155,27 @@ def produce(text: str, image: str, settings: Settings | dict[str, Any]) -> dict[
         When any gate fails; nothing is published and the run's staging data stays.
     """
     settings = resolve_settings(settings)
+    # local paths as the caller meant them: tasks may run on workers started in other directories
+    text, image = absolute_url(text), absolute_url(image)
+    settings.storage.root = absolute_url(settings.storage.root)
     preflight(text, image, settings)
-    runner = make_task_runner(settings.cluster)
-    logger.info("task runner: %s", settings.cluster.address or settings.cluster.cluster_class or "distributed.LocalCluster")
+    logger.info("task runner: %s", use_settings_cluster(settings.cluster))
     with _gil_handoff():
-        return run_stages.with_options(task_runner=runner)(text=text, image=image, settings=settings)
+        return _run_stages(text, image, settings)
 
 
-@flow(name="produce-stages", validate_parameters=False)
-def run_stages(text: str, image: str, settings: Settings) -> dict[str, Any]:
-    """The stages of :func:`produce` (its subflow, on the settings' Dask task runner)."""
-    settings = resolve_settings(settings)
+def _run_stages(text: str, image: str, settings: Settings) -> dict[str, Any]:
+    """The stages of :func:`produce`, in its flow run, on its task runner."""
     preload_in_background()  # great-expectations loads while the data stages run
+    wait_for_workers(settings.cluster)
+    probe_workers(text, image, settings)
     announce_dashboard()
     options = settings.storage.fs_options()
     layout = DatasetLayout(settings.storage.root, settings.storage.dataset)
-    with _stage("inputs"):
-        if all(is_embedding_input(url, options) for url in (text, image)):
+    timings: dict[str, float] = {}  # seconds per stage, for the run report
+    embedding_input = {"text": is_embedding_input(text, options), "image": is_embedding_input(image, options)}
+    with _stage("inputs", timings):
+        if all(embedding_input.values()):
             text_ref, image_ref = ingest_inputs([(text, "text"), (image, "image")], layout, settings)
         else:
             text_ref = embeddings_for(text, "text", layout, settings)
@@ -174,8 +185,7 @@ def run_stages(text: str, image: str, settings: Settings) -> dict[str, Any]:
     text_store, image_store = text_ref.url, image_ref.url
 
     frozen = resolve_model(settings.method.model, layout, options) if settings.method.model else None
-    id_source = input_id_source(text, options, settings.corpus.embedding_ids) \
-        if is_embedding_input(text, options) else "input"
+    id_source = input_id_source(text, options, settings.corpus.embedding_ids) if embedding_input["text"] else "input"
     if frozen is not None:
         check_frozen_ids(text, id_source, settings.corpus.embedding_ids)
     check_schema(layout, dim=text_ref.dim, dtype=settings.store.output_dtype, id_source=id_source,
@@ -207,32 +217,33 @@ def run_stages(text: str, image: str, settings: Settings) -> dict[str, Any]:
         semantic = {**semantic, "method": {"name": method, "params": params}, "fit": None}
     key = run_key(inputs, semantic, code_version())
     logger.info("run key %s (dataset %s)", key, layout.dataset)
-    lineage = {
-        "method": method, "params": params, "config_hash": config_hash(settings),
-        "code_version": code_version(), "embed_model": settings.embed.model,
-        "inputs": {"text": {"fingerprint": text_ref.fingerprint, "rows": text_ref.n_rows},
-                   "image": {"fingerprint": image_ref.fingerprint, "rows": image_ref.n_rows}},
-        "text_store": text_store.removeprefix(layout.base).lstrip("/"),
-        "mode": "fit" if frozen is None else "frozen-model",
-    }
+    lineage = run_lineage(
+        {"text": {**input_record(text, text_ref.fingerprint, embedded=not embedding_input["text"]), "rows": text_ref.n_rows},
+         "image": {**input_record(image, image_ref.fingerprint, embedded=not embedding_input["image"]),
+                   "rows": image_ref.n_rows}},
+        embed_model=settings.embed.model, method=method, params=params,
+        config_hash=config_hash(settings), code_version=code_version(),
+        text_store=text_store.removeprefix(layout.base).lstrip("/"), mode="fit" if frozen is None else "frozen-model",
+    )
     if refit is not None:
         lineage["refit"] = refit
     if frozen is not None:
         lineage["model"] = {"ref": redact_url(frozen.ref), "version": frozen.entry.get("fitted_in") or frozen.version,
                             "from_version": frozen.version, "sha256": identity["sha256"]}
-    write_json(layout.run_record(key), {"run_key": key, "dataset": layout.dataset, "config": semantic, **lineage}, options)
+    record = {"run_key": key, "dataset": layout.dataset, "config": semantic, **lineage}
+    write_json(layout.run_record(key), record, options)
 
     gate_settings = settings.gates
     if frozen is None:
-        with _stage("statistics"):
+        with _stage("statistics", timings):
             text_stats, image_stats = compute_statistics_together(
                 [text_ref, image_ref], options, statistics_kind(settings.method.name))
-        with _stage("fit"):
+        with _stage("fit", timings):
             model_url = fit_and_calibrate(layout.model(key), text_ref, image_ref, text_stats, image_stats, settings)
             save_drift_reference(model_url, text_store, image_store, settings.gates, options)
         fitted_in, fitted_on = None, lineage["inputs"]
     else:
-        with _stage("model"):
+        with _stage("model", timings):
             model_url = layout.model(key)
             if not model_is_final(model_url, options):
                 write_model_copy(frozen.url, model_url, options)
@@ -245,7 +256,7 @@ def run_stages(text: str, image: str, settings: Settings) -> dict[str, Any]:
         # the gate samples and their metrics need only the model: computed while apply writes
         prepared = pool.submit(prepare_gate_sample, model_url, text_store, gate_settings, options, image_store,
                                output_dtype=settings.store.output_dtype)
-        with _stage("apply"):
+        with _stage("apply", timings):
             apply_model(model_url, text_ref, subs_url, settings,
                         attrs={"run_key": key, "method": method, "config_hash": config_hash(settings)},
                         carry_from=_carry_source(frozen, layout, options))
@@ -254,6 +265,8 @@ def run_stages(text: str, image: str, settings: Settings) -> dict[str, Any]:
     if frozen is not None:
         lineage["incremental"] = _carried(subs_url, frozen, options)
     rows = text_ref.n_rows
+    # the stages so far, for the report the gate stage writes (this run's timings: a resumed run's are its own)
+    write_json(layout.run_record(key), {**record, "stage_seconds": dict(timings)}, options)
     with _stage("gates"):
         # in the flow's own process, where preload_in_background has imported great-expectations
         gates = run_stage("gates", rows, lambda: gate(model_url, text_store, subs_url, layout.quality(key),

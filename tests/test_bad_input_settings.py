@@ -129,6 +129,8 @@ OUT_OF_BOUNDS = [
     ("cluster.n_workers", "1025", "less than or equal to 1024"),
     ("cluster.threads_per_worker", "0", "greater than 0"),
     ("cluster.threads_per_worker", "257", "less than or equal to 256"),
+    ("cluster.wait_timeout", "0", "greater than 0"),
+    ("cluster.wait_timeout", "3601", "less than or equal to 3600"),
 ]
 
 BOUND_IDS = [f"{field}={value}" for field, value, _ in OUT_OF_BOUNDS]

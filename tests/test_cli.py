@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -28,10 +30,37 @@ def test_produce_publishes_and_exits_zero(inputs):
     result = _produce(inputs)
     assert result.exit_code == 0, result.output
     assert "published cli version" in result.output and "centroid_residual" in result.output
-    shown = CliRunner().invoke(app, ["show", "--out", str(inputs / "out"), "--dataset", "cli"])
+    # every command takes the storage root as ROOT (show's --out stays accepted)
+    shown = CliRunner().invoke(app, ["show", str(inputs / "out"), "--dataset", "cli"])
     assert shown.exit_code == 0 and "2000 x 64" in shown.output and "gates:" in shown.output
     full = CliRunner().invoke(app, ["show", "--out", str(inputs / "out"), "--dataset", "cli", "--json"])
     assert full.exit_code == 0 and '"n_rows": 2000' in full.output
+    version = json.loads(full.output)["version"]
+    pinned = CliRunner().invoke(app, ["show", str(inputs / "out"), "--dataset", "cli", "--version", version])
+    assert pinned.exit_code == 0 and version in pinned.output
+    for args, message in ((["show", "--dataset", "cli"], "needs the storage root"),
+                          (["show", str(inputs / "out"), "--out", str(inputs), "--dataset", "cli"], "two storage roots")):
+        bad = CliRunner().invoke(app, args)
+        assert bad.exit_code == 2 and message in bad.output and len(bad.output.strip().splitlines()) == 1, bad.output
+    for command in ("show", "verify", "gc", "export", "produce", "embed", "demo"):
+        usage = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "100"}).output
+        line = next(x for x in usage.splitlines() if "Usage:" in x)
+        assert line.split()[-1] in ("[ROOT]", "{ROOT}"), (command, line)
+
+    # diagnose reads substitutes from the published version: ROOT --dataset [--version], or its folder
+    base = ["diagnose", "--text", str(inputs / "text.npy"), "--image", str(inputs / "image.npy"),
+            "--max-rows", "300", "--format", "json"]
+    by_root = CliRunner().invoke(app, [*base, "--substitutes", str(inputs / "out"), "--dataset", "cli"])
+    assert by_root.exit_code == 0, by_root.output
+    metrics = json.loads(by_root.output)
+    assert metrics["raw text"]["centroid_residual"] > 0.5 and metrics["substitutes"]["centroid_residual"] < 0.1
+    folder = str(inputs / "out" / "cli" / "published" / version)
+    by_folder = CliRunner().invoke(app, [*base, "--substitutes", folder])
+    assert by_folder.exit_code == 0 and json.loads(by_folder.output) == metrics, by_folder.output
+    pinned = CliRunner().invoke(app, [*base, "--substitutes", str(inputs / "out"), "--dataset", "cli", "--version", version])
+    assert pinned.exit_code == 0 and json.loads(pinned.output) == metrics
+    missing = CliRunner().invoke(app, [*base, "--substitutes", str(inputs / "out"), "--dataset", "cli", "--version", "nope"])
+    assert missing.exit_code == 2 and len(missing.output.strip().splitlines()) == 1, missing.output
 
 
 def test_bad_input_exits_two_with_one_line(inputs, gap):

@@ -99,6 +99,7 @@ FIELDS = {
     "cluster.processes": (True, False),
     "cluster.cluster_kwargs": ({"memory_limit": "1GB"}, False),
     "cluster.dashboard": (":8787", False),
+    "cluster.wait_timeout": (5.0, False),
 }
 
 #: AnisoAlign's parameters that only change how the fit runs.
@@ -221,3 +222,9 @@ def test_s3_profile_defers_the_endpoint_to_the_environment():
     settings = load_settings(profile="s3", environ={})
     assert "endpoint_url" not in settings.storage.storage_options
     assert settings.storage.root.startswith("s3://")
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "3601", "soon"])
+def test_cluster_wait_timeout_is_bounded(value):
+    with pytest.raises(ConfigError, match="cluster.wait_timeout"):
+        load_settings(overrides=[f"cluster.wait_timeout={value}"], environ={})

@@ -17,6 +17,19 @@ from aniso.published.writer import publish
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "format.md"
 
 
+#: What the gate stage returns (``gates.json``), as a run publishes it.
+GATES = {
+    "passed": True,
+    "results": [{"name": "centroid_residual", "observed": 0.0004, "bound": "<= 0.001", "passed": True,
+                 "table": "metrics", "expectation": "expect_column_max_to_be_between"},
+                {"name": "rows_all_finite", "observed": 0, "bound": "== 0", "passed": True, "table": "shards",
+                 "expectation": "expect_column_values_to_be_between"}],
+    "metrics": {"centroid_residual": 0.0004, "domain_accuracy": 0.71, "knn_overlap": "nan", "cka": None},
+    "seconds": 1.5, "timings": {"prepared": 0.8, "report": 0.2},
+    "report": {"html": "runs/k/quality/report.html", "json": "runs/k/quality/report.json"},
+}
+
+
 @pytest.fixture
 def published(tmp_path):
     layout = DatasetLayout(str(tmp_path), "ds")
@@ -29,7 +42,7 @@ def published(tmp_path):
 
     rng = np.random.default_rng(0)
     CentroidShift().fit(rng.normal(size=(20, 3)), rng.normal(size=(20, 3)) + 1).save(layout.model("abc123def4567890"))
-    pointer = publish(layout, "abc123def4567890", gate_results={"passed": True}, lineage={"method": "realign"},
+    pointer = publish(layout, "abc123def4567890", gate_results=GATES, lineage={"method": "realign"},
                       model_from=layout.model("abc123def4567890"), id_source="input",
                       model_fitted_on={"text": {"fingerprint": "f", "rows": 70}})
     manifest = json.loads(Path(layout.published(pointer["version"]), "manifest.json").read_text())
@@ -57,6 +70,34 @@ def test_schema_rejects_what_readers_must_refuse(published, change):
     _, manifest, _ = published
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({**manifest, **change}, schema("manifest"))
+
+
+@pytest.mark.parametrize("gates", [
+    {"passed": True}, {**GATES, "passed": False}, {**GATES, "results": []},
+    {**GATES, "results": [{"name": "x", "observed": 1, "passed": True}]},
+    {**GATES, "metrics": {"x": [1, 2]}},
+])
+def test_schema_describes_the_gates(published, gates):
+    _, manifest, _ = published
+    jsonschema.validate(manifest, schema("manifest"))
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**manifest, "gates": gates}, schema("manifest"))
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**manifest, "lineage": {"inputs": {"text": {"url": "x.npy"}}}}, schema("manifest"))
+
+
+def test_format_doc_describes_the_gates_and_lineage_fields():
+    text = DOCS.read_text()
+    for part in ("gates", "lineage"):
+        section = text.split(f"### `{part}`", 1)[1].split("\n## ", 1)[0]
+        fields = schema("manifest")["properties"][part]["properties"]
+        for name in fields:
+            assert f"`{name}`" in section, (part, name)
+    gates = text.split("### `gates`", 1)[1]
+    for name in schema("manifest")["properties"]["gates"]["properties"]["results"]["items"]["properties"]:
+        assert f"`{name}`" in gates, name
+    for name in ("url", "fingerprint", "embedded"):
+        assert f"`{name}`" in text.split("### `lineage`", 1)[1], name
 
 
 def test_schema_rejects_missing_fields(published):

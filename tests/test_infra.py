@@ -4,6 +4,7 @@ settings overlays and name real cluster classes; the serve deployment carries no
 from __future__ import annotations
 
 import importlib
+import os
 import importlib.util
 import inspect
 from pathlib import Path
@@ -209,3 +210,93 @@ def test_the_schedule_refits_weekly_applies_the_model_nightly_and_runs_retention
     assert configs["retention"]["parameters"]["min_age_hours"] >= 24
     assert all(s["active"] for n in ("produce-nightly", "produce-weekly-refit", "retention")
                for s in configs[n]["schedules"])
+
+
+def _final_workdir_contents() -> tuple[str, list[str]]:
+    """The image's last WORKDIR and what COPY left in it (``rm -rf`` in RUN lines honoured),
+    read from the Dockerfile: paths relative to that directory."""
+    import posixpath
+    import shlex
+
+    workdir, placed = "/", []
+    for line in (INFRA / "Dockerfile").read_text().replace("\\\n", " ").splitlines():
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        if words[0] == "WORKDIR":
+            workdir = posixpath.join(workdir, words[1])
+        elif words[0] == "COPY" and not any(w.startswith("--from") for w in words):
+            *sources, dest = words[1:]
+            dest = posixpath.normpath(posixpath.join(workdir, dest))
+            for src in sources:
+                placed.append(posixpath.join(dest, posixpath.basename(src.rstrip("/"))) if dest.endswith("/") or
+                              len(sources) > 1 or dest == workdir else dest)
+        elif words[0] == "RUN" and "rm" in words:
+            tokens = shlex.split(line[3:].replace("&&", ";").replace(";", " ; "))
+            for k, token in enumerate(tokens):
+                if token == "rm":
+                    for target in tokens[k + 1:]:
+                        if target == ";":
+                            break
+                        if not target.startswith("-"):
+                            gone = posixpath.join(workdir, target)
+                            placed = [p for p in placed if p != gone and not p.startswith(gone + "/")]
+    inside = [posixpath.relpath(p, workdir) for p in placed if p.startswith(workdir.rstrip("/") + "/")]
+    return workdir, inside
+
+
+@pytest.mark.slow
+def test_image_layout_loads_the_flow_from_its_working_directory(tmp_path):
+    """The container's file layout without a Docker daemon: the wheel installed (extracted), the
+    working directory holding what the Dockerfile leaves there; `python -m aniso.flows.cli` and
+    Prefect's load_flow_from_entrypoint work from it (a source aniso/ folder there shadowed the
+    installed package: No module named 'aniso.flows')."""
+    import shutil
+    import subprocess
+    import sys
+    import sysconfig
+    import zipfile
+
+    workdir, inside = _final_workdir_contents()
+    assert "aniso" not in {p.split("/")[0] for p in inside}, (workdir, inside)
+    out = tmp_path / "wheel"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
+                    "-w", str(out), str(REPO)], check=True, cwd=tmp_path, timeout=600, capture_output=True)
+    site = tmp_path / "site"
+    with zipfile.ZipFile(next(out.glob("aniso-*.whl"))) as z:
+        z.extractall(site)
+    here = tmp_path / "workdir"
+    here.mkdir()
+    for rel in inside:  # what the image's working directory holds
+        src = REPO / rel
+        if src.is_dir():
+            shutil.copytree(src, here / rel)
+        elif src.exists():
+            (here / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, here / rel)
+    purelib = Path(sysconfig.get_paths()["purelib"])
+    deps = [str(purelib)] + [line for pth in purelib.glob("*.pth") for line in pth.read_text().splitlines()
+                             if line and not line.startswith(("import", "#")) and Path(line).is_dir()]
+    # no site processing: the checkout's editable install must not be what is imported
+    probe = ("import sys, runpy; sys.path[1:1] = sys.argv[1:]; import aniso; assert aniso.__file__.startswith(sys.argv[1]), aniso.__file__; "
+             "from prefect.flows import load_flow_from_entrypoint as load; print(load('aniso.flows.produce:produce').name); "
+             "sys.argv = ['aniso', '--version']; runpy.run_module('aniso.flows.cli', run_name='__main__')")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    result = subprocess.run([sys.executable, "-S", "-c", probe, str(site), *deps], cwd=here, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "produce" in result.stdout and "aniso 0." in result.stdout, \
+        result.stdout[-2000:] + result.stderr[-3000:]
+
+
+def test_image_base_ships_one_cuda_runtime():
+    """No CUDA base image beside torch's own CUDA wheels, or one of the same CUDA version."""
+    import re
+
+    base = next(line.split()[1] for line in (INFRA / "Dockerfile").read_text().splitlines() if line.startswith("FROM"))
+    torch_pin = _constraints()["torch"]
+    if base.startswith("nvidia/cuda:"):
+        cuda = re.match(r"nvidia/cuda:(\d+\.\d+)", base).group(1)
+        local = re.search(r"\+cu(\d+)", torch_pin)
+        assert local and cuda.replace(".", "") == local.group(1)[:len(cuda.replace(".", ""))], (base, torch_pin)
+    else:
+        assert "cuda" not in base.lower(), base

@@ -54,6 +54,34 @@ def test_fingerprint_follows_content_not_mtime(tmp_path):
     assert open_embedding_source(str(tmp_path / "a.npy")).fingerprint != first
 
 
+@pytest.mark.s3
+def test_equal_bytes_give_equal_fingerprints_locally_and_on_s3(tmp_path, s3_root):
+    """The fingerprint is the content's: the same files on local disk and on S3 (where the ETag
+    depends on the upload), a single file under another name, all the same input; one changed
+    byte is another input."""
+    s3_url, options = s3_root
+    rng = np.random.default_rng(0)
+    parts = [rng.normal(size=(n, 8)).astype(np.float32) for n in (40, 25)]
+    meta = [pd.DataFrame({"id": [f"p{i}-{r}" for r in range(len(a))]}) for i, a in enumerate(parts)]
+    for base, opts in ((str(tmp_path / "local"), {}), (s3_url, options)):
+        for i, (array, frame) in enumerate(zip(parts, meta)):
+            _put_npy(join_url(base, "emb", "text_emb", f"text_emb_{i}.npy"), array, opts)
+            with open_url(join_url(base, "emb", "metadata", f"metadata_{i}.parquet"), "wb", opts) as f:
+                frame.to_parquet(f)
+        _put_npy(join_url(base, "one.npy"), parts[0], opts)
+    folder = [open_embedding_source(join_url(b, "emb", "text_emb"), o).fingerprint
+              for b, o in ((str(tmp_path / "local"), {}), (s3_url, options))]
+    single = [open_embedding_source(join_url(b, "one.npy"), o).fingerprint
+              for b, o in ((str(tmp_path / "local"), {}), (s3_url, options))]
+    assert folder[0] == folder[1] and single[0] == single[1] and folder[0] != single[0]
+    _put_npy(str(tmp_path / "renamed.npy"), parts[0], {})
+    assert open_embedding_source(str(tmp_path / "renamed.npy")).fingerprint == single[0]
+    changed = parts[0].copy()
+    changed[39, 7] += 1.0
+    _put_npy(join_url(s3_url, "one.npy"), changed, options)
+    assert open_embedding_source(join_url(s3_url, "one.npy"), options).fingerprint != single[0]
+
+
 def test_bad_inputs_name_the_problem(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         open_embedding_source(str(tmp_path / "missing.npy"))

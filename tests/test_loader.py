@@ -66,6 +66,48 @@ def test_shuffle_is_seeded_and_changes_with_the_epoch(tmp_path):
     assert with_invalid == [300, 300, 300]
 
 
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_global_shuffle_draws_every_batch_from_every_chunk(tmp_path, world_size):
+    """``shuffle="global"``: each batch draws from (nearly) every chunk of the rank's epoch, where the
+    buffered shuffle draws from a few; still each valid row once per epoch, seeded per epoch."""
+    data, valid = _publish(str(tmp_path), {})
+    ds = open_published(str(tmp_path), "ds")
+    seen = []
+    for rank in range(world_size):
+        mine = set(chunks_for_rank(-(-N // CHUNK), shuffle=True, seed=1, epoch=0, rank=rank, world_size=world_size))
+        spread, buffered = [], []
+        for ids, emb in ds.iter_batches(64, shuffle="global", seed=1, rank=rank, world_size=world_size):
+            rows = np.array([int(i[2:]) for i in ids])
+            np.testing.assert_array_equal(emb, data[rows])
+            spread.append(len(set(rows // CHUNK)))
+            assert set(rows // CHUNK) <= mine
+            seen.extend(ids)
+        for ids, _ in ds.iter_batches(64, shuffle=True, seed=1, rank=rank, world_size=world_size):
+            buffered.append(len({int(i[2:]) // CHUNK for i in ids}))
+        # 64 draws over 16 (or 8) chunks reach nearly all of them (seeded: no flake); a 4-chunk
+        # buffer's batches draw from its 4 chunks plus the few rows carried over from earlier ones
+        assert min(spread[:-1]) >= len(mine) - 1, spread
+        if world_size == 1:
+            assert sorted(buffered)[len(buffered) // 2] + 3 <= min(spread[:-1]), (spread, buffered)
+    assert sorted(seen) == sorted(f"id{i}" for i in np.flatnonzero(valid))
+    order = [list(ids) for ids, _ in ds.iter_batches(64, shuffle="global", seed=1)]
+    assert order == [list(ids) for ids, _ in ds.iter_batches(64, shuffle="global", seed=1)]
+    assert order != [list(ids) for ids, _ in ds.iter_batches(64, shuffle="global", seed=1, epoch=1)]
+    with pytest.raises(ConfigError, match="shuffle must be True or False or 'global'"):
+        ds.iter_batches(64, shuffle="everything")
+
+
+def test_ids_are_python_strings(tmp_path):
+    """``ds.ids`` is a list-like of Python ``str`` (zarr's own StringDType refuses ``astype(str)``)."""
+    _publish(str(tmp_path), {})
+    ds = open_published(str(tmp_path), "ds")
+    ids = ds.ids
+    assert type(ids[0]) is str and ids[0] == "id0" and ids.astype(str)[3] == "id3"
+    assert ids.tolist()[:2] == ["id0", "id1"] and all(type(i) is str for i in ids.tolist())
+    batch_ids, _ = next(iter(ds.iter_batches(10)))
+    assert type(batch_ids[0]) is str and batch_ids.astype(str).dtype.kind == "U"
+
+
 def test_bad_rank_is_a_config_error():
     with pytest.raises(ConfigError, match="rank 2"):
         chunks_for_rank(10, shuffle=False, seed=0, epoch=0, rank=2, world_size=2)

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 #: Layers, lowest first: a module may import its own layer or a lower one, never a higher one.
 LAYERS: list[tuple[str, ...]] = [
     ("aniso.errors", "aniso._version", "aniso._moved"),
-    ("aniso._fs", "aniso.progress", "aniso.methods.table"),
+    ("aniso._fs", "aniso._extras", "aniso.progress", "aniso.methods.table"),
     ("aniso.methods.params", "aniso._config_text", "aniso.config"),
     ("aniso.numeric",),
     ("aniso.io", "aniso.corpus", "aniso.demo", "aniso.testing"),
@@ -120,7 +120,7 @@ def test_no_import_cycles_between_modules():
 
 def test_the_package_top_level_holds_only_the_cross_cutting_modules():
     top = sorted(p.stem for p in (REPO / "aniso").glob("*.py") if p.stem != "__init__")
-    assert top == ["_config_text", "_fs", "_moved", "_version", "config", "encode", "errors", "progress"]
+    assert top == ["_config_text", "_extras", "_fs", "_moved", "_version", "config", "encode", "errors", "progress"]
 
 
 @pytest.mark.parametrize("old", sorted(MOVED))

@@ -23,14 +23,54 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
+def built(tmp_path_factory) -> tuple[Path, str]:
+    """The wheel built from the checkout, and everything the build printed."""
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q", "-w", str(out), str(REPO)],
-        check=True, cwd=out, timeout=600,
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-v", "-w", str(out), str(REPO)],
+        check=True, cwd=out, timeout=600, capture_output=True, text=True,
     )
     [path] = out.glob("aniso-*.whl")
-    return path
+    return path, done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def wheel(built) -> Path:
+    return built[0]
+
+
+def test_core_install_has_no_torch(wheel):
+    """torch only with the extras that use it: producing from precomputed embeddings needs none."""
+    with zipfile.ZipFile(wheel) as z:
+        metadata = z.read(next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+    requires = [line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
+    core = [r for r in requires if "extra ==" not in r]
+    assert not any(r.startswith("torch") for r in core), core
+    for extra in ("embed", "learned"):
+        assert any(r.startswith("torch") and f'extra == "{extra}"' in r for r in requires), (extra, requires)
+    assert not any(r.startswith("torch") and 'extra == "pipeline"' in r for r in requires)
+
+
+def test_build_prints_no_setuptools_warnings(built):
+    """Every folder that ships files is a package of the packaging configuration (pyproject.toml,
+    setup.py): setuptools otherwise prints a warning box per folder on every install."""
+    log = built[1]
+    assert "is absent from the `packages` configuration" not in log, log[-3000:]
+    assert "BuildBackendWarning" not in log and "SetuptoolsDeprecationWarning" not in log, log[-3000:]
+
+
+def test_code_version_is_the_same_installed_from_the_wheel(wheel, tmp_path):
+    """The same source gives one code version (and so one run key) whether aniso is installed
+    editable (flows/ and tasks/ mapped from the checkout) or from the wheel (under aniso/)."""
+    from aniso._version import code_version
+
+    with zipfile.ZipFile(wheel) as z:
+        z.extractall(tmp_path / "site")
+    probe = ("import aniso, aniso._version as v; print(aniso.__file__); print(v.code_version())")
+    out = subprocess.run([sys.executable, "-S", "-c", probe], check=True, capture_output=True, text=True,
+                         cwd=tmp_path, env={**_env(), "PYTHONPATH": str(tmp_path / "site")}, timeout=120).stdout.split()
+    assert out[0].startswith(str(tmp_path / "site")), out  # the wheel's copy, not the checkout
+    assert out[1] == code_version()
 
 
 def test_wheel_contents(wheel):

@@ -140,7 +140,8 @@ def _api(api_url, coro_fn):
 
 
 def test_served_deployment_runs_on_the_configured_dask_cluster(prefect_server, tmp_path, gap):
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, LogFilter,
+                                                LogFilterFlowRunId)
     from prefect.client.schemas.objects import StateType
 
     api_url, env, procs = prefect_server
@@ -187,17 +188,25 @@ def test_served_deployment_runs_on_the_configured_dask_cluster(prefect_server, t
             children = await client.read_flow_runs()
             ids = [r.id for r in children]
             logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=ids)))
-            return children, logs
+            artifacts = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[finished.id])))
+            return children, logs, artifacts
 
-        runs, logs = _api(api_url, everything)
+        runs, logs, artifacts = _api(api_url, everything)
     finally:
         _stop(serve)
         keys = _scheduler_task_keys(address) if dask.poll() is None else []
         _stop(dask)
 
-    # the stages ran as the subflow, on the cluster the settings named
+    # the stages ran in the deployment's own flow run (no subflow), on the cluster the settings named
     assert {r.name.split("-")[0] for r in runs} >= {"produce"}
-    assert any(r.flow_id != finished.flow_id and r.parent_task_run_id for r in runs), "no produce-stages subflow"
+    assert not any(r.parent_task_run_id for r in runs), [r.name for r in runs]
+    mine = [log for log in logs if log.flow_run_id == finished.id]
+    assert any(log.message.startswith("run key ") for log in mine)
+    for stage in ("inputs", "statistics", "fit", "apply", "gates", "publish"):
+        assert any(log.message.startswith(f"stage {stage}: ") for log in mine), (stage, sorted({m.name for m in mine}))
+    kinds = {a.key or a.type for a in artifacts}
+    assert {"aniso-report", "aniso-published", "aniso-gates"} <= kinds and "progress" in {a.type for a in artifacts}, kinds
     assert any("apply" in k.replace("-", "_") for k in keys), keys[:40]
     assert any("publish" in k for k in keys), keys[:40]
     # the gate stage runs in the flow's own process (where its libraries were preloaded)

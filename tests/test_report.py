@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from aniso.quality.metric_info import format_value
+
 from aniso.quality.gates import shard_table
 from aniso.quality.report import (
     build_report,
@@ -126,6 +128,31 @@ def test_report_html_is_self_contained(gap, tmp_path):
     assert set(content["spectra"]) == {"text", "image", "substitutes"}
     assert all(len(v) == gap.text.shape[1] for v in content["spectra"].values())
     assert set(content["residual_spectrum"]) == {"before", "after"}
+
+
+def test_report_opens_with_verdicts_against_the_baseline_and_captions_each_plot(gap, tmp_path):
+    """One sentence per gate family against the centroid shift, before anything else; every plot
+    in a figure with its caption."""
+    text, image = gap.text[:300], gap.image[:300]
+    gates = _gates(passed=True)
+    gates["metrics"].update({"domain_acc": 0.709, "mmd2": 0.5, "knn_overlap@10": 0.8})
+    base = {"domain_acc": 0.759, "mmd2": 0.02, "centroid_residual": 1e-5, "knn_overlap@10": 0.8}
+    references = {"raw text": {"domain_acc": 0.99, "mmd2": 0.9}, "baseline (centroid shift)": base}
+    write_report(str(tmp_path / "q"), gates, _shards(), text=text, subs=image + 0.01, image=image,
+                 title="aniso run v", references=references)
+    page = (tmp_path / "q" / "report.html").read_text()
+    opening = re.search(r'<ul class="verdict">(.*?)</ul>', page).group(1)
+    assert page.index('<ul class="verdict">') < page.index("<h2>")  # it opens the report
+    items = re.findall(r"<li>(.*?)</li>", opening)
+    assert items[0].startswith("Gates: all 2 passed")
+    distribution = next(i for i in items if i.startswith("Distribution:"))
+    assert f"domain accuracy 0.709 vs {format_value(base['domain_acc'])} for the centroid shift" in distribution
+    assert "domain accuracy 0.709 vs 0.759 for the centroid shift: closer to the images" in distribution
+    assert "MMD² 0.5 vs 0.02 for the centroid shift: worse" in distribution
+    assert any(i.startswith("Centroid: centroid gap left 1.00e-05 vs 1.00e-05") and "about the same" in i for i in items), items
+    assert any(i.startswith("Semantics: kNN overlap@10 0.8 vs 0.8") for i in items), items
+    figures = re.findall(r"<figure><svg.*?</svg><figcaption>(.*?)</figcaption></figure>", page, re.S)
+    assert len(figures) == 4 and all(len(c) > 40 for c in figures) and "Covariance spectra" in figures[0]
 
 
 def test_report_without_image_sample():

@@ -101,7 +101,7 @@ def test_the_server_does_not_outlive_a_killed_cli(tmp_path, gap):
         server = None
         deadline = time.monotonic() + 120
         while server is None and time.monotonic() < deadline and cli.poll() is None:
-            for child in psutil.Process(cli.pid).children():
+            for child in psutil.Process(cli.pid).children(recursive=True):  # the run is a child of the CLI
                 try:
                     if "prefect.server.api.server:create_app" in child.cmdline():
                         server = child

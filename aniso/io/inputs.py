@@ -2,7 +2,8 @@
 
 Every input opens as an :class:`EmbeddingSource` with a row count, a dimension, random access
 to row ranges (so one task can import one shard without reading the rest) and a fingerprint
-that enters the run key. Accepted forms:
+that enters the run key: a hash of the bytes (size and sha256 of each file, plus a folder's part
+names), the same for the same bytes on any filesystem. Accepted forms:
 
 * a single ``.npy`` file (any float dtype; read by byte ranges, so it works on object storage);
 * a folder of ``.npy`` files in clip-retrieval's layout (``text_emb/text_emb_0.npy``, ...), with
@@ -188,7 +189,9 @@ def open_embedding_source(
         part = NpyPart(**{**part.__dict__, "ids_url": meta_url if column else None, "id_column": column})
         if parts and part.dim != parts[0].dim:
             raise InputError(f"{what}: {part_url} has dimension {part.dim}, but {parts[0].url} has {parts[0].dim}")
-        digest.update(f"{posixpath.basename(part_url)}|{_content_tag(part_url, options)}".encode())
+        # a folder's part names order its rows (and pair them with metadata); one file's name is not content
+        name = posixpath.basename(part_url) if len(urls) > 1 or not url.endswith(".npy") else ""
+        digest.update(f"{name}|{_content_tag(part_url, options)}".encode())
         if meta_url:  # the ids are part of the input: corrected metadata is a different input
             digest.update(f"|{posixpath.basename(meta_url)}|{column}|{_content_tag(meta_url, options)}".encode())
         parts.append(part)
@@ -215,21 +218,25 @@ def _with_scheme(base_url: str, path: str) -> str:
 
 
 def _content_tag(url: str, options: dict[str, Any]) -> str:
-    """What identifies a file's content: the object store's ETag, else a sha256 of its bytes.
+    """What identifies a file's content: its size and the sha256 of its bytes.
 
-    Never the modification time: a copied or touched file with the same bytes is the same input,
-    so the run resumes instead of starting over.
+    Computed from the bytes on every filesystem, so equal bytes give equal tags wherever they
+    live (a local file and its copy on S3 are the same input). Never the modification time, the
+    path or an object store's ETag (which depends on how the object was uploaded): a copied,
+    moved or touched file with the same bytes is the same input, and the run resumes.
     """
     fs, path = filesystem(url, options)
-    info = fs.info(path)
-    etag = info.get("ETag") or info.get("etag")
-    if etag:
-        return f"{info.get('size')}:{str(etag).strip(chr(34))}"
     digest = hashlib.sha256()
-    with fs.open(path, "rb") as f:
-        for block in iter(lambda: f.read(8 << 20), b""):
+    size = 0
+    with fs.open(path, "rb", block_size=_HASH_BLOCK) as f:
+        for block in iter(lambda: f.read(_HASH_BLOCK), b""):
             digest.update(block)
-    return f"{info.get('size')}:{digest.hexdigest()}"
+            size += len(block)
+    return f"{size}:{digest.hexdigest()}"
+
+
+#: Read size of the content hash (one sequential pass; ranged GETs of this size on S3).
+_HASH_BLOCK = 16 << 20
 
 
 def read_npy_header(url: str, options: dict[str, Any], *, first_row: int = 0) -> NpyPart:

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass
 from typing import Any
 
-from aniso._fs import join_url
+from aniso._fs import join_url, redact_url
 from aniso.errors import ConfigError
 
-__all__ = ["DatasetLayout", "run_key", "check_name"]
+__all__ = ["DatasetLayout", "run_key", "check_name", "input_record", "run_lineage"]
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -100,3 +101,20 @@ def run_key(inputs: dict[str, str], semantic_config: dict[str, Any], code_versio
         sort_keys=True, separators=(",", ":"), default=str,
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:length]
+
+
+def input_record(url: str, fingerprint: str, *, embedded: bool) -> dict[str, Any]:
+    """One input's lineage: its URL (credentials redacted; a local path made absolute), its
+    content fingerprint, and whether aniso embedded it (a raw corpus) or read it as embeddings."""
+    shown = url if "://" in url else os.path.abspath(url)
+    return {"url": redact_url(shown), "fingerprint": fingerprint, "embedded": embedded}
+
+
+def run_lineage(inputs: dict[str, dict[str, Any]], *, embed_model: str, **fields: Any) -> dict[str, Any]:
+    """A run's lineage (``run.json`` and the manifest's ``lineage``): ``fields`` (method, params,
+    config hash, code version, ...), ``inputs`` (:func:`input_record` per modality), and
+    ``embed_model`` only when aniso embedded an input with it (never for precomputed embeddings)."""
+    lineage = {**fields, "inputs": inputs}
+    if any(record.get("embedded") for record in inputs.values()):
+        lineage["embed_model"] = embed_model
+    return lineage

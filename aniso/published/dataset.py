@@ -168,6 +168,8 @@ class PublishedDataset:
 
     @property
     def ids(self) -> np.ndarray:
+        """``(N,)`` numpy array of dtype ``object`` holding Python ``str`` (``ids[0]`` is a ``str``,
+        ``ids.astype(str)`` and ``ids.tolist()`` work); zarr itself returns numpy's ``StringDType``."""
         return np.array([str(v) for v in self._array("id")[:].tolist()], dtype=object)
 
     def problems(self) -> list[str]:

@@ -4,7 +4,9 @@ Reading a published dataset one row at a time fetches a whole chunk per row (chu
 read unit: ``chunk_rows`` rows, 4,096 by default). :func:`iter_batches` instead reads whole chunks,
 in a (seeded) shuffled chunk order, and shuffles rows within a buffer of a few chunks, so each
 chunk is fetched exactly once per epoch. Chunks are dealt to ranks round-robin after the shuffle,
-so across ``world_size`` ranks every row is yielded exactly once per epoch.
+so across ``world_size`` ranks every row is yielded exactly once per epoch. ``shuffle="global"``
+holds the rank's whole share instead and permutes all its rows at once, so each batch draws from
+every chunk (memory: the share; ``bench/loader.py --global-shuffle`` measures the cost).
 
 ``aniso.published.torch_loader.PublishedIterableDataset`` wraps it for ``torch.utils.data.DataLoader``.
 """
@@ -21,7 +23,10 @@ import numpy as np
 from aniso.errors import ConfigError
 from aniso.published.checked import ChunkDigests, read_chunk
 
-__all__ = ["iter_batches", "chunks_for_rank", "check_arguments"]
+__all__ = ["iter_batches", "chunks_for_rank", "check_arguments", "GLOBAL"]
+
+#: ``shuffle=GLOBAL``: one permutation of every row of the rank's epoch (see :func:`iter_batches`).
+GLOBAL = "global"
 
 logger = logging.getLogger(__name__)
 
@@ -42,9 +47,12 @@ def check_arguments(**values: Any) -> None:
     """Integers where integers are meant and flags where flags are: ``batch_size=2.5`` or
     ``rank="0"`` is a ConfigError naming the argument, not a traceback deep in the loop."""
     for name, value in values.items():
+        if name == "shuffle" and isinstance(value, str) and value == GLOBAL:
+            continue
         if name in ("shuffle", "only_valid", "all_valid", "drop_last"):
             if not isinstance(value, (bool, np.bool_)):
-                raise ConfigError(f"iter_batches: {name} must be True or False (got {value!r})")
+                also = f" or {GLOBAL!r}" if name == "shuffle" else ""
+                raise ConfigError(f"iter_batches: {name} must be True or False{also} (got {value!r})")
             continue
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
             raise ConfigError(f"iter_batches: {name} must be an integer (got {value!r})")
@@ -65,7 +73,7 @@ def iter_batches(
     group: Any,
     batch_size: int,
     *,
-    shuffle: bool = False,
+    shuffle: bool | str = False,
     seed: int = 0,
     epoch: int = 0,
     rank: int = 0,
@@ -87,8 +95,12 @@ def iter_batches(
     batch_size
         Rows per batch; the last batch of a rank may be smaller unless ``drop_last``.
     shuffle, seed, epoch
-        Shuffle the chunk order and the rows within the buffer, deterministically per
-        ``(seed, epoch)``.
+        ``True``: shuffle the chunk order and the rows within a buffer of ``buffer_chunks``
+        chunks, deterministically per ``(seed, epoch)``; a batch then draws from at most
+        ``buffer_chunks`` (+1) chunks. ``"global"``: read every chunk of the rank's epoch first
+        and draw each batch from one permutation of all its rows, so every batch draws from every
+        chunk; memory is the rank's whole share (``n_rows / world_size × d`` values, twice that
+        while the chunks are joined) and the first batch waits for the whole read.
     rank, world_size
         This reader's share: chunks are dealt round-robin, so every row is read exactly once per
         epoch across all ranks (rank shares differ by at most one chunk).
@@ -131,7 +143,7 @@ def iter_batches(
                     out=out, digests=digests)
 
 
-def _batches(group: Any, batch_size: int, *, shuffle: bool, seed: int, epoch: int, rank: int, world_size: int,
+def _batches(group: Any, batch_size: int, *, shuffle: bool | str, seed: int, epoch: int, rank: int, world_size: int,
              buffer_chunks: int, only_valid: bool, all_valid: bool, drop_last: bool, out: Any,
              digests: ChunkDigests | None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """The generator behind :func:`iter_batches` (arguments already checked)."""
@@ -139,7 +151,9 @@ def _batches(group: Any, batch_size: int, *, shuffle: bool, seed: int, epoch: in
     valid_arr = group["valid"] if only_valid and not all_valid and "valid" in group else None
     n_rows, chunk_rows = int(emb_arr.shape[0]), int(emb_arr.chunks[0])
     n_chunks = -(-n_rows // chunk_rows)
-    order = chunks_for_rank(n_chunks, shuffle=shuffle, seed=seed, epoch=epoch, rank=rank, world_size=world_size)
+    order = chunks_for_rank(n_chunks, shuffle=bool(shuffle), seed=seed, epoch=epoch, rank=rank, world_size=world_size)
+    if shuffle == GLOBAL:  # one buffer: the whole epoch share, permuted as one
+        buffer_chunks = max(len(order), 1)
     rng = np.random.default_rng([seed, epoch, rank, world_size, 1])
     carry_ids = np.empty(0, object)
     carry_emb = np.empty((0, int(emb_arr.shape[1])), emb_arr.dtype)

@@ -124,7 +124,9 @@ class PublishedIterableDataset(IterableDataset):
     root, dataset, version, storage_options
         As for :func:`aniso.open_published`.
     batch_size, shuffle, seed, buffer_chunks, only_valid, drop_last
-        As for :func:`aniso.published.loader.iter_batches`.
+        As for :func:`aniso.published.loader.iter_batches` (with ``shuffle="global"`` each
+        DataLoader worker permutes its own share of the chunks: a batch draws from every chunk
+        of one worker's share).
     rank, world_size
         The distributed rank of this process; DataLoader workers split the rank's share further,
         so every row is yielded exactly once per epoch over all ranks and workers.
@@ -141,7 +143,7 @@ class PublishedIterableDataset(IterableDataset):
         batch_size: int,
         version: str | None = None,
         storage_options: dict[str, Any] | None = None,
-        shuffle: bool = False,
+        shuffle: bool | str = False,
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,

@@ -229,6 +229,7 @@ def build_report(
         "title": title,
         "passed": bool(gates.get("passed")),
         "gates": [dict(r) for r in gates.get("results", [])],
+        "gate_seconds": gates.get("seconds"),
         "metrics": metrics,
         "gap": {"before": metrics.get("gap_before"), "after": metrics.get("centroid_residual")},
         "spectra": samples["spectra"],
@@ -275,10 +276,20 @@ def _identity_rows(content: Mapping[str, Any]) -> list[list[Any]]:
         ["code version", ident.get("code_version")],
         ["config hash", ident.get("config_hash")],
         ["embedding model", ident.get("embed_model")],
-        *[[f"input: {name}", (v or {}).get("fingerprint", v) if isinstance(v, Mapping) else v] for name, v in inputs.items()],
+        *[[f"input: {name}", _input_cell(v)] for name, v in inputs.items()],
         ["report generated", content.get("generated")],
     ]
     return [r for r in rows if r[1] not in (None, "", {})]
+
+
+def _input_cell(record: Any) -> Any:
+    """An input's URL and fingerprint (``<url> (fingerprint <12 hex>)``), or what was recorded."""
+    if not isinstance(record, Mapping):
+        return record
+    fingerprint = str(record.get("fingerprint") or "")
+    if not record.get("url"):
+        return fingerprint
+    return f"{record['url']} (fingerprint {fingerprint[:12]})" if fingerprint else record["url"]
 
 
 def _metric_rows(content: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
@@ -310,9 +321,19 @@ def render_html(content: Mapping[str, Any], plots: list[str] | None = None) -> s
                   (METRICS[g["name"]].meaning if g["name"] in METRICS else "")] for g in gates]
     metric_header, metric_rows = _metric_rows(content)
     plots = render_plots(content) if plots is None else plots
+    from aniso.quality.report_verdict import PLOT_CAPTIONS, verdicts
+
+    opening = "".join(f"<li>{_esc(line)}</li>" for line in verdicts(content))
+    figures = "".join(f'<figure>{svg}<figcaption>{_esc(PLOT_CAPTIONS[k]) if k < len(PLOT_CAPTIONS) else ""}'
+                      f"</figcaption></figure>" for k, svg in enumerate(plots))
     shards = content["shards"]
     ident = content.get("identity") or {}
     config = ident.get("config")
+    stage_seconds = dict(ident.get("stage_seconds") or {})
+    if content.get("gate_seconds") is not None:
+        stage_seconds["gates"] = content["gate_seconds"]
+    timings = ("<h2>Stage timings</h2>" + _table(["stage", "seconds"], [[k, v] for k, v in stage_seconds.items()])
+               if stage_seconds else "")
     settings = (f"<details><summary>settings (semantic; these and the inputs define the run key)</summary>"
                 f"<pre>{_esc(json.dumps(config, indent=2, sort_keys=True, default=str))}</pre></details>") if config else ""
     return f"""<!DOCTYPE html>
@@ -323,20 +344,25 @@ h1 .PASSED {{ color: #2a7a2a; }} h1 .FAILED {{ color: #b22222; }}
 table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; }}
 th, td {{ border: 1px solid #ccc; padding: 3px 8px; text-align: left; font-size: 13px; vertical-align: top; }}
 tr.fail td {{ background: #fde0e0; }}
-.plots svg {{ margin: 0 1em 1em 0; vertical-align: top; max-width: 100%; height: auto; }}
+.plots figure {{ display: inline-block; margin: 0 1em 1em 0; vertical-align: top; max-width: 100%; }}
+.plots svg {{ max-width: 100%; height: auto; }}
+figcaption {{ font-size: 12px; color: #444; max-width: 560px; }}
+ul.verdict li {{ margin: 0.2em 0; }}
 pre {{ font-size: 12px; background: #f6f6f6; padding: 0.5em; }}
 p.note {{ color: #555; font-size: 13px; }}
 </style></head><body>
 <h1>{_esc(content['title'])}: <span class="{status}">{status}</span></h1>
+<ul class="verdict">{opening}</ul>
 <p>{shards['count']} shards, {shards['rows']} substitute rows; norms in [{_esc(_fmt(shards['norm_min']))}, {_esc(_fmt(shards['norm_max']))}].</p>
 <h2>Run</h2>
 {_table(["", ""], _identity_rows(content))}
 {settings}
+{timings}
 <h2>Gates</h2>
 <p class="note">A run is published only when every gate passes; the bound is what the gate suite requires.</p>
 {_table(["gate", "verdict", "observed", "bound", "table", "meaning"], gate_rows, ["" if g["passed"] else "fail" for g in gates])}
 <h2>Plots</h2>
-<div class="plots">{"".join(plots)}</div>
+<div class="plots">{figures}</div>
 <h2>Metrics</h2>
 <p class="note">Semantic preservation (knn_overlap, spearman) is gated; distribution metrics (mmd2,
 knn_precision/recall, domain_acc) are reported. The reference columns are computed on the same

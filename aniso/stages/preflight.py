@@ -18,6 +18,7 @@ are validated when they load (:func:`aniso.config.load_settings`).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import uuid
@@ -27,7 +28,8 @@ from typing import Any, TypeVar
 from aniso._fs import filesystem, is_local, join_url, refuse_url_credentials
 from aniso.errors import AnisoError, ConfigError, InputError, StoreCorrupt, StoreNotFound
 
-__all__ = ["MIN_ROWS", "TIMEOUT_S", "preflight", "check_output_root", "check_input", "probe_options"]
+__all__ = ["MIN_ROWS", "TIMEOUT_S", "preflight", "check_output_root", "check_input", "probe_options",
+           "STORAGE_VARIABLES", "storage_variables", "probe_here"]
 
 logger = logging.getLogger(__name__)
 
@@ -194,9 +196,71 @@ def preflight(text: str, image: str, settings: Any, *, timeout: float = TIMEOUT_
     if shapes["text"] and shapes["image"] and shapes["text"][1] != shapes["image"][1]:
         raise InputError(f"text embeddings ({text}) have d={shapes['text'][1]} but image embeddings "
                          f"({image}) have d={shapes['image'][1]}")
+    check_extras(shapes, (text, image), settings)
     check_output_root(settings.storage.root, settings.storage.dataset, options, timeout=timeout)
     from aniso.stages.frozen import check_before_run
 
     # a frozen model's reference and ids, and the schema of the version LATEST names
     check_before_run(text, shapes["text"][1] if shapes["text"] else None, settings, options)
     logger.info("preflight passed in %.2f s", time.perf_counter() - started)
+
+
+def check_extras(shapes: dict[str, tuple[int, int] | None], urls: tuple[str, str], settings: Any) -> None:
+    """The optional dependencies the run will need are installed.
+
+    Raises
+    ------
+    MissingExtra
+        A raw corpus without the ``embed`` extra (torch, open_clip), or AnisoAlign's learned
+        stages without the ``learned`` extra (torch): one line naming the extra.
+    """
+    from aniso._extras import require
+
+    for (name, shape), url in zip(shapes.items(), urls):
+        if shape is None:  # a raw corpus: embedded with open_clip first
+            for module in ("torch", "open_clip"):
+                require(module, extra="embed", purpose=f"embedding the raw {name} corpus {url}")
+    params = getattr(settings.method, "params", None) or {}
+    if settings.method.name == "anisoalign" and params.get("learned"):
+        require("torch", extra="learned", purpose="AnisoAlign's learned stages (method.params.learned: true)")
+
+
+#: Environment variables through which fsspec/s3fs/botocore find object-store credentials,
+#: profiles, endpoints and regions.
+STORAGE_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                     "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION",
+                     "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE")
+
+
+def storage_variables() -> list[str]:
+    """The :data:`STORAGE_VARIABLES` set in this process's environment (names only, never values)."""
+    return [name for name in STORAGE_VARIABLES if os.environ.get(name)]
+
+
+def probe_here(text: str, image: str, root: str, dataset: str, storage_options: dict[str, Any],
+               expected: list[str], *, timeout: float = TIMEOUT_S) -> str | None:
+    """The preflight's probe as one Dask worker runs it: read both inputs' headers and write (then
+    remove) a probe object under the output root, from this worker's environment.
+
+    Parameters
+    ----------
+    expected
+        The storage variables set where the flow runs (:func:`storage_variables`): those this
+        worker lacks are named in the reason.
+
+    Returns
+    -------
+    str or None
+        None when everything is reachable; else one line: what failed, and the storage
+        variables this worker's environment lacks.
+    """
+    try:
+        for name, url in (("text", text), ("image", image)):
+            check_input(url, storage_options, what=f"{name} input", timeout=timeout)
+        check_output_root(root, dataset, storage_options, timeout=timeout)
+    except AnisoError as exc:
+        missing = [name for name in expected if not os.environ.get(name)]
+        hint = (f"; this worker's environment lacks {', '.join(missing)} (set where the flow runs)" if missing
+                else "; this worker's environment has the same storage variables as the flow's")
+        return " ".join(str(exc).split()) + hint
+    return None

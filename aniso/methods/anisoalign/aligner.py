@@ -107,7 +107,9 @@ class AnisoAlign(Aligner):
         self.calib_delta = self._calibration_refinement(text_sample) if self.calibrate else None
 
     def _fit_learned(self, text_sample: np.ndarray, image_sample: np.ndarray) -> None:
-        import torch
+        from aniso._extras import require
+
+        torch = require("torch", extra="learned", purpose="AnisoAlign's learned stages (learned=True)")
 
         ps = self.params
         assert self.frame is not None and self.refiner is not None
