@@ -11,7 +11,8 @@ the paired metrics). Same folds for every method. Sets:
 
 On the large sets the metrics are computed on a seeded sample of ``--eval-rows`` held-out rows
 per fold. ``--learned`` adds the learned-stage comparison on the demo world (fit time and quality
-of AnisoAlign with ``learned=True`` against its closed form, same fold). Writes ``docs/quality.md``.
+of AnisoAlign with ``learned=True`` against its closed form, same fold). Writes ``docs/quality.md``,
+keeping its "Downstream" section (written by ``bench/transfer.py``) at the top.
 
     OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python bench/quality.py [--folds 5] [--seed 0] [--learned]
 """
@@ -245,6 +246,17 @@ def learned_comparison(text: np.ndarray, image: np.ndarray, seed: int, eval_rows
     return out
 
 
+def keep_downstream(page: str, path: Path) -> str:
+    """``page`` with the "Downstream" section (``bench/transfer.py``) of the page at ``path`` kept after the title."""
+    start, end = "<!-- downstream:start -->", "<!-- downstream:end -->"
+    old = path.read_text() if path.exists() else ""
+    if start not in old or end not in old:
+        return page
+    block = start + old.split(start, 1)[1].split(end, 1)[0] + end
+    title, _, rest = page.partition("\n")
+    return title + "\n\n" + block + "\n" + rest
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--folds", type=int, default=5)
@@ -305,7 +317,7 @@ def main() -> None:
         verdicts[name] = (ok, mean)
         out += lines
         print(f"[{name}: {time.perf_counter() - t0:.1f} s]", file=sys.stderr, flush=True)
-        Path(args.out).write_text("\n".join(out + learned) + "\n")  # partial page while running
+        Path(args.out).write_text(keep_downstream("\n".join(out + learned) + "\n", Path(args.out)))  # partial page
     summary = ["## Summary: does the default dominate every shipped baseline?", "",
                "| set | AnisoAlign dom | knn | r1 | best baseline dom | dominates all | not dominated |",
                "|---|---|---|---|---|---|---|"]
@@ -328,7 +340,7 @@ def main() -> None:
     out += learned
     text_out = "\n".join(out)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text_out + "\n")
+    Path(args.out).write_text(keep_downstream(text_out + "\n", Path(args.out)))
     print(text_out)
 
 
