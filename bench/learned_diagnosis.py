@@ -112,7 +112,7 @@ def main() -> None:
     from demo_world import demo_world
     from quality import make_folds
 
-    from aniso.methods.anisoalign.prior import fit_prior
+    from aniso.methods.anisoalign.prior import PhasePrior
 
     torch.set_num_threads(1)
     text, image = demo_world(args.rows)
@@ -137,11 +137,12 @@ def main() -> None:
     for name, th in (("real images", th_img), ("closed-form substitutes", th_cf)):
         r1, r2 = np.abs(np.exp(1j * th).mean(0)), np.abs(np.exp(2j * th).mean(0))
         print(f"| {name} | {r1.mean():.4f} | {r1.max():.4f} | {r2.mean():.4f} | {r2.max():.4f} | {1 / np.sqrt(n):.4f} |")
-    a_img = ((image[train] - frame.mu_image) @ frame.U) @ frame.R
     from aniso.methods.anisoalign.polar import EPS64, to_polar
 
-    th_tr, el_tr = to_polar(a_img, EPS64)
-    prior = fit_prior(th_tr[:20000], el_tr[:20000], steps=args.steps, seed=args.seed)  # what the fit saw
+    th_tr, el_tr = to_polar(((image[train] - frame.mu_image) @ frame.U) @ frame.R, EPS64)
+    prior = PhasePrior(th_tr.shape[1], hidden=learned.params.prior_hidden)  # the fitted model's own prior
+    prior.load_arrays(learned.prior_arrays)
+    prior.eval()
     sel = np.random.default_rng(args.seed).choice(n, args.lik_rows, replace=False)
     th_sub, el_sub = phases(l2_normalize(cf.premap(text[test])), frame, frame.mu_image)
     ratio_img = loglik_ratio(prior, th_img[sel], el_img[sel], args.lik_samples, args.seed)
