@@ -98,6 +98,35 @@ def loss_terms(subs: np.ndarray, text: np.ndarray, image: np.ndarray, frame, pri
     return {key: float(np.mean(v)) for key, v in acc.items()}
 
 
+def prior_term(prior, x: np.ndarray, frame) -> float:
+    """Stage II's prior term, ``mean(E(θ, ℓ) + radial NLL(ℓ)) / K``, of rows ``x`` (unit norm)."""
+    import torch
+
+    th, el = phases(x, frame, frame.mu_image)
+    with torch.no_grad():
+        t, e = torch.as_tensor(th, dtype=torch.float32), torch.as_tensor(el, dtype=torch.float32)
+        return float((prior.energy(t, e) + prior.radial_nll(e)).mean()) / th.shape[1]
+
+
+def prior_only(args: argparse.Namespace, cf, text: np.ndarray, image: np.ndarray, train: np.ndarray,
+               test: np.ndarray) -> None:
+    from aniso.methods.anisoalign.polar import EPS64, to_polar
+    from aniso.methods.anisoalign.prior import fit_prior
+
+    frame = cf.frame
+    sample = np.sort(np.random.default_rng(args.seed).choice(train, min(20000, train.size), replace=False))
+    th, el = to_polar(((image[sample] - frame.mu_image) @ frame.U) @ frame.R, EPS64)
+    prior = fit_prior(th, el, steps=args.steps, seed=args.seed)
+    shift = get_aligner("centroid").fit(text[train], image[train])
+    rows = {"real images (held out)": image[test], "real images (Stage I's own sample)": image[sample],
+            "centroid shift": l2_normalize(shift.premap(text[test])),
+            "closed form (knn_budget null)": l2_normalize(cf.premap(text[test])),
+            "raw text": text[test]}
+    print("| rows | Stage II prior term (energy + radial NLL) / K |\n|---|---|")
+    for name, x in rows.items():
+        print(f"| {name} | {prior_term(prior, x, frame):.4f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=60_000)
@@ -105,6 +134,9 @@ def main() -> None:
     ap.add_argument("--lik-rows", type=int, default=300)
     ap.add_argument("--lik-samples", type=int, default=2048)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--prior-only", action="store_true",
+                    help="fit Stage I alone (on 20,000 training images, as the fit does) and print its energy term "
+                         "for the real held-out images, the closed form and the shift")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     import torch
@@ -120,6 +152,9 @@ def main() -> None:
     test = make_folds(image, 3, args.seed)[0]
     train = np.setdiff1d(np.arange(len(text)), test)
     cf = get_aligner("anisoalign", knn_budget=None).fit(text[train], image[train], seed=args.seed)
+    if args.prior_only:
+        prior_only(args, cf, text, image, train, test)
+        return
     t0 = time.perf_counter()
     learned = get_aligner("anisoalign", knn_budget=None, learned=True, prior_steps=args.steps,
                           refine_steps=args.steps, torch_threads=1).fit(text[train], image[train], seed=args.seed)

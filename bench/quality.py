@@ -256,7 +256,7 @@ def keep_downstream(page: str, path: Path) -> str:
     (``bench/caption.py``) sections of the page at ``path`` kept after the title."""
     old = path.read_text() if path.exists() else ""
     blocks = []
-    for name in ("downstream", "caption"):
+    for name in ("downstream", "caption", "learned"):
         start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
         if start in old and end in old:
             blocks.append(start + old.split(start, 1)[1].split(end, 1)[0] + end)
