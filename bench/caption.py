@@ -225,7 +225,11 @@ def render(run_out: dict) -> str:
              "on substitutes of the training fold's captions (the aligner fitted on the training fold only), "
              "then fed the held-out fold's real image embeddings; greedy decoding, parsed back into objects. "
              "`count`, `exact` (same objects, any order): every held-out row; each slot: the single-object rows; "
-             "`slots`: their mean; `ratio`: slots over the paired-trained decoder's. Mean ± std over folds.", "",
+             "`slots`: their mean; `ratio`: slots over the paired-trained decoder's. Mean ± std over folds. The decoder "
+             "(GRU, hidden 256, Adam, teacher forcing) is small and briefly trained (`--train-rows` rows of each "
+             "training fold, `--epochs` epochs; `--test-rows` held-out rows decoded): even the paired-trained decoder "
+             "gets the shape right on under half of the single-object rows, so the comparison is between equally "
+             "trained decoders, not against a ceiling.", "",
              "| decoder trained on | " + " | ".join(cols) + " | ratio |", "|---" * (len(cols) + 2) + "|"]
     for label, r in res.items():
         name = f"**{label} (default)**" if label == default else label

@@ -500,6 +500,7 @@ def main() -> None:
     ap.add_argument("--head-rows", type=int, default=8000, help="demo world: training rows per task the heads learn from (0: all)")
     ap.add_argument("--test-rows", type=int, default=4000, help="demo world: held-out rows per task the heads are scored on (0: all)")
     ap.add_argument("--learned", action="store_true", help="add AnisoAlign with the learned stages (slow)")
+    ap.add_argument("--methods", default="", help="semicolon-separated method labels to run (raw text always runs; default: all)")
     ap.add_argument("--write-docs", action="store_true", help="rewrite the Downstream section of docs/quality.md")
     ap.add_argument("--json", default="", help="also write the per-fold accuracies here")
     ap.add_argument("--from-json", default="", help="comma-separated JSON files of earlier runs: render them, run nothing")
@@ -514,6 +515,9 @@ def main() -> None:
     methods = dict(METHODS)
     if args.learned:
         methods[LEARNED[0]] = LEARNED[1]
+    if args.methods:
+        keep = {RAW, *args.methods.split(";")}
+        methods = {k: v for k, v in methods.items() if k in keep}
     default = default_label()
     t_start = time.perf_counter()
     sets, skipped = real_sets() if not args.from_json else ({}, [])
