@@ -75,6 +75,8 @@ METHODS: dict[str, tuple[str, dict]] = {
     "AnisoAlign, no bounds": ("anisoalign", {"bounded": False}),
 }
 LEARNED = ("AnisoAlign, learned stages", ("anisoalign", {"knn_budget": None, "learned": True, "torch_threads": 1}))
+LEARNED_NO_PRIOR = ("AnisoAlign, learned stages, no prior",
+                    ("anisoalign", {"knn_budget": None, "learned": True, "use_prior": False, "torch_threads": 1}))
 HEADS = ("LR 1e-3", "LR 1e-4", "NCM", "kNN")
 LR_L2 = {"LR 1e-3": 1e-3, "LR 1e-4": 1e-4}
 KNN_K = 10
@@ -389,8 +391,9 @@ def task_table(acc: dict[str, dict[str, list[float]]], default: str, fit_s: dict
 
 def summary(results: dict, default: str) -> tuple[list[str], list[str]]:
     """The headline table (logistic regression) and the target verdicts."""
-    variants = [m for m in METHODS if m.startswith("AnisoAlign")] + ([LEARNED[0]] if any(
-        LEARNED[0] in r["acc"][t]["LR 1e-3"] for r in results.values() for t in r["acc"]) else [])
+    variants = [m for m in METHODS if m.startswith("AnisoAlign")] + [
+        m for m in (LEARNED[0], LEARNED_NO_PRIOR[0])
+        if any(m in r["acc"][t]["LR 1e-3"] for r in results.values() for t in r["acc"])]
     cols = [SHIFT, "MomentMatch shrink 0.9", *variants]
     lines = []
     for head in LR_L2:
@@ -499,7 +502,7 @@ def main() -> None:
     ap.add_argument("--knn-rows", type=int, default=4000, help="demo world: held-out rows the kNN vote is scored on per fold")
     ap.add_argument("--head-rows", type=int, default=8000, help="demo world: training rows per task the heads learn from (0: all)")
     ap.add_argument("--test-rows", type=int, default=4000, help="demo world: held-out rows per task the heads are scored on (0: all)")
-    ap.add_argument("--learned", action="store_true", help="add AnisoAlign with the learned stages (slow)")
+    ap.add_argument("--learned", action="store_true", help="add AnisoAlign with the learned stages, with and without the Stage I prior (slow)")
     ap.add_argument("--methods", default="", help="semicolon-separated method labels to run (raw text always runs; default: all)")
     ap.add_argument("--write-docs", action="store_true", help="rewrite the Downstream section of docs/quality.md")
     ap.add_argument("--json", default="", help="also write the per-fold accuracies here")
@@ -515,6 +518,7 @@ def main() -> None:
     methods = dict(METHODS)
     if args.learned:
         methods[LEARNED[0]] = LEARNED[1]
+        methods[LEARNED_NO_PRIOR[0]] = LEARNED_NO_PRIOR[1]
     if args.methods:
         keep = {RAW, *args.methods.split(";")}
         methods = {k: v for k, v in methods.items() if k in keep}
