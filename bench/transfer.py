@@ -394,7 +394,8 @@ def summary(results: dict, default: str) -> tuple[list[str], list[str]]:
     variants = [m for m in METHODS if m.startswith("AnisoAlign")] + [
         m for m in (LEARNED[0], LEARNED_NO_PRIOR[0])
         if any(m in r["acc"][t]["LR 1e-3"] for r in results.values() for t in r["acc"])]
-    cols = [SHIFT, "MomentMatch shrink 0.9", *variants]
+    present = {m for r in results.values() for t in r["acc"] for m in r["acc"][t]["LR 1e-3"]}
+    cols = [m for m in (SHIFT, "MomentMatch shrink 0.9", *variants) if m in present]
     lines = []
     for head in LR_L2:
         lines += [f"**{head}** — accuracy on the real images (share of the raw → oracle gap closed, where resolved)", "",
