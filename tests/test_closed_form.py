@@ -198,15 +198,21 @@ def test_coco_out_of_sample_beats_the_shift_and_calibrates(coco500):
 @pytest.mark.realdata
 def test_convirt_radial_scale_keeps_the_neighbourhoods_the_offset_compresses(convirt500):
     """ConVIRT's images are far more concentrated than its reports: calibrating with an offset
-    alone compresses the substitutes unevenly; the radial scale keeps the shift's neighbourhoods."""
+    alone compresses the substitutes unevenly; the radial scale keeps the shift's neighbourhoods.
+
+    With a kNN budget (0.01) the substitutes stay within 0.015 of the shift's kNN overlap out of
+    sample; the default (no budget since issue 23) pays more of it (0.89 against the shift's 0.91
+    here), and the radial scale still keeps more of the neighbourhoods than the offset alone."""
     text, image = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in convirt500)
     test = np.random.default_rng(0).permutation(text.shape[0])[:100]
     train = np.setdiff1d(np.arange(text.shape[0]), test)
     knn = {}
-    for label, params in (("default", {}), ("offset only", {"radial": False})):
+    for label, params in (("budget", {"knn_budget": 0.01}), ("budget, offset only", {"knn_budget": 0.01, "radial": False}),
+                          ("default", {}), ("default, offset only", {"radial": False})):
         model = AnisoAlign(**params).fit(text[train], image[train])
         assert centroid_residual(model.transform(text[train]), image[train]) <= 1e-3
         knn[label] = knn_overlap(text[test], model.transform(text[test]))
     shift = knn_overlap(text[test], CentroidShift().fit(text[train], image[train]).transform(text[test]))
-    assert knn["default"] >= shift - 0.015
-    assert knn["default"] > knn["offset only"] + 0.005
+    assert knn["budget"] >= shift - 0.015
+    assert knn["budget"] > knn["budget, offset only"] + 0.005
+    assert knn["default"] > knn["default, offset only"]

@@ -66,7 +66,7 @@ class AnisoAlignParams(MethodParams):
                                   description="isotropic pseudo-rows per dimension the covariances are shrunk with (closed form; was 'prior_strength', which still loads)")
     adaptive: bool = True
     bounded: bool = True
-    knn_budget: float | None = Field(0.01, ge=0, description="largest kNN-overlap@10 loss against the centroid shift, measured on the fitting text; None: no budget")
+    knn_budget: float | None = Field(None, ge=0, description="largest kNN-overlap@10 loss against the centroid shift, measured on the fitting text; None (the default since issue 23: it transfers best downstream, docs/quality.md): no budget")
     budget_rows: int = Field(2000, ge=11, description="text rows the kNN budget is measured on")
     radial: bool = Field(True, description="scale the deviations radially so renormalisation keeps the centroid's length")
     # learned stages (off by default: on every corpus measured they did not pay for their cost,

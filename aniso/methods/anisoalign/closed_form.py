@@ -30,7 +30,8 @@ second-moment correction.
   source text within ``knn_budget`` of the plain centroid shift's, measured on rows of the fitting
   text. Where a mismatch can only be matched by amplifying the text's noise (a residual
   independent of the content), the per-direction caps lift with the evidence but the
-  neighbourhoods would collapse; the budget stops it.
+  neighbourhoods would collapse; the budget stops it. Off by default (``knn_budget=None``): on the
+  demo world and the real sets it cost downstream transfer (docs/quality.md).
 * **Radial scale** (:func:`radial_scale`): the deviations are scaled so that the renormalised
   substitutes' mean has the length of ``μ_i``; the calibration then only fixes its direction.
 * **Calibration** is done by the aligner: the fixed-point centroid calibration after the final
