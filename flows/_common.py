@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -87,11 +88,18 @@ def _drain_prefect_services(timeout: float = 10.0) -> None:
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
 
-    for service in (EventsWorker, APILogWorker):
-        try:
-            service.drain_all(timeout=timeout)
-        except Exception:  # noqa: BLE001 - best effort, on a worker that keeps running
-            pass
+    def drain() -> None:
+        for service in (EventsWorker, APILogWorker):
+            try:
+                service.drain_all(timeout=timeout)
+            except Exception:  # noqa: BLE001 - best effort, on a worker that keeps running
+                pass
+
+    # Client.run calls this on the worker's event loop, where drain_all would only return a
+    # coroutine (Prefect's sync/async dispatch): a thread of its own gets the blocking drain
+    thread = threading.Thread(target=drain, name="aniso-drain-prefect", daemon=True)
+    thread.start()
+    thread.join(2 * timeout + 5)
 
 
 def _release_worker_services(client: Any) -> None:

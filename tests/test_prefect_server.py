@@ -192,7 +192,13 @@ def test_served_deployment_runs_on_the_configured_dask_cluster(prefect_server, t
                 artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[finished.id])))
             return children, logs, artifacts
 
-        runs, logs, artifacts = _api(api_url, everything)
+        def complete():
+            fetched = _api(api_url, everything)
+            last = [log for log in fetched[1] if log.flow_run_id == finished.id and log.message.startswith("stage publish: ")]
+            return fetched if last else None
+
+        # the run's last log lines reach the API in the batch after its state turned final
+        runs, logs, artifacts = _wait("the run's last log lines", complete, 60, procs)
     finally:
         _stop(serve)
         keys = _scheduler_task_keys(address) if dask.poll() is None else []
