@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import posixpath
 import re
 import uuid
@@ -21,7 +22,7 @@ from fsspec.core import url_to_fs
 
 from aniso.errors import ConfigError, InputError
 
-__all__ = ["filesystem", "absolute_url", "join_url", "open_url", "exists", "is_local", "write_atomic", "write_json", "redact_url",
+__all__ = ["filesystem", "absolute_url", "join_url", "open_url", "exists", "is_local", "write_atomic", "write_json", "link_or_copy", "redact_url",
            "is_credential_key", "url_credentials", "credential_paths", "resolve_env_refs",
            "refuse_url_credentials"]
 
@@ -85,6 +86,23 @@ def write_atomic(url: str, data: bytes | str, storage_options: dict[str, Any] | 
         os.replace(tmp, path)
     else:
         fs.pipe_file(path, payload)
+
+
+def link_or_copy(fs: fsspec.AbstractFileSystem, source: str, target: str) -> None:
+    """Place ``source``'s file at ``target`` without passing its bytes through this process where
+    the storage allows: a hard link locally (a copy across devices), a server-side copy on object
+    storage. A file already at ``target`` is replaced; aniso never writes a file in place, so
+    linked files stay what they were."""
+    if is_local(fs):
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        if os.path.exists(target):
+            os.unlink(target)
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copy2(source, target)
+    else:
+        fs.copy(source, target)
 
 
 def write_json(url: str, payload: dict[str, Any], storage_options: dict[str, Any]) -> None:

@@ -21,12 +21,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
-from aniso._fs import exists, filesystem, is_local, join_url, write_atomic
+from aniso._fs import exists, filesystem, join_url, link_or_copy, write_atomic
 from aniso.errors import ConfigError, StoreCorrupt, StoreNotFound
 from aniso.io.layout import DatasetLayout
 from aniso.methods import Aligner
@@ -96,17 +94,7 @@ def copy_model(src_url: str, dst_url: str, storage_options: dict[str, Any]) -> d
     _, dst = filesystem(dst_url, storage_options)
     order = [n for n in files if n != _MODEL_JSON] + [_MODEL_JSON]
     for name in order:
-        source, target = join_url(src, name), join_url(dst, name)
-        if is_local(fs):
-            os.makedirs(dst, exist_ok=True)
-            if os.path.exists(target):
-                os.unlink(target)
-            try:
-                os.link(source, target)
-            except OSError:
-                shutil.copy2(source, target)
-        else:
-            fs.copy(source, target)
+        link_or_copy(fs, join_url(src, name), join_url(dst, name))
     return {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
 
 

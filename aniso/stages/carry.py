@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import time
 from typing import Any
 
-from aniso._fs import filesystem, is_local, join_url
+from aniso._fs import filesystem, join_url, link_or_copy
 from aniso.io.rows import open_rows
 from aniso.io.store import EmbeddingStore, shard_checksum
 from aniso.stages.apply import apply_shard, input_digest, shard_quality
@@ -83,16 +81,7 @@ def _copy_shard(prev_data_url: str, subs_url: str, shard: int, storage_options: 
         source, target = join_url(prev, rel), join_url(subs, rel)
         if not fs.exists(source):  # a shard of fill values is not stored: nothing to carry
             continue
-        if is_local(fs):
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            if os.path.exists(target):
-                os.unlink(target)
-            try:
-                os.link(source, target)
-            except OSError:
-                shutil.copy2(source, target)
-        else:
-            fs.copy(source, target)
+        link_or_copy(fs, source, target)
 
 
 def carry_or_apply_shard(model_url: str, text_store_url: str, subs_url: str, shard: int,
