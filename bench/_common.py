@@ -64,3 +64,20 @@ def synthetic_store(url: str, n_rows: int, dim: int = 512, shard_rows: int = 655
         block /= np.linalg.norm(block, axis=1, keepdims=True)
         store.write_shard(shard, block, [id_of(i) for i in range(start, stop)])
     return url
+
+
+def replace_section(path, start: str, end: str, section: str, after: str | None = None) -> None:
+    """Put ``section`` (which begins with ``start`` and ends with ``end``) into the page at
+    ``path``: in place of the marked section if there is one, else right after the marker
+    ``after`` when the page has it, else after the title line."""
+    page = path.read_text()
+    if start in page and end in page:
+        head, rest = page.split(start, 1)
+        page = head + section + rest.split(end, 1)[1]
+    elif after and after in page:
+        head, rest = page.split(after, 1)
+        page = head + after + "\n\n" + section + rest
+    else:
+        title, _, rest = page.partition("\n")
+        page = title + "\n\n" + section + "\n" + rest
+    path.write_text(page)

@@ -250,17 +250,9 @@ def render(run_out: dict) -> str:
 
 def write_docs(section: str, path: Path = DOCS) -> None:
     """Replace the caption section of ``path`` (or put it after the Downstream section / the title)."""
-    page = path.read_text()
-    if START in page and END in page:
-        head, rest = page.split(START, 1)
-        page = head + section + rest.split(END, 1)[1]
-    elif "<!-- downstream:end -->" in page:
-        head, rest = page.split("<!-- downstream:end -->", 1)
-        page = head + "<!-- downstream:end -->\n\n" + section + rest
-    else:
-        title, _, rest = page.partition("\n")
-        page = title + "\n\n" + section + "\n" + rest
-    path.write_text(page)
+    from _common import replace_section
+
+    replace_section(path, START, END, section, after="<!-- downstream:end -->")
 
 
 def main() -> None:

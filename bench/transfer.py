@@ -485,14 +485,9 @@ def render(results: dict, skipped: list[str], commands: list[str], default: str,
 
 def write_docs(section: str, path: Path = DOCS) -> None:
     """Replace the downstream section of ``path`` (or insert it after the title)."""
-    page = path.read_text()
-    if START in page and END in page:
-        head, rest = page.split(START, 1)
-        page = head + section + rest.split(END, 1)[1]
-    else:
-        title, _, rest = page.partition("\n")
-        page = title + "\n\n" + section + "\n" + rest
-    path.write_text(page)
+    from _common import replace_section
+
+    replace_section(path, START, END, section)
 
 
 def main() -> None:
