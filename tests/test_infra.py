@@ -4,9 +4,9 @@ settings overlays and name real cluster classes; the serve deployment carries no
 from __future__ import annotations
 
 import importlib
-import os
 import importlib.util
 import inspect
+import os
 from pathlib import Path
 
 import pytest
@@ -52,11 +52,38 @@ def test_prefect_yaml_validates_with_prefects_loader():
     # the CLI loader swallows validation errors into a warning and an empty list: neither happened
     assert "validation" not in printed.lower() and "unable" not in printed.lower(), printed
     assert {c["name"] for c in configs} >= {"produce-nightly", "produce-weekly-refit", "retention"}
-    assert not actions.get("pull")  # module entrypoints: the installed package, nothing to pull
+    # module entrypoints: the installed package, nothing to pull; an explicit [] because `pull: null`
+    # makes `prefect deploy` add a set_working_directory step naming the deployer's directory
+    assert actions.get("pull") == []
+    pulls = {c["name"]: c.get("pull") for c in configs}
+    assert pulls["produce-local"] == [{"aniso.flows.steps.worker_directory": {}}]
+    assert all(steps is None for name, steps in pulls.items() if name != "produce-local"), pulls
+
+
+def test_worker_directory_step_moves_the_flow_run_to_the_workers_directory(tmp_path, monkeypatch):
+    from prefect.utilities.importtools import import_object
+
+    from aniso.errors import ConfigError
+
+    step = import_object("aniso.flows.steps.worker_directory")  # as Prefect's run_step finds it
+
+    worker_dir, run_dir = tmp_path / "worker", tmp_path / "run"
+    worker_dir.mkdir(), run_dir.mkdir()
+    monkeypatch.chdir(run_dir)  # where a process worker starts a flow run: a temporary directory
+    monkeypatch.setenv("PWD", str(worker_dir))
+    out = step()
+    assert out == {"directory": str(worker_dir)} and Path.cwd() == worker_dir
+    monkeypatch.setenv("PWD", str(tmp_path / "gone"))
+    with pytest.raises(ConfigError, match="gone is not a directory"):
+        step()
+    monkeypatch.delenv("PWD")
+    with pytest.raises(ConfigError, match="has no PWD"):
+        step()
 
 
 def test_deployments_schedule_produce_with_valid_parameters():
-    from prefect.cli.deploy._schedules import _schedule_config_to_deployment_schedule
+    from prefect.cli.deploy._schedules import \
+        _schedule_config_to_deployment_schedule
     from prefect.client.schemas.schedules import CronSchedule
     from prefect.flows import load_flow_from_entrypoint
 
