@@ -313,6 +313,11 @@ def test_every_plot_fits_its_axes_to_the_data(gap, tmp_path):
     _check_lines(spectra, content["spectra"], log=True)
     _check_lines(residual, content["residual_spectrum"], log=True)
     _check_lines(directions, {f"{k} / text": v for k, v in content["directions"].items()}, log=False, reference=1.0)
+    for svg in (spectra, residual, directions):  # the legend sits where it hides no data point
+        box = _by_class(svg, "rect", "legend")[0]
+        x, y, w, h = (float(box.get(a)) for a in ("x", "y", "width", "height"))
+        drawn = [p for path in _by_class(svg, "path", "series") for p in _vertices(path.get("d"))]
+        assert not [p for p in drawn if x <= p[0] <= x + w and y <= p[1] <= y + h]
     # the bars start at 0 (a bar's length is its value) and the axis ends just past the longest
     (lo, hi), px = _axis(gap_svg, "x")
     values = [content["gap"]["before"], content["gap"]["after"]]

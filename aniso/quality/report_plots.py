@@ -156,15 +156,32 @@ def _tick(axis: str, x: float, y: float, label: str) -> str:
             + _text(x - 6, y + 3.5, label, anchor="end", size=10) + "</g>")
 
 
+_LEGEND_WIDTH = 150
+
+
 def _legend(names: Sequence[str], colors: Sequence[str], x_right: float, y_top: float) -> list[str]:
-    # a white backing: the axes fit the data, so a curve may run under the legend
-    out = [f'<rect x="{_num(x_right - 154)}" y="{_num(y_top - 8)}" width="150" height="{14 * len(names) + 2}" '
-           f'fill="#fff" fill-opacity="0.85"/>']
+    # a white backing, in case a curve still runs under it (see _legend_corner)
+    out = [f'<rect class="legend" x="{_num(x_right - _LEGEND_WIDTH - 4)}" y="{_num(y_top - 8)}" '
+           f'width="{_LEGEND_WIDTH}" height="{14 * len(names) + 2}" fill="#fff" fill-opacity="0.85"/>']
     for k, (name, color) in enumerate(zip(names, colors)):
         y = y_top + 14 * k
-        out.append(f'<path d="M{_num(x_right - 150)} {_num(y)}h18" stroke="{color}" stroke-width="2"/>')
-        out.append(_text(x_right - 126, y + 4, name, anchor="start", size=10))
+        out.append(f'<path d="M{_num(x_right - _LEGEND_WIDTH)} {_num(y)}h18" stroke="{color}" stroke-width="2"/>')
+        out.append(_text(x_right - _LEGEND_WIDTH + 24, y + 4, name, anchor="start", size=10))
     return out
+
+
+def _legend_corner(axes: _Axes, count: int, pts: Sequence[tuple[float, float]]) -> tuple[float, float]:
+    """``(x_right, y_top)`` for :func:`_legend` in the corner of the plot area that covers the fewest
+    drawn points (``pts`` in pixels): top right, top left, bottom right, bottom left on ties."""
+    height = 14 * count + 2
+    corners = [(axes.x1, axes.y1 + 12), (axes.x0 + _LEGEND_WIDTH + 8, axes.y1 + 12),
+               (axes.x1, axes.y0 - height - 2), (axes.x0 + _LEGEND_WIDTH + 8, axes.y0 - height - 2)]
+
+    def covered(corner: tuple[float, float]) -> int:
+        left, top = corner[0] - _LEGEND_WIDTH - 8, corner[1] - 12
+        return sum(left <= x <= corner[0] and top <= y <= top + height + 8 for x, y in pts)
+
+    return min(corners, key=covered)
 
 
 def _empty(title: str, what: str, height: int = _HEIGHT) -> str:
@@ -198,15 +215,18 @@ def _lines(series: Mapping[str, Sequence[Any]], *, title: str, xlabel: str, ylab
     if reference is not None:
         y = axes.py(reference)
         body.append(f'<path d="M{_num(axes.x0)} {_num(y)}H{_num(axes.x1)}" stroke="#999" stroke-dasharray="4 3"/>')
-    colors = []
+    colors, drawn = [], []
     for name, pts in points.items():
         color = COLORS.get(name.split(" ")[0], _GREY)
         colors.append(color)
-        d = "".join(f"{'M' if k == 0 else 'L'}{_num(axes.px(x))} {_num(axes.py(y))}" for k, (x, y) in enumerate(pts))
+        pixels = [(axes.px(x), axes.py(y)) for x, y in pts]
+        drawn.extend(pixels)
+        drawn.extend(((xa + xb) / 2, (ya + yb) / 2) for (xa, ya), (xb, yb) in zip(pixels, pixels[1:]))
+        d = "".join(f"{'M' if k == 0 else 'L'}{_num(x)} {_num(y)}" for k, (x, y) in enumerate(pixels))
         body.append(f'<path class="series" d="{d}" fill="none" stroke="{color}" stroke-width="1.4"/>')
         if markers:
             body.extend(f'<circle cx="{_num(axes.px(x))}" cy="{_num(axes.py(y))}" r="2.2" fill="{color}"/>' for x, y in pts)
-    body.extend(_legend(list(points), colors, axes.x1, axes.y1 + 12))
+    body.extend(_legend(list(points), colors, *_legend_corner(axes, len(points), drawn)))
     return _svg(_HEIGHT, body, title)
 
 
