@@ -4,6 +4,7 @@ identity, metric meanings and references, the copy beside the manifest, no crede
 from __future__ import annotations
 
 import json
+import math
 import re
 import xml.etree.ElementTree as ET
 
@@ -24,7 +25,7 @@ from aniso.quality.report import (
     spectrum,
     write_report,
 )
-from aniso.quality.report_plots import svg_is_inline_safe
+from aniso.quality.report_plots import COLORS, direction_plot, gap_plot, spectra_plot, svg_is_inline_safe
 
 
 def _gates(passed=True):
@@ -230,3 +231,126 @@ def test_report_has_identity_references_and_a_copy_beside_the_manifest(gap, tmp_
     assert url.endswith("published/v1/report.html") and "not published" not in published
     assert re.search(r"published version</td><td>v1<", published)
     _check_page(published)
+
+
+# -- axes fitted to the data -------------------------------------------------------------------
+def _vertices(d: str) -> list[tuple[float, float]]:
+    """The vertices of an SVG path drawn with M, L, H, V, h, v and Z."""
+    pts, x, y = [], 0.0, 0.0
+    for cmd, args in re.findall(r"([MLHVhvZ])([^MLHVhvZ]*)", d):
+        nums = [float(v) for v in args.replace(",", " ").split()]
+        if cmd in "ML":
+            x, y = nums
+        elif cmd in "HV":
+            x, y = (nums[0], y) if cmd == "H" else (x, nums[0])
+        elif cmd in "hv":
+            x, y = (x + nums[0], y) if cmd == "h" else (x, y + nums[0])
+        else:
+            continue
+        pts.append((x, y))
+    return pts
+
+
+def _by_class(svg: ET.Element, tag: str, cls: str) -> list[ET.Element]:
+    return [e for e in svg.iter(f"{SVG}{tag}") if e.get("class") == cls]
+
+
+def _axis(svg: ET.Element, axis: str, *, log: bool = False):
+    """What the drawn axis says: its limits at the frame's edges (in decades on a log axis) and
+    the value → pixel map, read off the tick marks and their labels (which must lie on one line)."""
+    k = 0 if axis == "x" else 1
+    ticks = []
+    for g in _by_class(svg, "g", f"tick-{axis}"):
+        value = float("".join(g.find(f"{SVG}text").itertext()))
+        ticks.append((math.log10(value) if log else value, _vertices(g.find(f"{SVG}path").get("d"))[0][k]))
+    assert len(ticks) >= 2, f"{axis} axis with {len(ticks)} ticks"
+    (v1, p1), (v2, p2) = ticks[0], ticks[-1]
+    slope = (p2 - p1) / (v2 - v1)
+    for v, p in ticks:
+        assert p == pytest.approx(p1 + (v - v1) * slope, abs=0.25), (axis, ticks)
+    frame = [pt[k] for pt in _vertices(_by_class(svg, "path", "frame")[0].get("d"))]
+    lims = sorted(v1 + (edge - p1) / slope for edge in (min(frame), max(frame)))
+
+    def to_px(value: float) -> float:
+        return p1 + ((math.log10(value) if log else value) - v1) * slope
+
+    return lims, to_px
+
+
+def _assert_fitted(lims: list[float], lo: float, hi: float, what: str) -> None:
+    """The axis shows all of [lo, hi] and runs past it by at most 8 % of its range at either end."""
+    span = (hi - lo) or 1.0
+    assert lims[0] < lo and lims[1] > hi, (what, lims, lo, hi)
+    assert lo - lims[0] <= 0.08 * span and lims[1] - hi <= 0.08 * span, (what, lims, lo, hi)
+
+
+def _check_lines(svg: ET.Element, series: dict, *, log: bool, reference: float | None = None) -> None:
+    """Both axes of a line chart fitted to its data, and every vertex where its value says."""
+    shown = {name: [(i + 1, float(v)) for i, v in enumerate(values) if v is not None and (v > 0 or not log)]
+             for name, values in series.items()}
+    shown = {name: pts for name, pts in shown.items() if pts}
+    xs = [x for pts in shown.values() for x, _ in pts]
+    ys = [y for pts in shown.values() for _, y in pts] + ([reference] if reference is not None else [])
+    (xlims, px), (ylims, py) = _axis(svg, "x"), _axis(svg, "y", log=log)
+    _assert_fitted(xlims, min(xs), max(xs), "x")
+    _assert_fitted(ylims, *((math.log10(min(ys)), math.log10(max(ys))) if log else (min(ys), max(ys))), "y")
+    paths = {path.get("stroke"): path for path in _by_class(svg, "path", "series")}
+    assert len(paths) == len(shown)
+    for name, pts in shown.items():  # each series is drawn in its own colour
+        drawn = _vertices(paths[COLORS[name.split(" ")[0]]].get("d"))
+        assert [d[0] for d in drawn] == pytest.approx([px(x) for x, _ in pts], abs=0.1)
+        assert [d[1] for d in drawn] == pytest.approx([py(y) for _, y in pts], abs=0.1)
+
+
+def test_every_plot_fits_its_axes_to_the_data(gap, tmp_path):
+    """Each axis of each plot spans its data's minimum to maximum with a small margin (no axis
+    running on to the next round number or decade), and the tick labels say where the data is."""
+    text, image = gap.text[:300], gap.image[:300]
+    write_report(str(tmp_path / "q"), _gates(passed=False), _shards(), text=text, subs=0.5 * text + image,
+                 image=image)
+    content = json.loads((tmp_path / "q" / "report.json").read_text())
+    spectra, residual, gap_svg, directions = _svgs((tmp_path / "q" / "report.html").read_text())
+    _check_lines(spectra, content["spectra"], log=True)
+    _check_lines(residual, content["residual_spectrum"], log=True)
+    _check_lines(directions, {f"{k} / text": v for k, v in content["directions"].items()}, log=False, reference=1.0)
+    for svg in (spectra, residual, directions):  # the legend sits where it hides no data point
+        box = _by_class(svg, "rect", "legend")[0]
+        x, y, w, h = (float(box.get(a)) for a in ("x", "y", "width", "height"))
+        drawn = [p for path in _by_class(svg, "path", "series") for p in _vertices(path.get("d"))]
+        assert not [p for p in drawn if x <= p[0] <= x + w and y <= p[1] <= y + h]
+    # the bars start at 0 (a bar's length is its value) and the axis ends just past the longest
+    (lo, hi), px = _axis(gap_svg, "x")
+    values = [content["gap"]["before"], content["gap"]["after"]]
+    assert lo == pytest.approx(0.0, abs=1e-3 * max(values))
+    assert max(values) < hi <= 1.08 * max(values)
+    ends = [max(x for x, _ in _vertices(bar.get("d"))) for bar in _by_class(gap_svg, "path", "bar")]
+    assert ends == pytest.approx([px(v) for v in values], abs=0.1)
+
+
+@pytest.mark.parametrize("values", [
+    [0.2, 0.15, 0.12, 0.11],  # less than a decade: ticks at 1, 2, 5 (or every digit) × 10^k
+    [0.5, 0.5, 0.5],  # flat
+    [3e-3],  # one point
+    list(np.logspace(0, -30, 40)),  # thirty decades: at most ~8 decade labels
+])
+def test_log_axes_fit_narrow_flat_and_wide_data(values):
+    svg = ET.fromstring(spectra_plot({"spectra": {"text": values}}))
+    if len(values) > 1:
+        _assert_fitted(_axis(svg, "x")[0], 1, len(values), "x")
+    if len(set(values)) > 1:
+        _assert_fitted(_axis(svg, "y", log=True)[0], math.log10(min(values)), math.log10(max(values)), "y")
+    assert 1 <= len(_by_class(svg, "g", "tick-x")) and 1 <= len(_by_class(svg, "g", "tick-y")) <= 9
+    frame = _vertices(_by_class(svg, "path", "frame")[0].get("d"))
+    drawn = _vertices(_by_class(svg, "path", "series")[0].get("d"))
+    for k in (0, 1):  # every point inside the plot area, none on its edge
+        lo, hi = min(p[k] for p in frame), max(p[k] for p in frame)
+        assert all(lo < p[k] < hi for p in drawn), (k, lo, hi, drawn)
+
+
+def test_linear_and_bar_axes_fit_data_far_from_round_numbers():
+    """Ratios in [3.2, 3.3] (with the reference line at 1) and gaps of 0.0123 and 0.0119."""
+    svg = ET.fromstring(direction_plot({"directions": {"substitutes": [3.3, 3.25, 3.2], "image": [3.21, 3.3]}}))
+    _check_lines(svg, {"substitutes / text": [3.3, 3.25, 3.2], "image / text": [3.21, 3.3]}, log=False, reference=1.0)
+    bars = ET.fromstring(gap_plot({"gap": {"before": 0.0123, "after": 0.0119}}))
+    (lo, hi), _ = _axis(bars, "x")
+    assert lo == pytest.approx(0.0, abs=1e-5) and 0.0123 < hi <= 1.08 * 0.0123

@@ -41,16 +41,22 @@ def _svg(height: int, body: list[str], title: str) -> str:
 
 
 def _frame(x0: float, y0: float, x1: float, y1: float) -> str:
-    return f'<path d="M{_num(x0)} {_num(y0)}H{_num(x1)}V{_num(y1)}H{_num(x0)}Z" fill="none" stroke="#333" stroke-width="0.8"/>'
+    return f'<path class="frame" d="M{_num(x0)} {_num(y0)}H{_num(x1)}V{_num(y1)}H{_num(x0)}Z" fill="none" stroke="#333" stroke-width="0.8"/>'
 
 
-def _nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
-    """Round tick values (1, 2 or 5 × 10^k apart) covering [lo, hi]."""
+#: Share of the data's range left free beyond each end of an axis (the axes fit the data).
+MARGIN = 0.04
+
+
+def _nice_ticks(lo: float, hi: float, count: int = 5, *, integer: bool = False) -> list[float]:
+    """Round tick values (1, 2 or 5 × 10^k apart; at least 1 apart with ``integer``) covering [lo, hi]."""
     if not hi > lo:
         hi = lo + (abs(lo) or 1.0)
     raw = (hi - lo) / count
     base = 10 ** math.floor(math.log10(raw))
     step = next(m * base for m in (1, 2, 5, 10) if m * base >= raw)
+    if integer:
+        step = max(step, 1.0)
     first = math.floor(lo / step) * step
     return [round(first + k * step, 12) for k in range(int(math.ceil((hi - first) / step)) + 1)]
 
@@ -59,23 +65,58 @@ def _tick_label(v: float) -> str:
     return f"{v:g}"
 
 
+def _fit(lo: float, hi: float, *, flat: float) -> tuple[float, float]:
+    """Axis limits around data in [lo, hi]: :data:`MARGIN` of the range beyond each end (``flat``
+    each side when all values are equal)."""
+    pad = (hi - lo) * MARGIN if hi > lo else flat
+    return lo - pad, hi + pad
+
+
+def _inside(ticks: Sequence[float], lim: tuple[float, float]) -> list[float]:
+    eps = (lim[1] - lim[0]) * 1e-9
+    return [t for t in ticks if lim[0] - eps <= t <= lim[1] + eps]
+
+
+def _log_ticks(lim: tuple[float, float]) -> list[tuple[float, str]]:
+    """Ticks of a log axis with limits ``lim`` (in decades): ``(position in decades, label)``.
+
+    Whole decades when at least two fall inside (at most ~8 labels), else 1, 2 and 5 (or every
+    digit) times a power of ten, else round values of a linear scale.
+    """
+    lo, hi = lim
+    decades = list(range(math.ceil(lo), math.floor(hi) + 1))
+    if len(decades) >= 2:
+        step = max(1, math.ceil((len(decades) - 1) / 7))
+        return [(float(k), f"1e{k}") for k in decades[::step]]
+    for mantissas in ((1, 2, 5), tuple(range(1, 10))):
+        ticks = [(k + math.log10(m), f"{m}e{k}") for k in range(math.floor(lo), math.ceil(hi) + 1)
+                 for m in mantissas if lo <= k + math.log10(m) <= hi]
+        if len(ticks) >= 2:
+            return ticks
+    values = [v for v in _nice_ticks(10 ** lo, 10 ** hi) if v > 0]
+    return [(math.log10(v), _tick_label(v)) for v in values if lo <= math.log10(v) <= hi]
+
+
 class _Axes:
-    """Data → pixel mapping of one plot area, with its tick marks, grid and labels."""
+    """Data → pixel mapping of one plot area, with its tick marks, grid and labels.
+
+    Both axes are fitted to the data: the limits are the data's minimum and maximum with
+    :data:`MARGIN` of their range beyond each (in decades on a log axis), and the ticks are the
+    round values inside them.
+    """
 
     def __init__(self, xs: Sequence[float], ys: Sequence[float], *, log_y: bool, height: int = _HEIGHT) -> None:
         self.x0, self.x1, self.y0, self.y1 = _LEFT, _WIDTH - _RIGHT, height - _BOTTOM, _TOP
         self.log_y = log_y
-        self.xticks = _nice_ticks(min(xs), max(xs))
+        self.xlim = _fit(min(xs), max(xs), flat=0.5)
+        self.xticks = [(t, _tick_label(t)) for t in _inside(_nice_ticks(*self.xlim, integer=True), self.xlim)]
         if log_y:
-            lo, hi = math.floor(math.log10(min(ys))), math.ceil(math.log10(max(ys)))
-            hi = max(hi, lo + 1)
-            step = max(1, math.ceil((hi - lo) / 7))  # at most ~8 decade labels
-            self.yticks = [float(k) for k in range(lo, hi + 1, step)]
-            self.ylim = (float(lo), float(max(hi, self.yticks[-1])))
+            self.ylim = _fit(math.log10(min(ys)), math.log10(max(ys)), flat=0.5)
+            self.yticks = _log_ticks(self.ylim)
         else:
-            self.yticks = _nice_ticks(min(ys), max(ys))
-            self.ylim = (self.yticks[0], self.yticks[-1])
-        self.xlim = (self.xticks[0], self.xticks[-1])
+            lo, hi = min(ys), max(ys)
+            self.ylim = _fit(lo, hi, flat=abs(lo) * 0.1 or 0.5)
+            self.yticks = [(t, _tick_label(t)) for t in _inside(_nice_ticks(*self.ylim), self.ylim)]
 
     def px(self, x: float) -> float:
         return self.x0 + (x - self.xlim[0]) / (self.xlim[1] - self.xlim[0]) * (self.x1 - self.x0)
@@ -89,14 +130,14 @@ class _Axes:
 
     def decorations(self, xlabel: str, ylabel: str) -> list[str]:
         out, grid = [], []
-        for t in self.xticks:
+        for t, label in self.xticks:
             x = self.px(t)
             grid.append(f"M{_num(x)} {_num(self.y0)}V{_num(self.y1)}")
-            out.append(_text(x, self.y0 + 15, _tick_label(t), size=10))
-        for t in self.yticks:
+            out.append(_tick("x", x, self.y0, label))
+        for t, label in self.yticks:
             y = self._py_axis(t)
             grid.append(f"M{_num(self.x0)} {_num(y)}H{_num(self.x1)}")
-            out.append(_text(self.x0 - 5, y + 3.5, f"1e{int(t)}" if self.log_y else _tick_label(t), anchor="end", size=10))
+            out.append(_tick("y", self.x0, y, label))
         out.insert(0, f'<path d="{"".join(grid)}" stroke="#ddd" stroke-width="0.6" fill="none"/>')
         out.append(_frame(self.x0, self.y0, self.x1, self.y1))
         out.append(_text((self.x0 + self.x1) / 2, self.y0 + 34, xlabel))
@@ -105,13 +146,42 @@ class _Axes:
         return out
 
 
+def _tick(axis: str, x: float, y: float, label: str) -> str:
+    """One tick of the x (below the frame at column ``x``) or y axis (left of it at row ``y``):
+    a mark and its label, grouped as ``<g class="tick-x|tick-y">``."""
+    if axis == "x":
+        return (f'<g class="tick-x"><path d="M{_num(x)} {_num(y)}v4" stroke="#333" stroke-width="0.8"/>'
+                + _text(x, y + 15, label, size=10) + "</g>")
+    return (f'<g class="tick-y"><path d="M{_num(x)} {_num(y)}h-4" stroke="#333" stroke-width="0.8"/>'
+            + _text(x - 6, y + 3.5, label, anchor="end", size=10) + "</g>")
+
+
+_LEGEND_WIDTH = 150
+
+
 def _legend(names: Sequence[str], colors: Sequence[str], x_right: float, y_top: float) -> list[str]:
-    out = []
+    # a white backing, in case a curve still runs under it (see _legend_corner)
+    out = [f'<rect class="legend" x="{_num(x_right - _LEGEND_WIDTH - 4)}" y="{_num(y_top - 8)}" '
+           f'width="{_LEGEND_WIDTH}" height="{14 * len(names) + 2}" fill="#fff" fill-opacity="0.85"/>']
     for k, (name, color) in enumerate(zip(names, colors)):
         y = y_top + 14 * k
-        out.append(f'<path d="M{_num(x_right - 150)} {_num(y)}h18" stroke="{color}" stroke-width="2"/>')
-        out.append(_text(x_right - 126, y + 4, name, anchor="start", size=10))
+        out.append(f'<path d="M{_num(x_right - _LEGEND_WIDTH)} {_num(y)}h18" stroke="{color}" stroke-width="2"/>')
+        out.append(_text(x_right - _LEGEND_WIDTH + 24, y + 4, name, anchor="start", size=10))
     return out
+
+
+def _legend_corner(axes: _Axes, count: int, pts: Sequence[tuple[float, float]]) -> tuple[float, float]:
+    """``(x_right, y_top)`` for :func:`_legend` in the corner of the plot area that covers the fewest
+    drawn points (``pts`` in pixels): top right, top left, bottom right, bottom left on ties."""
+    height = 14 * count + 2
+    corners = [(axes.x1, axes.y1 + 12), (axes.x0 + _LEGEND_WIDTH + 8, axes.y1 + 12),
+               (axes.x1, axes.y0 - height - 2), (axes.x0 + _LEGEND_WIDTH + 8, axes.y0 - height - 2)]
+
+    def covered(corner: tuple[float, float]) -> int:
+        left, top = corner[0] - _LEGEND_WIDTH - 8, corner[1] - 12
+        return sum(left <= x <= corner[0] and top <= y <= top + height + 8 for x, y in pts)
+
+    return min(corners, key=covered)
 
 
 def _empty(title: str, what: str, height: int = _HEIGHT) -> str:
@@ -145,15 +215,18 @@ def _lines(series: Mapping[str, Sequence[Any]], *, title: str, xlabel: str, ylab
     if reference is not None:
         y = axes.py(reference)
         body.append(f'<path d="M{_num(axes.x0)} {_num(y)}H{_num(axes.x1)}" stroke="#999" stroke-dasharray="4 3"/>')
-    colors = []
+    colors, drawn = [], []
     for name, pts in points.items():
         color = COLORS.get(name.split(" ")[0], _GREY)
         colors.append(color)
-        d = "".join(f"{'M' if k == 0 else 'L'}{_num(axes.px(x))} {_num(axes.py(y))}" for k, (x, y) in enumerate(pts))
-        body.append(f'<path d="{d}" fill="none" stroke="{color}" stroke-width="1.4"/>')
+        pixels = [(axes.px(x), axes.py(y)) for x, y in pts]
+        drawn.extend(pixels)
+        drawn.extend(((xa + xb) / 2, (ya + yb) / 2) for (xa, ya), (xb, yb) in zip(pixels, pixels[1:]))
+        d = "".join(f"{'M' if k == 0 else 'L'}{_num(x)} {_num(y)}" for k, (x, y) in enumerate(pixels))
+        body.append(f'<path class="series" d="{d}" fill="none" stroke="{color}" stroke-width="1.4"/>')
         if markers:
             body.extend(f'<circle cx="{_num(axes.px(x))}" cy="{_num(axes.py(y))}" r="2.2" fill="{color}"/>' for x, y in pts)
-    body.extend(_legend(list(points), colors, axes.x1, axes.y1 + 12))
+    body.extend(_legend(list(points), colors, *_legend_corner(axes, len(points), drawn)))
     return _svg(_HEIGHT, body, title)
 
 
@@ -170,27 +243,37 @@ def residual_plot(content: Mapping[str, Any]) -> str:
 
 
 def gap_plot(content: Mapping[str, Any]) -> str:
-    """Centroid gap to the image mean before and after (all rows), as horizontal bars."""
+    """Centroid gap to the image mean before and after (all rows), as horizontal bars.
+
+    The distance axis runs from 0 (where a bar's length starts) to the longest bar plus
+    :data:`MARGIN` of it; a value label sits after its bar, or inside its end where the bar
+    leaves no room.
+    """
     height = 150
     gap = dict(content["gap"])
     title = "Centroid gap ‖mean − mean(image)‖ (all rows)"
-    values = [_finite(v) or 0.0 for v in gap.values()]
+    values = [max(_finite(v) or 0.0, 0.0) for v in gap.values()]
     vmax = max(values) if values and max(values) > 0 else 1.0
     x0, x1, y0, y1 = _LEFT, _WIDTH - _RIGHT, height - _BOTTOM, _TOP
-    scale = (x1 - x0) / (vmax * 1.25)
-    body = [_frame(x0, y0, x1, y1)]
+    lim = (0.0, vmax * (1 + MARGIN))
+    scale = (x1 - x0) / lim[1]
+    ticks = [t for t in _inside(_nice_ticks(*lim), lim) if t >= 0]
+    body = [f'<path d="{"".join(f"M{_num(x0 + t * scale)} {_num(y0)}V{_num(y1)}" for t in ticks)}" '
+            f'stroke="#ddd" stroke-width="0.6" fill="none"/>', _frame(x0, y0, x1, y1)]
     band = (y0 - y1) / max(len(gap), 1)
     for k, (name, raw) in enumerate(gap.items()):
         top = y1 + band * (k + 0.15)
         width = values[k] * scale
-        body.append(f'<path d="M{_num(x0)} {_num(top)}h{_num(width)}v{_num(band * 0.7)}h{_num(-width)}Z" '
+        body.append(f'<path class="bar" d="M{_num(x0)} {_num(top)}h{_num(width)}v{_num(band * 0.7)}h{_num(-width)}Z" '
                     f'fill="{COLORS.get(name, _GREY)}"/>')
         body.append(_text(x0 - 5, top + band * 0.35 + 4, name, anchor="end", size=10))
         label = "n/a" if _finite(raw) is None else f"{float(raw):.3g}"
-        body.append(_text(x0 + width + 4, top + band * 0.35 + 4, label, anchor="start", size=10))
-    for t in _nice_ticks(0.0, vmax * 1.25):
-        if t <= vmax * 1.25:
-            body.append(_text(x0 + t * scale, y0 + 14, _tick_label(t), size=10))
+        if x0 + width + 8 + 6 * len(label) <= x1:
+            body.append(_text(x0 + width + 4, top + band * 0.35 + 4, label, anchor="start", size=10))
+        else:
+            body.append(_text(x0 + width - 4, top + band * 0.35 + 4, label, anchor="end", size=10,
+                              extra=' fill="#fff"'))
+    body.extend(_tick("x", x0 + t * scale, y0, _tick_label(t)) for t in ticks)
     body.append(_text((x0 + x1) / 2, y0 + 32, "L2 distance"))
     return _svg(height, body, title)
 
