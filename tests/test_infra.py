@@ -7,6 +7,7 @@ import importlib
 import importlib.util
 import inspect
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -177,6 +178,8 @@ def test_dockerfile_installs_pinned_project():
     text = (INFRA / "Dockerfile").read_text()
     assert "pyproject.toml" in text and "pip install --no-deps ." in text
     assert "AWS_SECRET_ACCESS_KEY=" not in text and "ENV AWS_" not in text
+    # a recursive chown in a layer of its own would store the multi-GB venv a second time
+    assert not re.search(r"^RUN[^\n]*chown -R", text, re.M)
     import tomllib
 
     assert "-c constraints.txt" in text  # what the image installs is exactly pinned
