@@ -112,7 +112,36 @@ def root(request, tmp_path):
     return request.getfixturevalue("s3_root")
 
 
-# --- 4. execution --------------------------------------------------------------------------
+# --- 4. packaging --------------------------------------------------------------------------
+REPO = Path(__file__).resolve().parents[1]
+_NOT_SOURCE = (".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", ".cache",
+               ".aniso-demo")
+
+
+@pytest.fixture(scope="session")
+def project_wheel(tmp_path_factory) -> tuple[Path, str]:
+    """The project's wheel, and everything its build printed (``pip wheel -v``).
+
+    Built from a copy of the source, never in the checkout: an in-tree build writes ``build/``
+    and ``*.egg-info`` there, which two test processes building at once would share.
+    """
+    import shutil
+    import subprocess
+    import sys
+
+    base = tmp_path_factory.mktemp("wheel")
+    source, out = base / "source", base / "dist"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(*_NOT_SOURCE), symlinks=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-v",
+         "-w", str(out), str(source)],
+        check=True, cwd=base, timeout=600, capture_output=True, text=True,
+    )
+    [path] = out.glob("aniso-*.whl")
+    return path, done.stdout + done.stderr
+
+
+# --- 5. execution --------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def dask_cluster():
     """A real in-process Dask ``LocalCluster`` (2 workers × 1 thread)."""

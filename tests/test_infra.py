@@ -276,7 +276,7 @@ def _final_workdir_contents() -> tuple[str, list[str]]:
 
 
 @pytest.mark.slow
-def test_image_layout_loads_the_flow_from_its_working_directory(tmp_path):
+def test_image_layout_loads_the_flow_from_its_working_directory(tmp_path, project_wheel):
     """The container's file layout without a Docker daemon: the wheel installed (extracted), the
     working directory holding what the Dockerfile leaves there; `python -m aniso.flows.cli` and
     Prefect's load_flow_from_entrypoint work from it (a source aniso/ folder there shadowed the
@@ -289,11 +289,8 @@ def test_image_layout_loads_the_flow_from_its_working_directory(tmp_path):
 
     workdir, inside = _final_workdir_contents()
     assert "aniso" not in {p.split("/")[0] for p in inside}, (workdir, inside)
-    out = tmp_path / "wheel"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
-                    "-w", str(out), str(REPO)], check=True, cwd=tmp_path, timeout=600, capture_output=True)
     site = tmp_path / "site"
-    with zipfile.ZipFile(next(out.glob("aniso-*.whl"))) as z:
+    with zipfile.ZipFile(project_wheel[0]) as z:
         z.extractall(site)
     here = tmp_path / "workdir"
     here.mkdir()
