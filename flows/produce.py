@@ -199,7 +199,8 @@ def _run_stages(text: str, image: str, settings: Settings) -> dict[str, Any]:
             logger.warning("inputs drifted from model %s (%s): refitting (method.refit=on_drift)", frozen.ref,
                            ", ".join(r["name"] for r in failed))
             refit = {"reason": "input_drift", "model_version": frozen.version, "drift": drift}
-            frozen = None
+            # the figures judged the old model: kept in the lineage; this run's gates judge the new fit
+            frozen, drift = None, None
         elif failed:
             raise GateFailed(
                 "input_drift gate failed, nothing published: "
@@ -271,9 +272,8 @@ def _run_stages(text: str, image: str, settings: Settings) -> dict[str, Any]:
         # in the flow's own process, where preload_in_background has imported great-expectations
         gates = run_stage("gates", rows, lambda: gate(model_url, text_store, subs_url, layout.quality(key),
                                                       gate_settings, options, image_store_url=image_store,
-                                                      sample=sample, run_key=key, run_record=layout.run_record(key)))
-    if drift:  # judged before apply (a failure stops the run there): recorded with the other gates
-        gates = {**gates, "results": [*gates["results"], *drift]}
+                                                      sample=sample, run_key=key, run_record=layout.run_record(key),
+                                                      earlier=drift))  # judged before apply: reported with the rest
     _gate_artifacts(key, gates, load_suites(settings.gates.suite_file).summary_metrics())
     if not gates["passed"]:
         failed = [{"name": r["name"], "observed": r["observed"], "bound": r["bound"]}

@@ -5,6 +5,8 @@ Every test runs on a local directory and on the loopback S3 server (the ``root``
 
 from __future__ import annotations
 
+import html
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -19,6 +21,7 @@ from aniso.methods import Aligner
 from aniso.published.dataset import open_published, read_latest
 from aniso.published.guard import check_schema
 from aniso.published.model import MODEL_PATH, resolve_model
+from aniso.quality.drift import DRIFT_METRICS
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -101,6 +104,14 @@ def test_version_holds_its_model_and_a_frozen_run_reuses_it_bit_for_bit(root, ga
         "input_drift:text_centroid_shift", "input_drift:image_centroid_shift", "input_drift:text_spectrum_change",
         "input_drift:image_spectrum_change", "input_drift:text_subspace_overlap"}
     assert "reference.npz" in v1.manifest["model"]["files"]
+    # the published report shows the drift gate: a verdict sentence, and each figure with its meaning
+    with open_url(join_url(url, "t", "published", v2.version, "report.html"), "rb", options) as f:
+        page = f.read().decode()
+    assert "Input drift: the inputs are within every bound of the model" in page
+    for name, (_, _, meaning) in DRIFT_METRICS.items():
+        assert f"input_drift:{name}" in page and html.escape(meaning) in page, name
+    with open_url(join_url(url, "t", "published", v1.version, "report.html"), "rb", options) as f:
+        assert "Input drift" not in f.read().decode()  # a fit has nothing to drift from
 
     rows1, rows2 = _by_id(v1), _by_id(v2)
     assert set(rows2) == set(ids[new].tolist())  # removed ids are gone, new ids are there
@@ -218,4 +229,7 @@ def test_input_drift_fails_the_run_or_refits_on_drift(root, gap):
     assert lineage["mode"] == "fit" and lineage["method"] == "anisoalign"  # the settings' method: a refit
     assert lineage["refit"]["reason"] == "input_drift" and lineage["refit"]["model_version"] == first["published"]["version"]
     assert any(not r["passed"] for r in lineage["refit"]["drift"])
+    # those figures judged the old model; the refit's own gates judge the new one, and all passed
+    assert v2.manifest["gates"]["passed"]
+    assert not any(r["name"].startswith("input_drift") for r in v2.manifest["gates"]["results"])
     assert v2.manifest["model"]["fitted_in"] == v2.version

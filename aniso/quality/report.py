@@ -318,7 +318,7 @@ def render_html(content: Mapping[str, Any], plots: list[str] | None = None) -> s
     status = "PASSED" if content["passed"] else "FAILED"
     gates = content["gates"]
     gate_rows = [[g["name"], "pass" if g["passed"] else "FAIL", g["observed"], g["bound"], g.get("table", ""),
-                  (METRICS[g["name"]].meaning if g["name"] in METRICS else "")] for g in gates]
+                  g.get("meaning") or (METRICS[g["name"]].meaning if g["name"] in METRICS else "")] for g in gates]
     metric_header, metric_rows = _metric_rows(content)
     plots = render_plots(content) if plots is None else plots
     from aniso.quality.report_verdict import PLOT_CAPTIONS, verdicts

@@ -72,6 +72,14 @@ def verdicts(content: Mapping[str, Any]) -> list[str]:
     failed = [g["name"] for g in gates if not g.get("passed")]
     lines = [f"Gates: all {len(gates)} passed, so the run is publishable." if gates and not failed else
              f"Gates: {len(failed)} of {len(gates)} failed ({', '.join(failed)}): nothing is published."]
+    drift = [g for g in gates if g.get("table") == "input_drift"]
+    if drift:  # a frozen-model run: are the new inputs still what the model was fitted on?
+        moved = [g for g in drift if not g.get("passed")]
+        figures = "; ".join(f"{g['name'].split(':', 1)[-1].replace('_', ' ')} {format_value(g['observed'])} "
+                            f"({g['bound']})" for g in (moved or drift))
+        lines.append(f"Input drift: {len(moved)} of {len(drift)} figures past their bounds, the inputs moved away "
+                     f"from the model's fit: {figures}." if moved else
+                     f"Input drift: the inputs are within every bound of the model's fit: {figures}.")
     metrics = content.get("metrics") or {}
     baseline = (content.get("references") or {}).get(BASELINE) or {}
     for family, names in FAMILIES:

@@ -163,7 +163,7 @@ def prepare_gate_sample(
 def gate_run(
     model_url: str, text_store_url: str, subs_url: str, quality_url: str, settings: Any,
     storage_options: dict[str, Any], image_store_url: str | None = None, sample: GateSample | None = None,
-    run_key: str | None = None, run_record: str | None = None,
+    run_key: str | None = None, run_record: str | None = None, earlier: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Evaluate the gates of a run and write ``quality/`` (stats, gates.json, report); return gates.
 
@@ -182,6 +182,9 @@ def gate_run(
     run_key, run_record
         The run's key (the report's title) and its ``run.json`` (the report's identity rows;
         :meth:`aniso.io.layout.DatasetLayout.run_record`), when the run has them.
+    earlier
+        Gate results judged earlier in the run (the ``input_drift`` gate of a frozen-model run,
+        judged before apply), recorded, reported and counted with these.
 
     Returns
     -------
@@ -231,6 +234,9 @@ def gate_run(
         table.assign(**pd_timings(stats)).to_parquet(f, index=False)
     report.seconds = time.perf_counter() - started
     result = report.to_dict()
+    if earlier:
+        result["results"] = [*result["results"], *earlier]
+        result["passed"] = bool(result["passed"] and all(r["passed"] for r in earlier))
     if settings.report:
         from aniso.quality.report import write_report
 
