@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,16 +21,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from aniso.testing.ports import free_port
+
 pytestmark = pytest.mark.slow
 
 START_TIMEOUT_S = 300
 RUN_TIMEOUT_S = 600
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(home: Path, api_url: str | None = None) -> dict[str, str]:
@@ -87,7 +82,7 @@ def prefect_server(tmp_path):
     import httpx
 
     home = tmp_path / "prefect-home"
-    port = _free_port()
+    port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     log = tmp_path / "server.log"
     proc = _start([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
@@ -147,7 +142,7 @@ def test_served_deployment_runs_on_the_configured_dask_cluster(prefect_server, t
     api_url, env, procs = prefect_server
     np.save(tmp_path / "text.npy", gap.text)
     np.save(tmp_path / "image.npy", gap.image)
-    dask_port = _free_port()
+    dask_port = free_port()
     address = f"tcp://127.0.0.1:{dask_port}"
     dask_log = tmp_path / "dask.log"
     dask = _start([sys.executable, "-c", DASK_SCRIPT, str(dask_port)], env, dask_log)

@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from aniso.testing.ports import free_port
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,12 +32,6 @@ GUIDE = REPO / "infra" / "README.md"
 MARKER = "<!-- walkthrough: tests/test_walkthrough.py -->"
 RUN_TIMEOUT_S = 1500
 PORTS = {"4200": "the Prefect server", "8786": "the Dask scheduler", "9000": "the S3 server"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def walkthrough_block() -> str:
@@ -91,7 +86,7 @@ def test_readme_walkthrough_publishes_from_relative_and_absolute_inputs(tmp_path
     np.save(home / "aniso-work" / "inputs" / "image.npy", gap.image)
 
     script = walkthrough_block()
-    ports = {"4200": str(_free_port()), "8786": str(_free_port()),
+    ports = {"4200": str(free_port()), "8786": str(free_port()),
              "9000": moto_server.rsplit(":", 1)[1]}
     for old, new in ports.items():
         script = script.replace(old, new)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,14 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from aniso.testing.ports import free_port
+
 pytestmark = pytest.mark.slow
 CLI = Path(sys.executable).with_name("aniso")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start(args: list[str], log: Path) -> subprocess.Popen:
@@ -32,7 +27,7 @@ def _start(args: list[str], log: Path) -> subprocess.Popen:
 def test_workers_log_no_errors_after_cli_runs(tmp_path, gap):
     np.save(tmp_path / "text.npy", gap.text)
     np.save(tmp_path / "image.npy", gap.image)
-    address = f"tcp://127.0.0.1:{_free_port()}"
+    address = f"tcp://127.0.0.1:{free_port()}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
     scheduler = _start([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port",

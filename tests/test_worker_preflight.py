@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 
 from aniso._fs import join_url, open_url
 from aniso.stages.preflight import probe_here, storage_variables
+from aniso.testing.ports import free_port
 
 CLI = Path(sys.executable).with_name("aniso")
 
@@ -46,19 +46,13 @@ def test_probe_names_the_missing_variables(s3_root, gap, tmp_path, monkeypatch):
     assert "lacks AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY" in reason, reason
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.s3
 @pytest.mark.slow
 def test_worker_without_credentials_stops_the_run_in_one_line(s3_root, gap, tmp_path):
     url, options = s3_root
     for name in ("text", "image"):
         _put(join_url(url, f"{name}.npy"), getattr(gap, name), options)
-    address = f"tcp://127.0.0.1:{_free_port()}"
+    address = f"tcp://127.0.0.1:{free_port()}"
     worker_env = {k: v for k, v in os.environ.items()
                   if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")}
     worker_env.update(AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"), AWS_CONFIG_FILE=str(tmp_path / "none"))
