@@ -95,3 +95,13 @@ def test_ablation_flags_and_validation(gap):
         AnisoAlign(r=7)
     with pytest.raises(ConfigError):
         AnisoAlign(unknown=1)
+
+
+def test_learned_stages_warn_that_they_are_experimental(gap, caplog):
+    with caplog.at_level("INFO", logger="aniso.methods.anisoalign.aligner"):
+        AnisoAlign(**{**LEARNED, "learned": False}).fit(gap.text[:300], gap.image[:300])
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    with caplog.at_level("INFO", logger="aniso.methods.anisoalign.aligner"):
+        AnisoAlign(**LEARNED).fit(gap.text[:300], gap.image[:300])
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("experimental" in m and "transferred worse than the closed form" in m for m in warned), warned

@@ -78,6 +78,11 @@ class AnisoAlign(Aligner):
         else:
             cap, why = "full", f"{n} rows per modality"
         logger.info("AnisoAlign capacity: %s (%s)", cap, why)
+        if cap != "closed_form":
+            # measured, not assumed: say it where the choice is made, not only in the docs
+            logger.warning("AnisoAlign learned stages: experimental; on the demo world they transferred worse than "
+                           "the closed form (learned: false) at about 100x its fit time (docs/quality.md, "
+                           "'Why the learned stages lose')")
         return cap
 
     def _fit(self, text_stats: Moments, image_stats: Moments, text_sample: np.ndarray | None,
