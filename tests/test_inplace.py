@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,7 +11,7 @@ import pytest
 from aniso._fs import exists, join_url, open_url
 from aniso.errors import InputError
 from aniso.io.layout import DatasetLayout
-from aniso.io.npy_view import NpyView
+from aniso.io.npy_view import VIEW_JSON, NpyView
 from aniso.io.rows import open_rows
 from aniso.io.store import EmbeddingStore
 from aniso.numeric.moments import Moments
@@ -149,3 +151,19 @@ def test_view_is_rewritten_identically_and_resumes(tmp_path):
     first = _prepare(str(tmp_path / "x.npy"), {}, chunk_rows=4, shard_rows=8)
     second = _prepare(str(tmp_path / "x.npy"), {}, chunk_rows=4, shard_rows=8)
     assert first == second
+
+
+def test_a_view_descriptor_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A rewrite that fails half-way (here: a value JSON cannot hold) leaves the descriptor a
+    concurrent reader or run already uses as it was, never truncated."""
+    np.save(tmp_path / "x.npy", np.ones((9, 4), np.float32))
+    view_url, _, _ = _prepare(str(tmp_path / "x.npy"), {}, chunk_rows=4, shard_rows=8)
+    descriptor = Path(view_url) / VIEW_JSON
+    assert descriptor.exists()
+    before = descriptor.read_bytes()
+    monkeypatch.setattr(NpyView, "to_json", lambda self: {"rows": 9, "broken": object()})
+    with pytest.raises(TypeError):
+        _prepare(str(tmp_path / "x.npy"), {}, chunk_rows=4, shard_rows=8)
+    assert descriptor.read_bytes() == before
+    monkeypatch.undo()
+    assert isinstance(open_rows(view_url, {}), NpyView)

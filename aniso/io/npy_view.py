@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from aniso._fs import filesystem, is_local, join_url, open_url
+from aniso._fs import filesystem, is_local, join_url, write_atomic
 from aniso.errors import InputError, StoreCorrupt
 from aniso.io.inputs import EmbeddingSource, NpyPart
 from aniso.numeric.arrays import row_norms
@@ -210,6 +210,6 @@ def create_view(url: str, source: EmbeddingSource, *, chunk_rows: int, shard_row
     n = source.n_rows
     shard_rows = min(shard_rows, max(chunk_rows, n + (-n) % chunk_rows))
     view = NpyView(url, source, chunk_rows, shard_rows, storage_options)
-    with open_url(join_url(url, VIEW_JSON), "w", storage_options) as f:
-        json.dump(view.to_json(), f, indent=1, sort_keys=True)
+    # whole or not at all: a reader (or a concurrent run) never sees half a descriptor
+    write_atomic(join_url(url, VIEW_JSON), json.dumps(view.to_json(), indent=1, sort_keys=True), storage_options)
     return view
