@@ -210,6 +210,8 @@ def _run_stages(text: str, image: str, settings: Settings) -> dict[str, Any]:
                 failures=[{k: r[k] for k in ("name", "observed", "bound")} for r in failed])
     inputs = {"text": text_ref.fingerprint, "image": image_ref.fingerprint}
     semantic = semantic_config(settings)
+    if all(embedding_input.values()):  # nothing to embed: the embed settings cannot change the result
+        semantic = {section: value for section, value in semantic.items() if section != "embed"}
     method, params = settings.method.name, settings.method.params
     if frozen is not None:  # the model's checksum, method and parameters key the run, not the fit settings
         identity = model_identity(frozen.url, options)

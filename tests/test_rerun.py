@@ -8,6 +8,8 @@ compared it with the setting).
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -102,3 +104,18 @@ def test_resume_after_a_crash_below_one_shard(request, tmp_path, gap, monkeypatc
     b = open_published(clean_url, "r", storage_options=options)
     assert a.manifest["shards"] == b.manifest["shards"]
     np.testing.assert_array_equal(a.embedding[:], b.embedding[:])
+
+
+def test_embedding_inputs_are_keyed_without_the_embed_settings(tmp_path, gap):
+    """Precomputed embeddings are not embedded: another ``embed.model`` is the same run (resumed,
+    the same version), and the run record's config leaves the embed section out."""
+    url, options = str(tmp_path / "root"), {}
+    paths = _inputs(url, options, gap, 700)
+    first = _run(_settings("ci", url, options), paths)
+    other = _run(_settings("ci", url, options, "embed.model=ViT-B-32", "embed.pretrained=openai"), paths)
+    assert other["run_key"] == first["run_key"]
+    assert other["published"]["version"] == first["published"]["version"]
+    with open_url(DatasetLayout(url, "r").run_record(first["run_key"]), "rb", options) as f:
+        record = json.load(f)
+    assert "embed" not in record["config"] and "method" in record["config"]
+    assert "embed_model" not in record
