@@ -15,20 +15,33 @@ counts only once its completion marker exists, and a version is visible only onc
 and then ``LATEST`` are written, so nothing is published half-way and the same command resumes.
 The child asks the kernel to kill it when the ``aniso`` process dies (Linux), so even ``kill -9``
 of the parent leaves nothing running (the local Prefect server follows its own parent).
+
+A flow run killed this way cannot report its end itself. Each flow run of the child notes its id
+and API URL in a file the ``aniso`` process named (:func:`note_flow_run`); after the kill the
+``aniso`` process sets those runs to ``Cancelled`` on a Prefect server that outlives the run (a
+``PREFECT_API_URL`` of an existing server), so the UI does not show a dead run as ``Running``
+forever. The CLI's own temporary server ends with the tree, and that step is skipped at once.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
-__all__ = ["SUPERVISED", "RUN_COMMANDS", "needs_supervision", "supervise"]
+__all__ = ["SUPERVISED", "RUN_COMMANDS", "needs_supervision", "note_flow_run", "supervise"]
 
 #: Set in the child's environment: it runs the command itself.
 SUPERVISED = "ANISO_SUPERVISED"
+#: Set in the child's environment: the file where its flow runs note their id and API URL.
+FLOW_RUNS_FILE = "ANISO_SUPERVISED_FLOW_RUNS"
+#: Seconds the ``aniso`` process gives the Prefect API to take a stopped run's final state.
+MARK_TIMEOUT_S = 2.0
 #: The commands that start flow runs (and so processes beyond the CLI).
 RUN_COMMANDS = frozenset({"produce", "demo", "embed"})
 
@@ -61,8 +74,10 @@ def supervise(argv: list[str]) -> int:
     int
         The child's exit code (``128 + n`` when signal ``n`` ended it).
     """
+    fd, runs_file = tempfile.mkstemp(prefix="aniso-flow-runs-", suffix=".jsonl")
+    os.close(fd)
     child = subprocess.Popen([sys.executable, "-c", _CHILD, str(os.getpid()), *argv],
-                             env={**os.environ, SUPERVISED: "1"}, start_new_session=True)
+                             env={**os.environ, SUPERVISED: "1", FLOW_RUNS_FILE: runs_file}, start_new_session=True)
 
     def stop(signum: int, _frame: object) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -70,6 +85,9 @@ def supervise(argv: list[str]) -> int:
         started = time.monotonic()
         end_tree(child.pid)
         name = signal.Signals(signum).name
+        mark_stopped(runs_file, f"stopped by {name} (aniso CLI): every process of the run was ended; rerun the "
+                                "same command to resume")
+        Path(runs_file).unlink(missing_ok=True)
         sys.stderr.write(("\n" if sys.stderr.isatty() else "") + f"aniso: stopped by {name} after {time.monotonic() - started:.1f} s of clean-up: every "
                          "process of the run has ended, nothing was published half-way; rerun the same command "
                          "to resume\n")
@@ -79,7 +97,57 @@ def supervise(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     code = child.wait()
+    Path(runs_file).unlink(missing_ok=True)
     return 128 - code if code < 0 else code
+
+
+def note_flow_run() -> None:
+    """In a supervised child: note the current flow run's id and API URL for :func:`mark_stopped`."""
+    path = os.environ.get(FLOW_RUNS_FILE)
+    if not path:
+        return
+    from prefect.runtime import flow_run
+    from prefect.settings import PREFECT_API_URL
+
+    api = PREFECT_API_URL.value()
+    if flow_run.id and api:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"id": str(flow_run.id), "api": str(api).rstrip("/")}) + "\n")
+
+
+def mark_stopped(runs_file: str, message: str, timeout: float = MARK_TIMEOUT_S) -> list[str]:
+    """Set each flow run noted in ``runs_file`` to ``Cancelled`` (forced) through its API.
+
+    Uses the REST API directly (no Prefect import in a process that is stopping). A server that
+    does not answer within ``timeout`` (the CLI's temporary server, ended with the tree) is
+    skipped. Returns the ids of the runs whose state was set.
+    """
+    import httpx
+
+    try:
+        records = [json.loads(line) for line in Path(runs_file).read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return []
+    headers = {}
+    if os.environ.get("PREFECT_API_KEY"):
+        headers["Authorization"] = f"Bearer {os.environ['PREFECT_API_KEY']}"
+    auth = os.environ.get("PREFECT_API_AUTH_STRING")
+    marked = []
+    deadline = time.monotonic() + timeout
+    for record in records:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        try:
+            response = httpx.post(f"{record['api']}/flow_runs/{record['id']}/set_state", headers=headers,
+                                  auth=tuple(auth.split(":", 1)) if auth and ":" in auth else None, timeout=left,
+                                  json={"state": {"type": "CANCELLED", "name": "Cancelled", "message": message},
+                                        "force": True})
+        except (httpx.HTTPError, KeyError):
+            continue
+        if response.status_code < 300:
+            marked.append(record["id"])
+    return marked
 
 
 def end_tree(pid: int, timeout: float = 5.0) -> None:

@@ -16,6 +16,7 @@ from aniso.stages.embed import finish_embedding, prepare_embedding
 from aniso.tasks.embed import embed_corpus_shard
 
 from ._common import map_shards, wait_for_workers
+from ._supervise import note_flow_run
 
 
 def embed_corpus(url: str, modality: str, settings: Settings) -> dict[str, Any]:
@@ -29,6 +30,7 @@ def embed_corpus(url: str, modality: str, settings: Settings) -> dict[str, Any]:
 @flow(name="embed")
 def embed(url: str, modality: str, settings: Settings) -> dict[str, Any]:
     """Standalone embed flow (``aniso embed``)."""
+    note_flow_run()  # for a supervised CLI run: its id, to report it cancelled if the run is killed
     settings.storage.root = absolute_url(settings.storage.root)  # tasks may run in other directories
     wait_for_workers(settings.cluster)
     return embed_corpus(absolute_url(url), modality, settings)

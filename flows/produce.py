@@ -44,6 +44,7 @@ from aniso.tasks.publish import publish
 
 from ._common import (SettingsTaskRunner, announce_dashboard, probe_workers, run_stage, use_settings_cluster,
                       wait_for_workers)
+from ._supervise import note_flow_run
 from .apply import apply_model
 from .fit import fit_and_calibrate
 from .ingest import ingest_embeddings, ingest_inputs
@@ -154,6 +155,7 @@ def produce(text: str, image: str, settings: Settings | dict[str, Any]) -> dict[
     GateFailed
         When any gate fails; nothing is published and the run's staging data stays.
     """
+    note_flow_run()  # for a supervised CLI run: its id, to report it cancelled if the run is killed
     settings = resolve_settings(settings)
     # local paths as the caller meant them: tasks may run on workers started in other directories
     text, image = absolute_url(text), absolute_url(image)

@@ -162,6 +162,16 @@ def dask_client(dask_cluster):
         yield client
 
 
+@pytest.fixture
+def prefect_server(tmp_path):
+    """A real ``prefect server start`` on a free loopback port: ``(api_url, env, procs)``
+    (:func:`aniso.testing.processes.prefect_server`)."""
+    from aniso.testing.processes import prefect_server as server
+
+    with server(tmp_path) as running:
+        yield running
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
     """Prefect against a temporary SQLite backend (started once per session)."""

@@ -11,95 +11,18 @@ so every wait is generous.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from aniso.testing.ports import free_port
+from aniso.testing.processes import start_logged, stop_group, wait_for
 
 pytestmark = pytest.mark.slow
 
 START_TIMEOUT_S = 300
 RUN_TIMEOUT_S = 600
-
-
-def _env(home: Path, api_url: str | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(
-        PREFECT_HOME=str(home),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_UI_ENABLED="false",
-        PREFECT_LOGGING_LEVEL="INFO",
-        PREFECT_SERVER_LOGGING_LEVEL="WARNING",
-        PREFECT_API_REQUEST_TIMEOUT="120",
-        GX_ANALYTICS_ENABLED="false",
-        DO_NOT_TRACK="1",
-        HF_HUB_OFFLINE="1",
-    )
-    if api_url:
-        env["PREFECT_API_URL"] = api_url
-    return env
-
-
-def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(args, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)  # the process group this test started
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(30)
-
-
-def _wait(what: str, check, timeout: float, procs: dict[str, tuple[subprocess.Popen, Path]]):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for name, (proc, log) in procs.items():
-            if proc.poll() is not None:
-                raise AssertionError(f"{name} exited with {proc.returncode} while waiting for {what}:\n"
-                                     + log.read_text(errors="replace")[-4000:])
-        value = check()
-        if value:
-            return value
-        time.sleep(2)
-    logs = "\n".join(f"--- {n}\n{log.read_text(errors='replace')[-3000:]}" for n, (_, log) in procs.items())
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{logs}")
-
-
-@pytest.fixture
-def prefect_server(tmp_path):
-    """``prefect server start`` on a free loopback port; yields ``(api_url, env, procs)``."""
-    import httpx
-
-    home = tmp_path / "prefect-home"
-    port = free_port()
-    api_url = f"http://127.0.0.1:{port}/api"
-    log = tmp_path / "server.log"
-    proc = _start([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                  _env(home), log)
-    procs = {"prefect server": (proc, log)}
-
-    def healthy() -> bool:
-        try:
-            return httpx.get(f"{api_url}/health", timeout=5).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        _wait("the Prefect server", healthy, START_TIMEOUT_S, procs)
-        yield api_url, _env(home, api_url), procs
-    finally:
-        _stop(proc)
 
 
 DASK_SCRIPT = """
@@ -145,10 +68,10 @@ def test_served_deployment_runs_on_the_configured_dask_cluster(prefect_server, t
     dask_port = free_port()
     address = f"tcp://127.0.0.1:{dask_port}"
     dask_log = tmp_path / "dask.log"
-    dask = _start([sys.executable, "-c", DASK_SCRIPT, str(dask_port)], env, dask_log)
+    dask = start_logged([sys.executable, "-c", DASK_SCRIPT, str(dask_port)], env, dask_log)
     procs["dask"] = (dask, dask_log)
     serve_log = tmp_path / "serve.log"
-    serve = _start([
+    serve = start_logged([
         sys.executable, "-m", "aniso.flows.deployments", "--text", str(tmp_path / "text.npy"),
         "--image", str(tmp_path / "image.npy"), "--profile", "ci", "--name", "served",
         "--set", f"storage.root={tmp_path / 'root'}", "--set", "storage.dataset=served",
@@ -156,7 +79,7 @@ def test_served_deployment_runs_on_the_configured_dask_cluster(prefect_server, t
     ], env, serve_log)
     procs["serve"] = (serve, serve_log)
     try:
-        _wait("the Dask scheduler", lambda: "scheduler at" in dask_log.read_text(), START_TIMEOUT_S, procs)
+        wait_for("the Dask scheduler", lambda: "scheduler at" in dask_log.read_text(), START_TIMEOUT_S, procs)
 
         async def deployment(client):
             try:
@@ -164,7 +87,7 @@ def test_served_deployment_runs_on_the_configured_dask_cluster(prefect_server, t
             except Exception:  # noqa: BLE001 - not registered yet
                 return None
 
-        found = _wait("the served deployment", lambda: _api(api_url, deployment), START_TIMEOUT_S, procs)
+        found = wait_for("the served deployment", lambda: _api(api_url, deployment), START_TIMEOUT_S, procs)
         assert found.entrypoint == "aniso.flows.produce.produce"
 
         async def trigger(client):
@@ -176,7 +99,7 @@ def test_served_deployment_runs_on_the_configured_dask_cluster(prefect_server, t
             run = await client.read_flow_run(flow_run.id)
             return run if run.state and run.state.is_final() else None
 
-        finished = _wait("the flow run", lambda: _api(api_url, state), RUN_TIMEOUT_S, procs)
+        finished = wait_for("the flow run", lambda: _api(api_url, state), RUN_TIMEOUT_S, procs)
         assert finished.state.type == StateType.COMPLETED, (finished.state, serve_log.read_text()[-4000:])
 
         async def everything(client):
@@ -193,11 +116,11 @@ def test_served_deployment_runs_on_the_configured_dask_cluster(prefect_server, t
             return fetched if last else None
 
         # the run's last log lines reach the API in the batch after its state turned final
-        runs, logs, artifacts = _wait("the run's last log lines", complete, 60, procs)
+        runs, logs, artifacts = wait_for("the run's last log lines", complete, 60, procs)
     finally:
-        _stop(serve)
+        stop_group(serve)
         keys = _scheduler_task_keys(address) if dask.poll() is None else []
-        _stop(dask)
+        stop_group(dask)
 
     # the stages ran in the deployment's own flow run (no subflow), on the cluster the settings named
     assert {r.name.split("-")[0] for r in runs} >= {"produce"}

@@ -124,3 +124,33 @@ def test_signal_ends_the_tree_in_one_line_and_the_rerun_resumes(tmp_path, gap, s
     verify = subprocess.run([str(CLI), "verify", "store", "--dataset", "sig"], cwd=tmp_path, env=_env(tmp_path),
                             capture_output=True, text=True, timeout=300)
     assert verify.returncode == 0, verify.stderr[-2000:]
+
+
+def test_a_stopped_run_shows_as_cancelled_on_an_external_prefect_server(tmp_path, gap, prefect_server):
+    """With ``PREFECT_API_URL`` of a server that outlives the run, a killed run cannot report its
+    end itself: the ``aniso`` process sets it to Cancelled there, within the 10 s."""
+    import httpx
+
+    api_url, env, procs = prefect_server
+    args = _inputs(tmp_path, gap)
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None and "progress: statistics" not in log.read_text():
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before the signal: " + log.read_text()[-2000:]
+        sent = time.monotonic()
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM and took < 10, (proc.returncode, took, log.read_text()[-2000:])
+    runs = httpx.post(f"{api_url}/flow_runs/filter", json={}, timeout=30).json()
+    produce = [r for r in runs if r["name"].startswith("produce-")]
+    assert len(produce) == 1, [(r["name"], r["state_type"]) for r in runs]
+    assert produce[0]["state_type"] == "CANCELLED", produce[0]["state"]
+    assert "stopped by SIGTERM" in produce[0]["state"]["message"]
