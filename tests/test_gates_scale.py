@@ -12,7 +12,7 @@ import pytest
 from aniso.config import GateSettings
 from aniso.io.layout import DatasetLayout
 from aniso.methods import get_aligner
-from aniso.quality.report import _cov, residual_spectrum, spectrum
+from aniso.quality.report_numbers import _cov, residual_spectrum, spectrum
 from aniso.stages import apply as apply_stage
 from aniso.stages import gate as gate_stage
 from aniso.stages import ingest as ingest_stage
