@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -397,27 +400,46 @@ def test_diagnose_bad_arguments_exit_two_with_one_line(small_inputs, monkeypatch
 
 
 # -- storage failures ------------------------------------------------------------------------------
-@pytest.mark.usefixtures("prefect_harness")
-def test_disk_full_is_one_line_and_exit_one_and_the_rerun_resumes(tmp_path, gap):
-    from aniso.io.inputs import open_embedding_source
-    from aniso.io.layout import DatasetLayout
+def _private_tmpfs_works(where: Path) -> bool:
+    """Whether this machine lets a test mount a small tmpfs in a mount namespace of its own."""
+    if shutil.which("unshare") is None:
+        return False
+    where.mkdir()
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size=64k tmpfs {where}"],
+                           capture_output=True, timeout=60)
+    return probe.returncode == 0
 
+
+@pytest.mark.slow
+def test_disk_full_is_one_line_and_exit_one_and_the_rerun_resumes(tmp_path, gap):
+    """A real full disk: the storage root is a 96 KiB tmpfs, mounted in a mount namespace of the
+    test's own (nothing outside it sees the mount), so the run's first large write fails with
+    ENOSPC; the space is then grown and the same command resumes, publishes and verifies."""
+    if not _private_tmpfs_works(tmp_path / "probe"):
+        pytest.skip("needs `unshare -m` and `mount -t tmpfs` (root with CAP_SYS_ADMIN) for a real full disk")
     np.save(tmp_path / "text.npy", gap.text[:600])
     np.save(tmp_path / "image.npy", gap.image[:600])
     root = tmp_path / "root"
-    # the text input's view is written to /dev/full, which answers every write with ENOSPC
-    fingerprint = open_embedding_source(str(tmp_path / "text.npy"), {}).fingerprint
-    view = Path(DatasetLayout(str(root), "full").input_view(fingerprint, "text"))
-    view.mkdir(parents=True)
-    (view / "view.json").symlink_to("/dev/full")
-    args = ["produce", "--text", str(tmp_path / "text.npy"), "--image", str(tmp_path / "image.npy"), "--out", str(root),
-            "--dataset", "full", "--profile", "ci", "--method", "realign"]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 1, result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("aniso: error:")]
-    assert len(errors) == 1 and "No space left on device (errno 28)" in errors[0], result.output
-    assert "Traceback" not in result.output and not (root / "full" / "published").exists()
-    (view / "view.json").unlink()  # space freed: the rerun completes
-    again = CliRunner().invoke(app, args)
-    assert again.exit_code == 0, again.output
-    assert (root / "full" / "published" / "LATEST").is_file()
+    root.mkdir()
+    cli = Path(sys.executable).with_name("aniso")
+    produce = (f"{cli} produce --text {tmp_path / 'text.npy'} --image {tmp_path / 'image.npy'} --out {root} "
+               "--dataset full --profile ci --method realign")
+    out = {name: tmp_path / name for name in ("full.err", "full.rc", "again.err", "again.rc", "verify.rc", "state")}
+    script = f"""
+mount -t tmpfs -o size=96k tmpfs {root}
+{produce} > /dev/null 2> {out['full.err']}; echo $? > {out['full.rc']}
+ls -A {root}/full > {out['state']} 2>&1
+mount -o remount,size=64m {root}
+{produce} > /dev/null 2> {out['again.err']}; echo $? > {out['again.rc']}
+{cli} verify {root} --dataset full > /dev/null 2>&1; echo $? > {out['verify.rc']}
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")  # the CLI's own local server, outside the tmpfs
+    subprocess.run(["unshare", "-m", "sh", "-c", script], cwd=tmp_path, env=env, timeout=900, check=True)
+    failed = out["full.err"].read_text()
+    assert out["full.rc"].read_text().strip() == "1", failed[-3000:]
+    errors = [line for line in failed.splitlines() if line.startswith("aniso: error:")]
+    assert len(errors) == 1 and "No space left on device (errno 28)" in errors[0], failed[-3000:]
+    assert "Traceback" not in failed and "published" not in out["state"].read_text().split()
+    assert out["again.rc"].read_text().strip() == "0", out["again.err"].read_text()[-3000:]
+    assert out["verify.rc"].read_text().strip() == "0"

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from aniso._fs import exists, join_url, open_url
+from aniso._fs import exists, join_url, open_url, write_atomic
 from aniso.io.npy_view import NpyView
 from aniso.io.rows import open_rows
 from aniso.io.store import EmbeddingStore
@@ -29,8 +29,8 @@ def stats_url(store_url: str, name: str) -> str:
 def _save_moments(url: str, moments: Moments, options: dict[str, Any]) -> None:
     buffer = io.BytesIO()
     np.savez(buffer, **moments.to_arrays(""))
-    with open_url(url, "wb", options) as f:
-        f.write(buffer.getvalue())
+    # whole or not at all: a stage skips moments that exist, so half a file must never exist
+    write_atomic(url, buffer.getvalue(), options)
 
 
 def load_moments(url: str, options: dict[str, Any]) -> Moments:
