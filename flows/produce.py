@@ -190,14 +190,8 @@ def _run_stages(text: str, image: str, settings: Settings) -> dict[str, Any]:
         check_frozen_ids(text, id_source, settings.corpus.embedding_ids)
     check_schema(layout, dim=text_ref.dim, dtype=settings.store.output_dtype, id_source=id_source,
                  allow=settings.publish.allow_schema_change, storage_options=options)
-    drift, refit, early_sample = None, None, None
+    drift, refit = None, None
     if frozen is not None:
-        # the gate sample needs only the model and the inputs: prepared beside the drift gate and
-        # apply (its thread ends with its one task; a refit after drift prepares its own)
-        early_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aniso-gate-sample")
-        early_sample = early_pool.submit(prepare_gate_sample, frozen.url, text_store, _frozen_gates(settings.gates),
-                                         options, image_store, output_dtype=settings.store.output_dtype)
-        early_pool.shutdown(wait=False)
         with _stage("input drift"):
             drift = input_drift(frozen.url, text_store, image_store, settings.gates, options)
         failed = [r for r in drift or [] if not r["passed"]]
@@ -254,14 +248,14 @@ def _run_stages(text: str, image: str, settings: Settings) -> dict[str, Any]:
             if not model_is_final(model_url, options):
                 write_model_copy(frozen.url, model_url, options)
         fitted_in, fitted_on = lineage["model"]["version"], frozen.entry.get("fitted_on") or {}
-        gate_settings = _frozen_gates(settings.gates)
+        # the model's calibration is its fitting text's: new rows move the centroid by their noise
+        gate_settings = settings.gates.model_copy(
+            update={"centroid_residual_max": settings.gates.frozen_centroid_residual_max})
     subs_url = layout.substitutes(key)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="aniso-gate-sample") as pool:
         # the gate samples and their metrics need only the model: computed while apply writes
-        # (a frozen run's since before its drift gate; the run's model is a byte copy of frozen.url)
-        prepared = early_sample if frozen is not None and early_sample is not None else pool.submit(
-            prepare_gate_sample, model_url, text_store, gate_settings, options, image_store,
-            output_dtype=settings.store.output_dtype)
+        prepared = pool.submit(prepare_gate_sample, model_url, text_store, gate_settings, options, image_store,
+                               output_dtype=settings.store.output_dtype)
         with _stage("apply", timings):
             apply_model(model_url, text_ref, subs_url, settings,
                         attrs={"run_key": key, "method": method, "config_hash": config_hash(settings)},
@@ -307,12 +301,6 @@ def _run_stages(text: str, image: str, settings: Settings) -> dict[str, Any]:
         key="aniso-published",
     )
     return {"run_key": key, "published": pointer, "gates": gates, "substitutes": subs_url, "model": model_url}
-
-
-def _frozen_gates(gates: Any) -> Any:
-    """The gate settings of a frozen-model run: the model's calibration is its fitting text's, and
-    new rows move the centroid by their noise (``gates.frozen_centroid_residual_max``)."""
-    return gates.model_copy(update={"centroid_residual_max": gates.frozen_centroid_residual_max})
 
 
 def _carry_source(frozen: ModelSource | None, layout: DatasetLayout, options: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
