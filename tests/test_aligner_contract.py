@@ -12,7 +12,9 @@ import pytest
 
 from aniso.errors import AnisoError, ConfigError, InputError, NotFittedError
 from aniso.methods import Aligner, AnisoAlign, available_aligners, get_aligner
+from aniso.numeric.arrays import l2_normalize
 from aniso.numeric.moments import moments_of
+from aniso.numeric.rowwise import BLOCK, TILE
 from aniso.testing.synthetic import planted_gap
 
 #: A tiny learned AnisoAlign, so the learned stages are held to the same contract.
@@ -77,17 +79,45 @@ def test_chunk_invariance_bitwise(fitted, data, name, params):
         assert np.array_equal(whole, parts), f"blocks cut at {cuts} changed some rows' bits"
 
 
+#: Cuts of a longer apply input around the transform's internal block (rowwise.BLOCK rows).
+LONG_CUTS = [(1,), (BLOCK - 1,), (BLOCK, BLOCK + 1), (3, BLOCK + 300), (TILE - 1, 2 * BLOCK + 1), (777, 1500, 2001)]
+
+
 @pytest.mark.parametrize("name,params", CASES)
 def test_chunk_invariance_bitwise_at_clip_width(name, params):
-    """At d=512 the BLAS picks other kernels and thread splits than at d=64; rows must not see it."""
-    g = planted_gap(n=1200, d=512, seed=11)
-    a = get_aligner(name, **params).fit(g.text[:600], g.image[600:], seed=3)
-    x = g.text[600:901]
+    """At d=512 the BLAS picks other kernels and thread splits than at d=64; rows must not see it.
+
+    The input spans several of the transform's internal blocks, so a row lands at another place
+    in another block (and BLAS tile) under every cut and under a permutation of the rows.
+    """
+    g = planted_gap(n=600 + 2 * BLOCK + 101, d=512, seed=11)
+    a = get_aligner(name, **params).fit(g.text[:600], g.image[600:1200], seed=3)
+    x = g.text[600:]
     whole = a.transform(x)
-    for cuts in CUTS:
+    for cuts in CUTS + LONG_CUTS:
         edges = [0, *cuts, len(x)]
         parts = np.concatenate([a.transform(x[lo:hi]) for lo, hi in zip(edges[:-1], edges[1:])])
         assert np.array_equal(whole, parts), f"blocks cut at {cuts} changed some rows' bits"
+    order = np.random.default_rng(1).permutation(len(x))
+    assert np.array_equal(a.transform(x[order]), whole[order]), "reordering the rows changed some rows' bits"
+    one = np.concatenate([a.transform(x[i : i + 1]) for i in range(0, len(x), 97)])
+    assert np.array_equal(one, whole[::97]), "rows transformed alone differ from the same rows in a block"
+
+
+@pytest.mark.parametrize("name,params", CASES)
+def test_transform_is_the_float64_premap_bit_for_bit(fitted, data, name, params):
+    """The blocked kernels (rowwise.centred_affine_rows, the blocked generic path) give the bits
+    of the plain composition: premap, then the calibration, cast to float32 once."""
+    a = fitted(name, params)
+    if a._fused(data[2], calibrated=a.calibrate) is not None:
+        pytest.skip("the fused float32 kernel has its own tests (test_affine.py)")
+    x = np.concatenate([data[2]] * 4)  # more than one internal block
+    assert x.shape[0] > BLOCK
+    for src in (x, x.astype(np.float64), x.astype(np.float16)):
+        xh = a.premap(src)
+        if a.calibrate:
+            xh = l2_normalize(xh - a.mu_hat + a.mu_image)
+        assert np.array_equal(a.transform(src), xh.astype(np.float32))
 
 
 @pytest.mark.parametrize("name,params", CASES)

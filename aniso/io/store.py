@@ -273,9 +273,14 @@ class EmbeddingStore:
         *,
         valid: np.ndarray | None = None,
         stats: dict[str, Any] | None = None,
+        checksum: str | None = None,
     ) -> dict[str, Any]:
         """Write the completion marker of a shard whose data (``embedding``, ``ids``, ``valid``:
-        as stored) is in place, e.g. files carried over from another store; returns it."""
+        as stored) is in place, e.g. files carried over from another store; returns it.
+
+        ``checksum``: :func:`shard_checksum` of exactly these ``embedding`` and ``ids``, when the
+        caller has just computed it (a carried shard checked against its manifest), else computed here.
+        """
         start, stop = self.shard_range(shard)
         stored = embedding.astype(self.embedding.dtype, copy=False)
         flags = np.ones(stop - start, bool) if valid is None else np.asarray(valid, bool)
@@ -285,7 +290,7 @@ class EmbeddingStore:
             "stop": stop,
             "rows": stop - start,
             "valid_rows": int(stop - start if valid is None else np.count_nonzero(valid)),
-            "sha256": shard_checksum(stored, ids),
+            "sha256": checksum if checksum is not None and stored is embedding else shard_checksum(stored, ids),
             # lets a later stage check ids against this shard from the markers alone
             "ids_sha256": ids_digest(ids),
             # what each chunk must read back as: the published manifest carries these to readers

@@ -155,6 +155,9 @@ class MomentMatch(Aligner):
     def _premap(self, x: np.ndarray) -> np.ndarray:
         return l2_normalize(self.mu_image + rowwise_matmul(x - self.mu_text, self.matrix.T))
 
+    def _centred_map(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        return None if self.matrix is None else (self.matrix.T, self.mu_text, self.mu_image)
+
     def _get_state(self) -> dict[str, np.ndarray]:
         return {"matrix": self.matrix}
 

@@ -11,37 +11,50 @@ block (chunk invariance, bit for bit). Two things break that:
   (measured on OpenBLAS' Haswell kernel), so the row-deterministic products are float64.
 * Noise drawn from one generator per call depends on the call's rows. :func:`row_normals` keys
   each row's draw on the row's own bytes instead.
+
+:func:`centred_affine_rows` is the float64 map of the matrix methods' apply (AnisoAlign's closed
+form, the moment match) written for speed: the same operations on the same values as composing
+:func:`~aniso.numeric.arrays.l2_normalize` and :func:`rowwise_matmul`, so the same bits, but in
+blocks of :data:`BLOCK` rows through buffers allocated once per call. Whole-chunk float64
+temporaries (32 MiB and more for 8,192 rows at d=512) are above glibc's largest ``mmap``
+threshold: every one was mapped, page-faulted in and unmapped again, which cost as much system
+time as the arithmetic (``bench/apply.py``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["TILE", "rowwise_matmul", "row_normals"]
+__all__ = ["TILE", "BLOCK", "rowwise_matmul", "centred_affine_rows", "row_normals"]
 
 #: Rows per BLAS call in :func:`rowwise_matmul`.
 TILE = 256
+#: Rows per block of :func:`centred_affine_rows` (a multiple of :data:`TILE`; 4 MiB of float64 at d=512).
+BLOCK = 1024
 
 _NOISE_BLOCK = 1024
 _M1, _M2, _GOLDEN = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), np.uint64(0x9E3779B97F4A7C15)
 
 
-def rowwise_matmul(x: np.ndarray, m: np.ndarray) -> np.ndarray:
+def rowwise_matmul(x: np.ndarray, m: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``x @ m`` in float64, each output row a function of its input row only.
 
     Parameters
     ----------
     x : (n, k) array
     m : (k, p) array (a transposed view is fine)
+    out : (n, p) float64 array, optional
+        Where to write the product (not overlapping ``x``); a new array when None.
 
     Returns
     -------
-    (n, p) float64 array.
+    (n, p) float64 array: ``out`` when given.
     """
     x = np.asarray(x, dtype=np.float64)
     m = np.asarray(m, dtype=np.float64)
     n = x.shape[0]
-    out = np.empty((n, m.shape[1]), dtype=np.float64)
+    if out is None:
+        out = np.empty((n, m.shape[1]), dtype=np.float64)
     full = n - n % TILE
     for start in range(0, full, TILE):
         np.matmul(x[start : start + TILE], m, out=out[start : start + TILE])
@@ -49,6 +62,59 @@ def rowwise_matmul(x: np.ndarray, m: np.ndarray) -> np.ndarray:
         pad = np.zeros((TILE, x.shape[1]), dtype=np.float64)
         pad[: n - full] = x[full:]
         out[full:] = (pad @ m)[: n - full]
+    return out
+
+
+def _normalize_rows(work: np.ndarray, eps: float = 1e-10) -> None:
+    """:func:`~aniso.numeric.arrays.l2_normalize`'s arithmetic, in place on a float64 block."""
+    norm = np.sqrt(np.einsum("ij,ij->i", work, work))
+    norm[norm < eps] = 1.0
+    work /= norm[:, None]
+
+
+def centred_affine_rows(x: np.ndarray, m: np.ndarray, mu_text: np.ndarray, mu_image: np.ndarray,
+                        calibration: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """``x̂ = normalize(μ_i + (normalize(x) − μ_t) m)``, then, with ``calibration = (μ̂, μ)``,
+    ``normalize(x̂ − μ̂ + μ)``; float32 rows, each a function of its input row only.
+
+    Bit for bit what ``l2_normalize(μ_i + rowwise_matmul(l2_normalize(x) − μ_t, m))`` (and the
+    calibration's ``l2_normalize(x̂ − μ̂ + μ_i)``) give, cast to float32: the same float64
+    operations in the same order, row by row, in blocks of :data:`BLOCK` rows with reused
+    buffers.
+
+    Parameters
+    ----------
+    x : (n, d) array of any float dtype (finite: the caller checks)
+    m : (d, p) array, e.g. ``A.T`` (a view is fine)
+    mu_text : (d,) float64
+    mu_image : (p,) float64
+    calibration : pair of (p,) float64, optional
+        The calibration mean μ̂ and the centroid μ it is moved to; None: no calibration step.
+
+    Returns
+    -------
+    (n, p) float32 array.
+    """
+    m = np.asarray(m, dtype=np.float64)
+    n, d = x.shape
+    out = np.empty((n, m.shape[1]), dtype=np.float32)
+    work = np.empty((min(BLOCK, n), d), dtype=np.float64)
+    prod = np.empty((min(BLOCK, n), m.shape[1]), dtype=np.float64)
+    for start in range(0, n, BLOCK):
+        rows = x[start : start + BLOCK]
+        b = rows.shape[0]
+        u, y = work[:b], prod[:b]
+        u[...] = rows  # l2_normalize's float64 copy
+        _normalize_rows(u)
+        u -= mu_text
+        rowwise_matmul(u, m, out=y)
+        y += mu_image  # μ_i + y: IEEE addition commutes bit for bit
+        _normalize_rows(y)
+        if calibration is not None:
+            y -= calibration[0]
+            y += calibration[1]
+            _normalize_rows(y)
+        out[start : start + b] = y
     return out
 
 

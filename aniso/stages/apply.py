@@ -16,7 +16,7 @@ from aniso.io.rows import open_rows
 from aniso.io.store import EmbeddingStore
 from aniso.methods import Aligner
 
-__all__ = ["APPLY_BLOCK", "prepare_substitutes", "apply_shard", "shard_quality", "input_digest"]
+__all__ = ["APPLY_BLOCK", "prepare_substitutes", "apply_shard", "apply_rows", "shard_quality", "input_digest"]
 
 #: per block instead of several copies of the whole shard (the maps are row-wise, so the result
 #: does not depend on it).
@@ -45,8 +45,23 @@ def apply_shard(
     if shard in subs.completed_shards():
         return subs.marker(shard)
     started = time.perf_counter()
-    aligner = Aligner.load(model_url, storage_options)
     emb, ids, valid = open_rows(text_store_url, storage_options).read_shard(shard)
+    return apply_rows(model_url, subs, shard, emb, ids, valid, started=started)
+
+
+def apply_rows(model_url: str, subs: EmbeddingStore, shard: int, emb: np.ndarray, ids: Any, valid: np.ndarray,
+               *, started: float, digest: str | None = None) -> dict[str, Any]:
+    """Transform the text rows of shard ``shard`` (already read) and write them whole to ``subs``.
+
+    Parameters
+    ----------
+    started
+        ``time.perf_counter()`` when the shard's read began (the marker's ``read_seconds``).
+    digest
+        The rows' :func:`input_digest` when the caller has computed it (a frozen-model run
+        deciding whether to carry the shard over), else computed here.
+    """
+    aligner = Aligner.load(model_url, subs.storage_options)
     read_s = time.perf_counter() - started
     out = np.zeros((emb.shape[0], emb.shape[1]), dtype=np.float32)
     if valid.any():
@@ -59,7 +74,8 @@ def apply_shard(
             out[valid] = target
     compute_s = time.perf_counter() - started - read_s
     stats = shard_quality(out if valid.all() else out[valid], list(ids[valid]))
-    stats.update(read_seconds=read_s, compute_seconds=compute_s, input_sha256=input_digest(emb, ids, valid))
+    stats.update(read_seconds=read_s, compute_seconds=compute_s,
+                 input_sha256=digest if digest is not None else input_digest(emb, ids, valid))
     marker = subs.write_shard(shard, out, list(ids), valid=valid, stats=stats)
     marker["stats"]["write_seconds"] = time.perf_counter() - started - read_s - compute_s
     return marker

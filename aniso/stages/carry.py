@@ -25,7 +25,7 @@ from typing import Any
 from aniso._fs import filesystem, join_url, link_or_copy
 from aniso.io.rows import open_rows
 from aniso.io.store import EmbeddingStore, shard_checksum
-from aniso.stages.apply import apply_shard, input_digest, shard_quality
+from aniso.stages.apply import apply_rows, apply_shard, input_digest, shard_quality
 
 __all__ = ["carry_entries", "carry_or_apply_shard"]
 
@@ -99,14 +99,15 @@ def carry_or_apply_shard(model_url: str, text_store_url: str, subs_url: str, sha
     started = time.perf_counter()
     emb, ids, valid = open_rows(text_store_url, storage_options).read_shard(shard)
     digest = input_digest(emb, ids, valid)
-    if digest != prev_entry["input_sha256"]:
-        return apply_shard(model_url, text_store_url, subs_url, shard, storage_options)
+    if digest != prev_entry["input_sha256"]:  # the rows are read and hashed already: not again
+        return apply_rows(model_url, subs, shard, emb, ids, valid, started=started, digest=digest)
     _copy_shard(prev_data_url, subs_url, shard, storage_options)
     out, out_ids, out_valid = subs.read_shard(shard)
-    if shard_checksum(out, list(out_ids)) != prev_entry["sha256"]:  # never trust a copy unchecked
+    checksum = shard_checksum(out, list(out_ids))
+    if checksum != prev_entry["sha256"]:  # never trust a copy unchecked
         logger.warning("shard %d carried from %s does not match its checksum: applied instead", shard, prev_data_url)
-        return apply_shard(model_url, text_store_url, subs_url, shard, storage_options)
+        return apply_rows(model_url, subs, shard, emb, ids, valid, started=started, digest=digest)
     stats = shard_quality(out if out_valid.all() else out[out_valid], list(out_ids[out_valid]))
     stats.update(input_sha256=digest, carried=True, read_seconds=0.0, compute_seconds=0.0,
                  write_seconds=time.perf_counter() - started)
-    return subs.mark_shard(shard, out, list(out_ids), valid=out_valid, stats=stats)
+    return subs.mark_shard(shard, out, list(out_ids), valid=out_valid, stats=stats, checksum=checksum)

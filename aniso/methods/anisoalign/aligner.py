@@ -175,6 +175,12 @@ class AnisoAlign(Aligner):
             return None
         return self.refiner.A, self.mu_image - self.refiner.A @ self.mu_text
 
+    def _centred_map(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        # Refiner.apply of the closed form: normalize(μ_i + rowwise_matmul(u − μ_t, Aᵀ)) (frame means)
+        if self.refiner is None or self.refiner.mlp is not None:
+            return None
+        return self.refiner.A.T, self.refiner.frame.mu_text, self.refiner.frame.mu_image
+
     def corrections(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """The bounded corrections Δθ, Δℓ, Δb applied to each row (for inspection and tests)."""
         _, _, dth, dl, db = self.refiner.corrections(self._check_input(x))  # type: ignore[union-attr]
