@@ -9,17 +9,12 @@ median over the repeats (these machines are noisy). BLAS runs one thread.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import tempfile
 import time
 
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+import _env  # noqa: F401 - before numpy: threads, quiet flows, no analytics
 
 import numpy as np
 
