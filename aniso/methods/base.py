@@ -20,18 +20,13 @@ Fitting is split in three steps so that an orchestrator can distribute the passe
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import logging
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Self
 
 import numpy as np
 
-from aniso._fs import exists, filesystem, join_url, write_atomic
-from aniso._version import __version__
-from aniso.errors import InputError, NotFittedError, StoreCorrupt, StoreNotFound
+from aniso.errors import InputError, NotFittedError
 from aniso.methods.params import MethodParams, NoParams, validate_method
 from aniso.methods.table import METHODS, method_entry
 from aniso.numeric.arrays import ArrayLike2D, check_finite, iter_chunks, l2_normalize
@@ -48,13 +43,6 @@ def aligner_class(name: str) -> type[Aligner] | None:
     """The class of method ``name`` (:data:`~aniso.methods.table.METHODS`; None: unknown)."""
     entry = METHODS.get(name)
     return entry.load() if entry is not None else None
-
-
-#: The commit marker of a complete model, and of one still waiting for its calibration.
-_MODEL_JSON = "aligner.json"
-_UNCALIBRATED_JSON = "uncalibrated.json"
-#: The state file of models saved before saves were atomic (later ones name theirs in the JSON).
-_LEGACY_STATE_NPZ = "state.npz"
 
 
 class Aligner(ABC):
@@ -321,24 +309,9 @@ class Aligner(ABC):
         ``aligner.json``; one still waiting for its calibration commits ``uncalibrated.json``, so a
         slower run's fit can never replace another run's finished model.
         """
-        state = self.get_state()
-        buffer = io.BytesIO()
-        np.savez(buffer, **state)
-        payload = buffer.getvalue()
-        digest = hashlib.sha256(payload).hexdigest()
-        state_name = f"state-{digest[:16]}.npz"
-        meta = {
-            "name": self.name,
-            "params": self.get_params(),
-            "arrays": sorted(state),
-            "aniso_version": __version__,
-            "state": state_name,
-            "state_sha256": digest,
-        }
-        write_atomic(join_url(url, state_name), payload, storage_options)
-        marker = _MODEL_JSON if self.fitted else _UNCALIBRATED_JSON
-        write_atomic(join_url(url, marker), json.dumps(meta, indent=2, sort_keys=True), storage_options)
-        return url
+        from aniso.methods.persistence import save_model
+
+        return save_model(self, url, storage_options)
 
     @classmethod
     def load(cls, url: str, storage_options: dict[str, Any] | None = None) -> Aligner:
@@ -354,10 +327,9 @@ class Aligner(ABC):
         StoreCorrupt
             The committed model is unreadable (truncated, checksum mismatch, unknown method).
         """
-        for marker in (_MODEL_JSON, _UNCALIBRATED_JSON):
-            if exists(join_url(url, marker), storage_options):
-                return cls._load_marker(url, marker, storage_options)
-        raise StoreNotFound(f"no saved aligner at {url}")
+        from aniso.methods.persistence import load_model
+
+        return load_model(url, storage_options, None if cls is Aligner else cls)
 
     @classmethod
     def saved(cls, url: str, storage_options: dict[str, Any] | None = None) -> Aligner | None:
@@ -366,58 +338,9 @@ class Aligner(ABC):
         A damaged model (e.g. left by a crash of a version that wrote in place) counts as absent
         and is logged, so a rerun fits and saves it again instead of failing on it forever.
         """
-        for marker in (_MODEL_JSON, _UNCALIBRATED_JSON):
-            try:
-                return cls._load_marker(url, marker, storage_options)
-            except StoreNotFound:
-                continue
-            except StoreCorrupt as exc:
-                logger.warning("ignoring a damaged model (it is written again): %s", exc)
-        return None
+        from aniso.methods.persistence import saved_model
 
-    @classmethod
-    def _load_marker(cls, url: str, marker: str, storage_options: dict[str, Any] | None) -> Aligner:
-        try:
-            meta = json.loads(_read_whole(join_url(url, marker), storage_options))
-            # models saved before the atomic layout name no state file: theirs is state.npz
-            state_name = meta.get("state", _LEGACY_STATE_NPZ) if isinstance(meta, dict) else _LEGACY_STATE_NPZ
-            raw = _read_whole(join_url(url, state_name), storage_options)
-        except FileNotFoundError as exc:
-            raise StoreNotFound(f"no saved aligner at {url}: {exc}") from exc
-        except (ValueError, UnicodeDecodeError) as exc:  # JSON of a torn write
-            raise StoreCorrupt(f"aligner at {url}: {marker} is unreadable: {exc}") from exc
-        if not isinstance(meta, dict) or not isinstance(meta.get("params"), dict):
-            raise StoreCorrupt(f"aligner at {url}: {marker} does not describe a model")
-        if "state_sha256" in meta and hashlib.sha256(raw).hexdigest() != meta["state_sha256"]:
-            raise StoreCorrupt(f"aligner state at {url} ({state_name}) does not match its checksum in {marker}")
-        try:
-            with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
-                state = {k: npz[k] for k in npz.files}
-        except Exception as exc:  # a truncated/corrupted npz raises several types
-            raise StoreCorrupt(f"aligner state at {url} is unreadable: {exc}") from exc
-        aligner_cls = aligner_class(meta.get("name", ""))
-        if aligner_cls is None:
-            raise StoreCorrupt(f"aligner at {url} names unknown method {meta.get('name')!r}")
-        if cls is not Aligner and not issubclass(aligner_cls, cls):
-            raise StoreCorrupt(f"aligner at {url} is a {aligner_cls.__name__}, not a {cls.__name__}")
-        missing = set(meta.get("arrays", [])) - set(state)
-        if missing or not {"mu_text", "mu_image"} <= set(state):
-            raise StoreCorrupt(f"aligner state at {url} lacks arrays {sorted(missing or {'mu_text', 'mu_image'})}")
-        obj = aligner_cls(**meta["params"])
-        obj.mu_text = state["mu_text"]
-        obj.mu_image = state["mu_image"]
-        obj.mu_hat = state.get("mu_hat")
-        obj.dim = int(obj.mu_image.shape[0])
-        obj._set_state(state)
-        return obj
-
-
-def _read_whole(url: str, storage_options: dict[str, Any] | None) -> bytes:
-    """One object in one GET: a file object on S3 reads in ranges pinned to the first ETag and
-    fails ("PreconditionFailed") when a concurrent save replaces the object between them."""
-    fs, path = filesystem(url, storage_options)
-    return fs.cat_file(path)
-
+        return saved_model(url, storage_options, None if cls is Aligner else cls)
 
 def available_aligners() -> list[str]:
     """Names accepted by :func:`get_aligner` (and the CLI's ``--method``), in table order."""

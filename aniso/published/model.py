@@ -28,13 +28,13 @@ from aniso._fs import exists, filesystem, join_url, link_or_copy, write_atomic
 from aniso.errors import ConfigError, StoreCorrupt, StoreNotFound
 from aniso.io.layout import DatasetLayout
 from aniso.methods import Aligner
+from aniso.methods.persistence import MODEL_JSON as _MODEL_JSON
 from aniso.published.model_check import MODEL_PATH, model_problems
 
 __all__ = ["MODEL_PATH", "ModelSource", "resolve_model", "model_files", "copy_model", "model_entry", "model_problems"]
 
 logger = logging.getLogger(__name__)
 
-_MODEL_JSON = "aligner.json"
 _REFERENCE = "reference.npz"
 
 
