@@ -188,7 +188,7 @@ def test_unknown_method_and_corrupt_model(tmp_path, data):
 
 # -- parameters: validated the same way for every method -----------------------------------------
 @pytest.mark.parametrize("name, params, message", [
-    ("moment", {"shrink": 0.9}, r"MomentMatch: shrink: Extra inputs are not permitted"),
+    ("moment", {"shrink": 0.9}, r"MomentMatch: shrink: Extra inputs are not permitted \(did you mean shrinkage\?\)"),
     ("moment", {"shrinkage": 1.5}, r"MomentMatch: shrinkage: .*less than or equal to 1"),
     ("c3", {"noise": -1}, r"C3: noise: .*greater than or equal to 0"),
     ("realign", {"strength": 0.5}, r"ReAlign: strength: Extra inputs"),

@@ -167,7 +167,7 @@ def test_every_method_parameter_is_classified():
     "overrides, message",
     [
         (["method.name=anisoalgn"], r"method\.name: unknown method 'anisoalgn'; available: .*anisoalign"),
-        (["method.params.strenght=0.5"], r"method\.params\.strenght: Extra inputs are not permitted"),
+        (["method.params.strenght=0.5"], r"method\.params\.strenght: Extra inputs are not permitted \(did you mean strength\?\)"),
         (["method.params.r=3"], r"method\.params\.r: .*positive even"),
         (["method.name=moment", "method.params.shrinkage=2"], r"method\.params\.shrinkage: .*less than or equal to 1"),
         (["method.name=realign", "method.params.noise=0.1"], r"method\.params\.noise: Extra inputs"),

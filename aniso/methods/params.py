@@ -9,6 +9,7 @@ work starts. Which model belongs to which method is a column of the method table
 
 from __future__ import annotations
 
+import difflib
 import math
 from typing import Any, Literal
 
@@ -136,14 +137,25 @@ def validate_method(name: str, params: dict[str, Any], *, where: str = "method.p
     calibrate = rest.pop("calibrate", None)
     if calibrate is not None and not isinstance(calibrate, bool):
         raise ConfigError(f"{where}calibrate: expected true or false, got {calibrate!r}")
+    model = entry.params_model()
     try:
-        entry.params_model().model_validate(rest)
+        model.model_validate(rest)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{where}{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+            f"{where}{'.'.join(str(p) for p in err['loc'])}: {err['msg']}{_did_you_mean(err, model)}"
+            for err in exc.errors()
         )
         raise ConfigError(f"invalid parameters for method {name!r}: {problems}") from None
     return params
+
+
+def _did_you_mean(err: Any, model: type[BaseModel]) -> str:
+    """For an unknown parameter, the closest names the method does take (``shrink`` → ``shrinkage``)."""
+    if err.get("type") != "extra_forbidden" or not err.get("loc"):
+        return ""
+    known = [*model.model_fields, "calibrate"]
+    close = difflib.get_close_matches(str(err["loc"][-1]), known, n=2, cutoff=0.6)
+    return f" (did you mean {' or '.join(close)}?)" if close else f" (it takes: {', '.join(known)})"
 
 
 def semantic_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
