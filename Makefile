@@ -37,7 +37,7 @@ browser:
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -n 2
 
-## The edit-test loop: everything but the end-to-end flow runs and the slow tests (under 2 minutes).
+## The edit-test loop: everything but the end-to-end flow runs and the slow tests (about 2 minutes).
 check: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q -m "not slow and not flow"
 
