@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from aniso.testing.ports import free_port
+from aniso.testing.processes import prefect_env
 
 pytestmark = pytest.mark.slow
 
@@ -91,17 +92,12 @@ def test_readme_walkthrough_publishes_from_relative_and_absolute_inputs(tmp_path
     for old, new in ports.items():
         script = script.replace(old, new)
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_", "ANISO_"))}
+    # Prefect's defaults for this HOME (~/.prefect), no AWS_ or ANISO_ variables from elsewhere
+    env = {k: v for k, v in prefect_env(home / ".prefect").items() if not k.startswith(("AWS_", "ANISO_"))}
     env.update(
         HOME=str(home),
         # the environment `source .venv/bin/activate` gives: this interpreter's scripts first
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-        PREFECT_UI_ENABLED="false",
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_LOGGING_LEVEL="INFO",
-        GX_ANALYTICS_ENABLED="false",
-        DO_NOT_TRACK="1",
-        HF_HUB_OFFLINE="1",
         AWS_DEFAULT_REGION="us-east-1",
     )
     log = tmp_path / "walkthrough.log"
