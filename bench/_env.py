@@ -1,6 +1,7 @@
-"""Import first in a benchmark that runs flows: one BLAS thread (the machine is shared; A and B get
-the same), Prefect's temporary server with time to start, quiet logs, and no analytics or
-telemetry calls (the machine reaches no network: they only log errors). Set only where unset."""
+"""Import first in every benchmark, before numpy: one BLAS thread (the machine is shared; A and B
+get the same), and for those that run flows Prefect's temporary server with time to start, quiet
+logs, and no analytics or telemetry calls (the machine reaches no network: they only log errors).
+Set only where unset."""
 
 from __future__ import annotations
 

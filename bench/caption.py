@@ -29,14 +29,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import re
 import sys
 import time
 from pathlib import Path
 
-for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_v, "1")  # the machine is shared: one BLAS thread
+import _env  # noqa: E402,F401 - before numpy: one BLAS thread (bench/_env.py)
 
 import numpy as np  # noqa: E402
 

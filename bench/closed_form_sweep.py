@@ -21,15 +21,13 @@ the nonlinear families ``entropic map``, ``entropic smooth`` and ``radial quanti
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_v, "1")
+import _env  # noqa: E402,F401 - before numpy: one BLAS thread (bench/_env.py)
 
 import numpy as np  # noqa: E402
 

@@ -13,12 +13,10 @@ Also the per-class accuracies (on substitutes / on images) of the ``quality`` pr
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_v, "1")
+import _env  # noqa: E402,F401 - before numpy: one BLAS thread (bench/_env.py)
 
 import numpy as np  # noqa: E402
 
