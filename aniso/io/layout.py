@@ -17,6 +17,7 @@ import json
 import os
 import re
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 from aniso._fs import join_url, redact_url
@@ -88,6 +89,23 @@ class DatasetLayout:
     @property
     def latest(self) -> str:
         return join_url(self.base, "published", "LATEST")
+
+
+#: The time part of a version's name: ``<UTC publication time>-<first 12 characters of the run key>``.
+VERSION_TIME_FORMAT = "%Y%m%dT%H%M%S%fZ"
+
+
+def version_name(run_key: str, published: datetime) -> str:
+    """The name of the version publishing run ``run_key`` at ``published`` (UTC): names sort by time."""
+    return f"{published.astimezone(timezone.utc).strftime(VERSION_TIME_FORMAT)}-{run_key[:12]}"
+
+
+def published_at(version: str) -> float | None:
+    """The publication time (epoch s) in a version's name (:func:`version_name`), or None."""
+    try:
+        return datetime.strptime(version.split("-", 1)[0], VERSION_TIME_FORMAT).replace(tzinfo=timezone.utc).timestamp()
+    except ValueError:
+        return None
 
 
 def run_key(inputs: dict[str, str], semantic_config: dict[str, Any], code_version: str, length: int = 20) -> str:

@@ -27,7 +27,6 @@ from typing import Any
 from aniso._fs import exists, filesystem, join_url, link_or_copy, write_atomic
 from aniso.errors import ConfigError, StoreCorrupt, StoreNotFound
 from aniso.io.layout import DatasetLayout
-from aniso.methods import Aligner
 from aniso.methods.persistence import MODEL_JSON as _MODEL_JSON
 from aniso.published.model_check import MODEL_PATH, model_problems
 
@@ -159,13 +158,12 @@ def resolve_model(ref: str, layout: DatasetLayout, storage_options: dict[str, An
     return ModelSource(ref, ref, None, {})
 
 
-def load_model(source: ModelSource, storage_options: dict[str, Any]) -> Aligner:
-    """The aligner of a resolved reference (its checksum checked by :meth:`Aligner.load`)."""
-    return Aligner.load(source.url, storage_options)
-
-
 def write_model_copy(src_url: str, dst_url: str, storage_options: dict[str, Any]) -> None:
-    """Copy a model into a run's own model folder (byte for byte, state first, whole objects)."""
+    """Copy a model into a run's own model folder (byte for byte, state first, whole objects).
+
+    Unlike :func:`copy_model` it reads and writes the bytes, so the source may be on another
+    filesystem than the run (a ``--model`` URL outside the storage root).
+    """
     files = model_files(src_url, storage_options)
     for name in [n for n in files if n != _MODEL_JSON] + [_MODEL_JSON]:
         write_atomic(join_url(dst_url, name), files[name], storage_options)

@@ -31,12 +31,12 @@ import logging
 import numbers
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from aniso._fs import filesystem, is_local, join_url
 from aniso.errors import ConfigError
-from aniso.io.layout import DatasetLayout
+from aniso.io.layout import DatasetLayout, published_at
 from aniso.published.dataset import list_versions, read_latest
 from aniso.published.lease import leases_url, live_leases
 
@@ -123,14 +123,6 @@ def _children(fs: Any, path: str) -> list[str]:
         return sorted(p.rstrip("/") for p in fs.ls(path, detail=False))
     except FileNotFoundError:
         return []
-
-
-def published_at(version: str) -> float | None:
-    """The publication time (epoch s) in a version's name (``<%Y%m%dT%H%M%S%fZ>-<key>``), or None."""
-    try:
-        return datetime.strptime(version.split("-", 1)[0], "%Y%m%dT%H%M%S%fZ").replace(tzinfo=timezone.utc).timestamp()
-    except ValueError:
-        return None
 
 
 def _age(seconds: float) -> str:

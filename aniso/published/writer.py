@@ -28,7 +28,7 @@ from typing import Any
 from aniso._fs import filesystem, is_local, join_url, write_atomic
 from aniso.errors import StoreCorrupt
 from aniso.io.chunk_digest import EMBEDDING_ROW_STRIDE, chunk_digests
-from aniso.io.layout import DatasetLayout
+from aniso.io.layout import DatasetLayout, version_name
 from aniso.io.store import EmbeddingStore
 from aniso.published.dataset import DATA_PATH, MANIFEST_FORMAT, REPORT_PATH, find_published, read_json
 
@@ -151,7 +151,7 @@ def publish(
     version = find_published(layout, run_key, options)
     report = None
     if version is None:
-        version = f"{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S%fZ')}-{run_key[:12]}"
+        version = version_name(run_key, datetime.now(timezone.utc))
         store = EmbeddingStore.open(layout.substitutes(run_key), storage_options=options)
         if not store.is_complete():
             raise StoreCorrupt(f"refusing to publish {store.url}: not every shard is complete")
