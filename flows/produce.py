@@ -36,7 +36,7 @@ from aniso.quality.gates import load_suites, preload_in_background
 from aniso.quality.metric_info import format_value
 from aniso.stages.gate import GateSample, prepare_gate_sample
 from aniso.stages.fit import model_is_final
-from aniso.stages.frozen import check_frozen_ids, input_drift, input_id_source, save_drift_reference
+from aniso.stages.frozen import input_drift, save_drift_reference
 from aniso.stages.preflight import preflight
 from aniso.stages.statistics import statistics_kind
 from aniso.tasks.gate import gate
@@ -160,14 +160,15 @@ def produce(text: str, image: str, settings: Settings | dict[str, Any]) -> dict[
     # local paths as the caller meant them: tasks may run on workers started in other directories
     text, image = absolute_url(text), absolute_url(image)
     settings.storage.root = absolute_url(settings.storage.root)
-    preflight(text, image, settings)
+    id_source = preflight(text, image, settings)  # also refuses a --model run over an input without ids
     logger.info("task runner: %s", use_settings_cluster(settings.cluster))
     with _gil_handoff():
-        return _run_stages(text, image, settings)
+        return _run_stages(text, image, settings, id_source)
 
 
-def _run_stages(text: str, image: str, settings: Settings) -> dict[str, Any]:
-    """The stages of :func:`produce`, in its flow run, on its task runner."""
+def _run_stages(text: str, image: str, settings: Settings, id_source: str) -> dict[str, Any]:
+    """The stages of :func:`produce`, in its flow run, on its task runner; ``id_source`` as
+    :func:`~aniso.stages.preflight.preflight` found it."""
     preload_in_background()  # great-expectations loads while the data stages run
     wait_for_workers(settings.cluster)
     probe_workers(text, image, settings)
@@ -187,9 +188,7 @@ def _run_stages(text: str, image: str, settings: Settings) -> dict[str, Any]:
     text_store, image_store = text_ref.url, image_ref.url
 
     frozen = resolve_model(settings.method.model, layout, options) if settings.method.model else None
-    id_source = input_id_source(text, options, settings.corpus.embedding_ids) if embedding_input["text"] else "input"
-    if frozen is not None:
-        check_frozen_ids(text, id_source, settings.corpus.embedding_ids)
+    # again now that the dimension of an embedded corpus is known and LATEST may have moved since preflight
     check_schema(layout, dim=text_ref.dim, dtype=settings.store.output_dtype, id_source=id_source,
                  allow=settings.publish.allow_schema_change, storage_options=options)
     drift, refit = None, None

@@ -176,7 +176,7 @@ def check_input(url: str, storage_options: dict[str, Any], *, what: str, timeout
     return shape
 
 
-def preflight(text: str, image: str, settings: Any, *, timeout: float = TIMEOUT_S) -> None:
+def preflight(text: str, image: str, settings: Any, *, timeout: float = TIMEOUT_S) -> str:
     """Every check of a ``produce`` run that needs no heavy work; raises on the first failure.
 
     Parameters
@@ -188,6 +188,12 @@ def preflight(text: str, image: str, settings: Any, *, timeout: float = TIMEOUT_
     timeout
         Seconds for each storage check (an endpoint that does not answer fails after about
         twice this, never later).
+
+    Returns
+    -------
+    str
+        Where the text input's ids come from (``"input"`` or ``"row-number"``:
+        :func:`aniso.stages.frozen.input_id_source`), for the run to record.
     """
     started = time.perf_counter()
     options = settings.storage.fs_options()
@@ -201,8 +207,9 @@ def preflight(text: str, image: str, settings: Any, *, timeout: float = TIMEOUT_
     from aniso.stages.frozen import check_before_run
 
     # a frozen model's reference and ids, and the schema of the version LATEST names
-    check_before_run(text, shapes["text"][1] if shapes["text"] else None, settings, options)
+    id_source = check_before_run(text, shapes["text"][1] if shapes["text"] else None, settings, options)
     logger.info("preflight passed in %.2f s", time.perf_counter() - started)
+    return id_source
 
 
 def check_extras(shapes: dict[str, tuple[int, int] | None], urls: tuple[str, str], settings: Any) -> None:
