@@ -71,15 +71,12 @@ def check_before_run(text: str, text_dim: int | None, settings: Any, storage_opt
 
 def drift_samples(text_url: str, image_url: str, gates: Any, storage_options: dict[str, Any]) -> tuple[Any, Any]:
     """The deterministic text and image samples the drift reference and the drift gate compare
-    (the gate stage's own samples: :func:`aniso.stages.gate.gate_rows`)."""
+    (the gate stage's own samples: :func:`aniso.stages.gate.draw_samples`)."""
     from aniso.io.rows import open_rows
-    from aniso.stages.gate import gate_rows, read_rows_at
+    from aniso.stages.gate import draw_samples
 
-    text = open_rows(text_url, storage_options)
-    image = open_rows(image_url, storage_options)
-    return (read_rows_at(text, gate_rows(text, gates.sample_rows, gates.seed, max_chunks=gates.sample_chunks)),
-            read_rows_at(image, gate_rows(image, gates.distribution_sample_rows, gates.seed + 7,
-                                          max_chunks=gates.sample_chunks)))
+    _, text, image = draw_samples(open_rows(text_url, storage_options), image_url, gates, storage_options)
+    return text, image
 
 
 def save_drift_reference(model_url: str, text_url: str, image_url: str, gates: Any,

@@ -37,7 +37,7 @@ from aniso.numeric.sampling import sample_indices
 if TYPE_CHECKING:
     from aniso.quality.gates import GateValidator
 
-__all__ = ["GateSample", "gate_rows", "read_rows_at", "prepare_gate_sample", "gate_run"]
+__all__ = ["GateSample", "gate_rows", "read_rows_at", "draw_samples", "prepare_gate_sample", "gate_run"]
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +120,22 @@ def _judge(text: np.ndarray, subs: np.ndarray, image: np.ndarray | None, setting
     return metrics, references, content
 
 
+def draw_samples(text_store: EmbeddingStore | NpyView, image_store_url: str | None, settings: Any,
+                 storage_options: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The gate's deterministic samples: ``(text rows, text sample, image sample or None)``.
+
+    The same rows for the gates, the report and the input-drift reference and gate
+    (:mod:`aniso.stages.frozen`), from ``settings`` (:class:`aniso.config.GateSettings`).
+    """
+    rows = gate_rows(text_store, settings.sample_rows, settings.seed, max_chunks=settings.sample_chunks)
+    image = None
+    if image_store_url:
+        image_store = open_rows(image_store_url, storage_options)
+        image = read_rows_at(image_store, gate_rows(image_store, settings.distribution_sample_rows, settings.seed + 7,
+                                                    max_chunks=settings.sample_chunks))
+    return rows, read_rows_at(text_store, rows), image
+
+
 def prepare_gate_sample(
     model_url: str, text_store_url: str, settings: Any, storage_options: dict[str, Any],
     image_store_url: str | None = None, *, output_dtype: str = "float32",
@@ -141,13 +157,7 @@ def prepare_gate_sample(
 
     started = time.perf_counter()
     text_store = open_rows(text_store_url, storage_options)
-    rows = gate_rows(text_store, settings.sample_rows, settings.seed, max_chunks=settings.sample_chunks)
-    text = read_rows_at(text_store, rows)
-    image = None
-    if image_store_url:
-        image_store = open_rows(image_store_url, storage_options)
-        image = read_rows_at(image_store, gate_rows(image_store, settings.distribution_sample_rows, settings.seed + 7,
-                                                    max_chunks=settings.sample_chunks))
+    rows, text, image = draw_samples(text_store, image_store_url, settings, storage_options)
     aligner = Aligner.load(model_url, storage_options)
     subs = aligner.transform(text) if rows.size else text.copy()
     if np.dtype(output_dtype) != np.float32:
