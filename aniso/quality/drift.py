@@ -28,6 +28,7 @@ import numpy as np
 
 from aniso._fs import exists, filesystem, join_url, write_atomic
 from aniso.errors import ConfigError
+from aniso.numeric.arrays import l2_normalize
 
 __all__ = ["REFERENCE_FILE", "DRIFT_METRICS", "DriftBounds", "load_drift_bounds", "reference_from",
            "save_reference", "load_reference", "drift_metrics", "judge_drift"]
@@ -79,8 +80,7 @@ def load_drift_bounds(path: str | Path | None = None) -> DriftBounds:
 
 
 def _centred(sample: np.ndarray) -> np.ndarray:
-    x = np.asarray(sample, np.float64)
-    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    x = l2_normalize(np.asarray(sample))
     return x - x.mean(axis=0)
 
 
@@ -129,7 +129,7 @@ def drift_metrics(reference: dict[str, np.ndarray], mu_text: np.ndarray, mu_imag
     """Every :data:`DRIFT_METRICS` value of the new samples against the model's reference."""
     k = int(reference["k"])
     gap = max(float(np.linalg.norm(mu_image - mu_text)), 1e-12)
-    unit = text / np.maximum(np.linalg.norm(text, axis=1, keepdims=True), 1e-12)
+    unit = l2_normalize(text)
     values, vectors = _leading(text, k)
     ref_values, ref_vectors = reference["text_values"], reference["text_vectors"]
     d, n = int(reference.get("d", ref_vectors.shape[0])), int(reference.get("n", 1))
@@ -142,7 +142,7 @@ def drift_metrics(reference: dict[str, np.ndarray], mu_text: np.ndarray, mu_imag
         "text_subspace_overlap": overlap,
     }
     if image is not None and len(image):
-        img = image / np.maximum(np.linalg.norm(image, axis=1, keepdims=True), 1e-12)
+        img = l2_normalize(image)
         out["image_centroid_shift"] = float(np.linalg.norm(img.mean(axis=0) - mu_image)) / gap
         if "image_values" in reference:
             out["image_spectrum_change"] = _log_ratio(_leading(image, k)[0], reference["image_values"])
