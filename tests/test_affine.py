@@ -96,14 +96,30 @@ def test_kernel_formula_on_a_hand_made_case():
     assert n == 2
 
 
+@pytest.mark.parametrize("params", [{}, {"bounded": False}])
+def test_a_matrix_map_applies_with_the_kernel_its_model_records(cone, params):
+    """A new model's closed form applies with the fused float32 kernel (products on fixed tiles,
+    chunk-invariant: test_aligner_contract.py), to float32 rounding of the float64 map; a model
+    with the ``float64-rows`` kernel keeps the float64 map (so does the moment match, always)."""
+    text, image = cone
+    assert get_aligner("moment").fit(text, image)._fused(text, calibrated=False) is None
+    aligner = get_aligner("anisoalign", **params).fit(text, image)
+    assert aligner.apply_kernel == "float32-tiles"
+    assert aligner._fused(text, calibrated=aligner.calibrate) is not None
+    new = aligner.transform(text)
+    aligner.apply_kernel = "float64-rows"
+    assert aligner._fused(text, calibrated=aligner.calibrate) is None
+    old = aligner.transform(text)
+    assert not np.array_equal(new, old)  # two kernels: the record matters
+    np.testing.assert_allclose(new, old, rtol=0, atol=2e-6)
+
+
 def test_closed_form_calibration_sum_uses_the_matrix_kernel(cone):
     """AnisoAlign's closed form is normalize(A u + c): its calibration sums go through the fused
-    kernel (float32 matrix product) and agree with the float64 map; transform keeps the float64
-    path (a BLAS product's rows depend on the block), so it stays chunk-invariant."""
+    kernel (float32 matrix product) and agree with the float64 map."""
     text, image = cone
     aligner = get_aligner("anisoalign").fit(text, image)
     assert aligner._fused(text, calibrated=False, rowwise=False) is not None
-    assert aligner._fused(text, calibrated=True) is None
     total, n = aligner.premap_sum(text)
     exact = aligner.premap(text).sum(axis=0)
     assert n == text.shape[0]

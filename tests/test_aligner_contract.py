@@ -7,12 +7,16 @@ checked twice: at its defaults (the closed form) and with a tiny learned configu
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 
-from aniso.errors import AnisoError, ConfigError, InputError, NotFittedError
+from aniso._fs import filesystem
+from aniso.errors import AnisoError, ConfigError, InputError, NotFittedError, StoreCorrupt
 from aniso.methods import Aligner, AnisoAlign, available_aligners, get_aligner
 from aniso.numeric.arrays import l2_normalize
+from aniso.numeric.fused_affine import APPLY_KERNELS
 from aniso.numeric.moments import moments_of
 from aniso.numeric.rowwise import BLOCK, TILE
 from aniso.testing.synthetic import planted_gap
@@ -93,11 +97,15 @@ def test_chunk_invariance_bitwise_at_clip_width(name, params):
     g = planted_gap(n=600 + 2 * BLOCK + 101, d=512, seed=11)
     a = get_aligner(name, **params).fit(g.text[:600], g.image[600:1200], seed=3)
     x = g.text[600:]
-    whole = a.transform(x)
-    for cuts in CUTS + LONG_CUTS:
-        edges = [0, *cuts, len(x)]
-        parts = np.concatenate([a.transform(x[lo:hi]) for lo, hi in zip(edges[:-1], edges[1:])])
-        assert np.array_equal(whole, parts), f"blocks cut at {cuts} changed some rows' bits"
+    for kernel in APPLY_KERNELS:  # a new model's, and the float64 map older models keep
+        a.apply_kernel = kernel
+        whole = a.transform(x)
+        for cuts in CUTS + LONG_CUTS:
+            edges = [0, *cuts, len(x)]
+            parts = np.concatenate([a.transform(x[lo:hi]) for lo, hi in zip(edges[:-1], edges[1:])])
+            assert np.array_equal(whole, parts), f"{kernel}: blocks cut at {cuts} changed some rows' bits"
+        order = np.random.default_rng(5).permutation(len(x))
+        assert np.array_equal(a.transform(x[order]), whole[order]), f"{kernel}: reordering changed some rows' bits"
     order = np.random.default_rng(1).permutation(len(x))
     assert np.array_equal(a.transform(x[order]), whole[order]), "reordering the rows changed some rows' bits"
     one = np.concatenate([a.transform(x[i : i + 1]) for i in range(0, len(x), 97)])
@@ -107,10 +115,13 @@ def test_chunk_invariance_bitwise_at_clip_width(name, params):
 @pytest.mark.parametrize("name,params", CASES)
 def test_transform_is_the_float64_premap_bit_for_bit(fitted, data, name, params):
     """The blocked kernels (rowwise.centred_affine_rows, the blocked generic path) give the bits
-    of the plain composition: premap, then the calibration, cast to float32 once."""
-    a = fitted(name, params)
+    of the plain composition: premap, then the calibration, cast to float32 once. Matrix maps
+    take that path with the ``float64-rows`` apply kernel, which models saved before the kernel
+    was recorded keep."""
+    a = copy.deepcopy(fitted(name, params))  # the fixture's model is shared: this one is changed
+    a.apply_kernel = "float64-rows"
     if a._fused(data[2], calibrated=a.calibrate) is not None:
-        pytest.skip("the fused float32 kernel has its own tests (test_affine.py)")
+        pytest.skip("a scalar map always takes the fused float32 kernel (tests in test_affine.py)")
     x = np.concatenate([data[2]] * 4)  # more than one internal block
     assert x.shape[0] > BLOCK
     for src in (x, x.astype(np.float64), x.astype(np.float16)):
@@ -132,6 +143,45 @@ def test_save_load_round_trip(fitted, data, root, name, params):
     for key in state_a:
         assert np.array_equal(state_a[key], state_b[key]), key
     assert np.array_equal(a.transform(data[2]), b.transform(data[2]))
+
+
+def test_a_model_keeps_its_apply_kernel_and_older_models_the_float64_map(fitted, data, root):
+    """The kernel is saved with the model; a model saved before it was recorded (no
+    ``apply_kernel`` in its JSON) applies with the float64 map it was made with, bit for bit;
+    a kernel this aniso does not have is refused by name."""
+    import json
+
+    url, options = root
+    a = copy.deepcopy(fitted("anisoalign", {}))  # the fixture's model is shared: this one is changed
+    where = a.save(f"{url}/model-kernel", storage_options=options)
+    assert Aligner.load(where, storage_options=options).apply_kernel == "float32-tiles"
+    fs, path = filesystem(where, options)
+    meta = json.loads(fs.cat_file(f"{path}/aligner.json"))
+    for kernel, expected in ((None, "float64-rows"), ("float16-magic", None)):
+        older = {k: v for k, v in meta.items() if k != "apply_kernel"}
+        if kernel is not None:
+            older["apply_kernel"] = kernel
+        fs.pipe_file(f"{path}/aligner.json", json.dumps(older).encode())
+        if expected is None:
+            with pytest.raises(StoreCorrupt, match="float16-magic"):
+                Aligner.load(where, storage_options=options)
+            continue
+        b = Aligner.load(where, storage_options=options)
+        assert b.apply_kernel == expected
+        a.apply_kernel = expected
+        assert np.array_equal(b.transform(data[2]), a.transform(data[2]))
+
+
+def test_transform_writes_into_out_and_checks_it(fitted, data):
+    a = fitted("anisoalign", {})
+    x = data[2]
+    out = np.full((len(x) + 5, x.shape[1]), 7.0, np.float32)
+    assert a.transform(x, out=out[5:]) is not None
+    assert np.array_equal(out[5:], a.transform(x)) and (out[:5] == 7.0).all()
+    with pytest.raises(InputError, match="out= must be"):
+        a.transform(x, out=np.empty(x.shape, np.float64))
+    with pytest.raises(InputError, match="out= must be"):
+        a.transform(x, out=np.empty((len(x) - 1, x.shape[1]), np.float32))
 
 
 @pytest.mark.parametrize("name,params", CASES)

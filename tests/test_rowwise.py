@@ -17,16 +17,19 @@ def _blocked(fn, x: np.ndarray, cuts: tuple[int, ...]) -> np.ndarray:
 
 
 # Shapes the aligners multiply: d×d maps (CLIP widths), frame bases, and the refiner's MLP layers.
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 1e-4)])
 @pytest.mark.parametrize("k,p", [(512, 512), (768, 768), (512, 16), (16, 512), (70, 256), (256, 40), (512, 0)])
-def test_rows_do_not_depend_on_their_block(k, p):
+def test_rows_do_not_depend_on_their_block(k, p, dtype, tol):
     rng = np.random.default_rng(k + p)
     x = rng.standard_normal((901, k))
     m = rng.standard_normal((p, k)).T  # a transposed view, as the aligners pass it
-    whole = rowwise_matmul(x, m)
-    assert whole.shape == (901, p) and whole.dtype == np.float64
-    np.testing.assert_allclose(whole, x @ m, rtol=1e-12, atol=1e-12)
+    whole = rowwise_matmul(x, m, dtype=dtype)
+    assert whole.shape == (901, p) and whole.dtype == dtype
+    np.testing.assert_allclose(whole, x @ m, rtol=tol, atol=tol)
     for cuts in CUTS:
-        assert np.array_equal(_blocked(lambda b: rowwise_matmul(b, m), x, cuts), whole), cuts
+        assert np.array_equal(_blocked(lambda b: rowwise_matmul(b, m, dtype=dtype), x, cuts), whole), cuts
+    order = rng.permutation(len(x))
+    assert np.array_equal(rowwise_matmul(x[order], m, dtype=dtype), whole[order])
 
 
 def test_float32_input_is_promoted_and_empty_input_works():

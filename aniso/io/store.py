@@ -22,6 +22,7 @@ zarr-python #3682). A shard counts as written only once its marker exists, so a 
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 import json
 import logging
 from collections.abc import Iterator, Sequence
@@ -255,15 +256,22 @@ class EmbeddingStore:
         valid: np.ndarray | None = None,
         stats: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Write one whole shard, then its completion marker; returns the marker."""
+        """Write one whole shard, then its completion marker; returns the marker.
+
+        The shard's checksum is computed on a second thread while the rows are written (sha256
+        releases the GIL), so the write and the hash overlap.
+        """
         start, stop = self.shard_range(shard)
         if embedding.shape[0] != stop - start:
             raise ShardAlignmentError(
                 f"shard {shard} of {self.url} holds rows [{start}, {stop}) ({stop - start} rows); "
                 f"got {embedding.shape[0]}"
             )
-        self.write_rows(start, embedding, ids, valid)
-        return self.mark_shard(shard, embedding, ids, valid=valid, stats=stats)
+        stored = embedding.astype(self.embedding.dtype, copy=False)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="aniso-checksum") as pool:
+            checksum = pool.submit(shard_checksum, stored, ids)
+            self.write_rows(start, stored, ids, valid)
+            return self.mark_shard(shard, stored, ids, valid=valid, stats=stats, checksum=checksum.result())
 
     def mark_shard(
         self,

@@ -30,7 +30,7 @@ from aniso.errors import InputError, NotFittedError
 from aniso.methods.params import MethodParams, NoParams, validate_method
 from aniso.methods.table import METHODS, method_entry
 from aniso.numeric.arrays import ArrayLike2D, check_finite, iter_chunks, l2_normalize
-from aniso.numeric.fused_affine import NormalizedAffine
+from aniso.numeric.fused_affine import APPLY_KERNEL, NormalizedAffine
 from aniso.numeric.moments import Moments, moments_of
 from aniso.numeric.rowwise import BLOCK, centred_affine_rows
 from aniso.numeric.sampling import collect_rows, sample_indices
@@ -90,6 +90,10 @@ class Aligner(ABC):
 
     def __init__(self, calibrate: bool | None = None) -> None:
         self.calibrate = self.default_calibrate if calibrate is None else bool(calibrate)
+        #: How :meth:`transform` computes a matrix map (one of
+        #: :data:`aniso.numeric.fused_affine.APPLY_KERNELS`); saved with the model, so every later
+        #: apply of it gives the same bits.
+        self.apply_kernel = APPLY_KERNEL
         self.mu_text: np.ndarray | None = None
         self.mu_image: np.ndarray | None = None
         self.mu_hat: np.ndarray | None = None
@@ -223,14 +227,14 @@ class Aligner(ABC):
     def _fused(self, x: np.ndarray, *, calibrated: bool, rowwise: bool = True) -> NormalizedAffine | None:
         """The fused kernel for ``x``, or None where the float64 path applies.
 
-        ``rowwise``: the result must not depend on how rows are blocked (transform is
-        chunk-invariant bit for bit). A matrix ``L`` needs a BLAS product, whose float32 rows do
-        depend on the block, so it is used only for sums (the calibration pass).
+        ``rowwise``: the result is the transform, which keeps each model's bits. With a matrix
+        ``L`` that is the fused kernel only for a model whose :attr:`apply_kernel` is
+        ``float32-tiles`` (sums, such as the calibration pass's, may always use it).
         """
         affine = self._affine()
         if affine is None or np.asarray(x).dtype not in (np.float16, np.float32):
             return None
-        if rowwise and np.ndim(affine[0]) == 2:
+        if rowwise and np.ndim(affine[0]) == 2 and self.apply_kernel != "float32-tiles":
             return None
         recentre = self.mu_hat - self.mu_image if calibrated and self.mu_hat is not None else None
         return NormalizedAffine(affine[0], affine[1], recentre)
@@ -259,20 +263,41 @@ class Aligner(ABC):
         self.mu_hat = mu_hat
         return self
 
-    def transform(self, x: np.ndarray) -> np.ndarray:
-        """Substitute image embeddings for a chunk of text: ``(n, d)`` float32, unit norm."""
+    def transform(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Substitute image embeddings for a chunk of text: ``(n, d)`` float32, unit norm.
+
+        Parameters
+        ----------
+        x : (n, d) array
+            Text embeddings (any float dtype; every entry finite).
+        out : (n, d) float32 C-contiguous array, optional
+            Where to write the result (not overlapping ``x``), e.g. a slice of a whole shard's
+            buffer; a new array when None.
+
+        Returns
+        -------
+        (n, d) float32 array: ``out`` when given.
+        """
         x = self._check_shape(x)
+        if out is not None and (out.shape != x.shape or out.dtype != np.float32 or not out.flags.c_contiguous):
+            raise InputError(f"transform out= must be a C-contiguous float32 array of shape {x.shape}, "
+                             f"got {out.dtype} {out.shape}")
         if self.calibrate and self.mu_hat is None:
             raise NotFittedError(f"{type(self).__name__}: calibration mean missing; finish fit()")
         fused = self._fused(x, calibrated=self.calibrate)
         if fused is not None:
-            return fused.transform(x, what=f"{self.name} transform input")
+            return fused.transform(x, what=f"{self.name} transform input", out=out)
         centred = self._centred_map()
         if centred is not None:
             check_finite(x, what=f"{self.name} transform input")
-            return centred_affine_rows(x, *centred, (self.mu_hat, self.mu_image) if self.calibrate else None)
+            result = centred_affine_rows(x, *centred, (self.mu_hat, self.mu_image) if self.calibrate else None)
+            if out is None:
+                return result
+            out[...] = result
+            return out
         check_finite(x, what=f"{self.name} transform input")
-        out = np.empty(x.shape, dtype=np.float32)
+        if out is None:
+            out = np.empty(x.shape, dtype=np.float32)
         for start in range(0, x.shape[0], BLOCK):  # row-wise maps: blocks only bound the temporaries
             xh = self._premap(l2_normalize(x[start : start + BLOCK]))
             if self.calibrate:

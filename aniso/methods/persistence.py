@@ -16,6 +16,7 @@ from aniso._fs import exists, filesystem, join_url, write_atomic
 from aniso._version import __version__
 from aniso.errors import StoreCorrupt, StoreNotFound
 from aniso.methods.table import METHODS
+from aniso.numeric.fused_affine import APPLY_KERNELS
 
 if TYPE_CHECKING:
     from aniso.methods.base import Aligner
@@ -42,6 +43,7 @@ def save_model(aligner: Aligner, url: str, storage_options: dict[str, Any] | Non
     meta = {
         "name": aligner.name,
         "params": aligner.get_params(),
+        "apply_kernel": aligner.apply_kernel,
         "arrays": sorted(state),
         "aniso_version": __version__,
         "state": state_name,
@@ -112,7 +114,13 @@ def _load_marker(url: str, marker: str, storage_options: dict[str, Any] | None,
     missing = set(meta.get("arrays", [])) - set(state)
     if missing or not {"mu_text", "mu_image"} <= set(state):
         raise StoreCorrupt(f"aligner state at {url} lacks arrays {sorted(missing or {'mu_text', 'mu_image'})}")
+    # models saved before the kernel was recorded apply with the float64 map they were made with
+    kernel = meta.get("apply_kernel", "float64-rows")
+    if kernel not in APPLY_KERNELS:
+        raise StoreCorrupt(f"aligner at {url} applies with kernel {kernel!r}, which this aniso does not have "
+                           f"(it has {', '.join(APPLY_KERNELS)}): a newer aniso saved it")
     obj = aligner_cls(**meta["params"])
+    obj.apply_kernel = kernel
     obj.mu_text = state["mu_text"]
     obj.mu_image = state["mu_image"]
     obj.mu_hat = state.get("mu_hat")

@@ -15,12 +15,12 @@ float32 row reductions give the scalars (combined in float64), and one float32 c
 writes the result: several times less memory traffic, and the same value to float32 rounding
 (≈ 1e-7 for the baselines, ≈ 1e-6 with a matrix; the output is float32).
 
-With a scalar ``L`` every operation is row-wise (``einsum`` reductions, elementwise ufuncs), so
-a row's result does not depend on which block it was transformed in: transform stays
-chunk-invariant bit for bit (``tests/test_affine.py``, ``tests/test_aligner_contract.py``). A
-matrix needs a BLAS product, whose rows can change in the last bits with the block's size and a
-row's place in it, so :class:`~aniso.methods.Aligner` uses the matrix form for the calibration
-pass's sums only. A row whose float32 squared norm overflows (finite entries above ~1e19) is
+Every operation is row-wise (``einsum`` reductions, elementwise ufuncs, and a matrix's product
+through :func:`~aniso.numeric.rowwise.rowwise_matmul` on fixed float32 tiles), so a row's result
+does not depend on which block it was transformed in: transform stays chunk-invariant bit for bit
+(``tests/test_affine.py``, ``tests/test_aligner_contract.py``). With a matrix, the bits are those
+of the machine's float32 BLAS kernel, which is why a model records the kernel it applies with
+(:attr:`aniso.methods.Aligner.apply_kernel`). A row whose float32 squared norm overflows (finite entries above ~1e19) is
 rescaled by its largest entry first, which leaves ``u`` unchanged; NaN/Inf rows raise
 :class:`~aniso.errors.InputError`.
 
@@ -35,8 +35,20 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from aniso.numeric.arrays import check_finite
+from aniso.numeric.rowwise import rowwise_matmul
 
-__all__ = ["NormalizedAffine", "unit_row_sums", "BLOCK"]
+__all__ = ["NormalizedAffine", "unit_row_sums", "BLOCK", "APPLY_KERNEL", "APPLY_KERNELS"]
+
+#: The ways an aligner's transform can compute a premap that is a matrix map (AnisoAlign's closed
+#: form, the moment match), each row-deterministic (a row's bits do not depend on its block):
+#: ``float32-tiles``, this kernel with its products on fixed float32 tiles (about twice as fast;
+#: the bits are those of the machine's float32 BLAS kernel, which OpenBLAS picks per CPU family),
+#: and ``float64-rows``, the float64 map (:func:`aniso.numeric.rowwise.centred_affine_rows`)
+#: rounded to float32 at the end, which the models saved before the choice was recorded keep.
+#: Scalar maps always use this kernel.
+APPLY_KERNELS = ("float32-tiles", "float64-rows")
+#: The kernel of a newly fitted model.
+APPLY_KERNEL = "float32-tiles"
 
 #: Rows per block. Smaller blocks stay in cache between the reductions and the combination
 #: (1,024 rows: fastest alone), but every numpy call re-takes the GIL, and a Dask worker thread
@@ -108,7 +120,7 @@ class NormalizedAffine:
         if self._matrix is None:
             rows, s, rsq = block, float(self.scale), nsq
         else:
-            rows, s = block @ self._matrix, 1.0
+            rows, s = rowwise_matmul(block, self._matrix, dtype=np.float32), 1.0
             rsq = np.einsum("ij,ij->i", rows, rows).astype(np.float64)
         inv = _inverse(np.sqrt(nsq))
         uc = inv * np.einsum("ij,j->i", rows, c).astype(np.float64)
@@ -116,10 +128,11 @@ class NormalizedAffine:
         t = _inverse(np.sqrt(np.maximum(ysq, 0.0)))
         return rows, inv, t, ysq, s
 
-    def transform(self, x: np.ndarray, *, what: str = "transform input") -> np.ndarray:
-        """The map of every row of ``x`` (float16/32), as a new ``(n, d)`` float32 array."""
+    def transform(self, x: np.ndarray, *, what: str = "transform input", out: np.ndarray | None = None) -> np.ndarray:
+        """The map of every row of ``x`` (float16/32), into ``out`` (``(n, d)`` float32) or a new array."""
         x = np.asarray(x)
-        out = np.empty(x.shape, dtype=np.float32)
+        if out is None:
+            out = np.empty(x.shape, dtype=np.float32)
         tmp = np.empty((min(BLOCK, x.shape[0]), x.shape[1]), dtype=np.float32)
         for start in range(0, x.shape[0], BLOCK):
             block, nsq = _norm_terms(_float32_rows(x[start : start + BLOCK]), what=what, row_offset=start)

@@ -6,9 +6,12 @@ block (chunk invariance, bit for bit). Two things break that:
 * A BLAS matrix product's rows change in their last bits with the number of rows in the call:
   the library picks its blocking and its split between threads from the shape. Calling it on
   fixed-shape tiles of :data:`TILE` rows (the last one padded with zeros) gives every call the same
-  shape. The float64 kernels then treat every row of a tile alike (``tests/test_rowwise.py``
-  checks this on the machine it runs on, at the shapes the aligners use). float32 kernels do not
-  (measured on OpenBLAS' Haswell kernel), so the row-deterministic products are float64.
+  shape, and the kernels then treat every row of a tile alike, in float64 and in float32
+  (``tests/test_rowwise.py`` checks both on the machine it runs on, at the shapes the aligners
+  use). The bits are those of the machine's kernel: OpenBLAS picks one per CPU family, so two
+  CPU families can differ in a row's last bit (float64 products rounded to float32 output almost
+  never do, which is why models fitted before the float32 kernel keep it:
+  :attr:`aniso.methods.Aligner.apply_kernel`).
 * Noise drawn from one generator per call depends on the call's rows. :func:`row_normals` keys
   each row's draw on the row's own bytes instead.
 
@@ -36,30 +39,33 @@ _NOISE_BLOCK = 1024
 _M1, _M2, _GOLDEN = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), np.uint64(0x9E3779B97F4A7C15)
 
 
-def rowwise_matmul(x: np.ndarray, m: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """``x @ m`` in float64, each output row a function of its input row only.
+def rowwise_matmul(x: np.ndarray, m: np.ndarray, out: np.ndarray | None = None,
+                   dtype: type[np.floating] = np.float64) -> np.ndarray:
+    """``x @ m``, each output row a function of its input row only.
 
     Parameters
     ----------
     x : (n, k) array
     m : (k, p) array (a transposed view is fine)
-    out : (n, p) float64 array, optional
+    out : (n, p) array of ``dtype``, optional
         Where to write the product (not overlapping ``x``); a new array when None.
+    dtype : float64 (the default) or float32
+        The precision of the product; ``x`` and ``m`` are cast to it.
 
     Returns
     -------
-    (n, p) float64 array: ``out`` when given.
+    (n, p) array of ``dtype``: ``out`` when given.
     """
-    x = np.asarray(x, dtype=np.float64)
-    m = np.asarray(m, dtype=np.float64)
+    x = np.asarray(x, dtype=dtype)
+    m = np.asarray(m, dtype=dtype)
     n = x.shape[0]
     if out is None:
-        out = np.empty((n, m.shape[1]), dtype=np.float64)
+        out = np.empty((n, m.shape[1]), dtype=dtype)
     full = n - n % TILE
     for start in range(0, full, TILE):
         np.matmul(x[start : start + TILE], m, out=out[start : start + TILE])
     if full < n:
-        pad = np.zeros((TILE, x.shape[1]), dtype=np.float64)
+        pad = np.zeros((TILE, x.shape[1]), dtype=dtype)
         pad[: n - full] = x[full:]
         out[full:] = (pad @ m)[: n - full]
     return out

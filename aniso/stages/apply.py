@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -18,10 +19,9 @@ from aniso.methods import Aligner
 
 __all__ = ["APPLY_BLOCK", "prepare_substitutes", "apply_shard", "apply_rows", "shard_quality", "input_digest"]
 
-#: per block instead of several copies of the whole shard (the maps are row-wise, so the result
-#: does not depend on it).
+#: Rows per transform call: a method's temporaries are per block instead of several copies of the
+#: whole shard (the maps are row-wise, so the result does not depend on it).
 APPLY_BLOCK = 8192
-
 
 
 def prepare_substitutes(
@@ -63,19 +63,22 @@ def apply_rows(model_url: str, subs: EmbeddingStore, shard: int, emb: np.ndarray
     """
     aligner = Aligner.load(model_url, subs.storage_options)
     read_s = time.perf_counter() - started
-    out = np.zeros((emb.shape[0], emb.shape[1]), dtype=np.float32)
-    if valid.any():
-        every = bool(valid.all())
-        rows = emb if every else emb[valid]
-        target = out if every else np.empty((rows.shape[0], emb.shape[1]), np.float32)
-        for i in range(0, rows.shape[0], APPLY_BLOCK):
-            target[i : i + APPLY_BLOCK] = aligner.transform(rows[i : i + APPLY_BLOCK])
-        if not every:
-            out[valid] = target
-    compute_s = time.perf_counter() - started - read_s
-    stats = shard_quality(out if valid.all() else out[valid], list(ids[valid]))
-    stats.update(read_seconds=read_s, compute_seconds=compute_s,
-                 input_sha256=digest if digest is not None else input_digest(emb, ids, valid))
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="aniso-digest") as pool:
+        # the input's sha256 (a second thread: hashlib releases the GIL) beside the transform
+        pending = pool.submit(input_digest, emb, ids, valid) if digest is None else None
+        out = np.zeros((emb.shape[0], emb.shape[1]), dtype=np.float32)
+        if valid.any():
+            every = bool(valid.all())
+            rows = emb if every else emb[valid]
+            target = out if every else np.empty((rows.shape[0], emb.shape[1]), np.float32)
+            for i in range(0, rows.shape[0], APPLY_BLOCK):
+                aligner.transform(rows[i : i + APPLY_BLOCK], out=target[i : i + APPLY_BLOCK])
+            if not every:
+                out[valid] = target
+        compute_s = time.perf_counter() - started - read_s
+        stats = shard_quality(out if valid.all() else out[valid], list(ids[valid]))
+        stats.update(read_seconds=read_s, compute_seconds=compute_s,
+                     input_sha256=digest if pending is None else pending.result())
     marker = subs.write_shard(shard, out, list(ids), valid=valid, stats=stats)
     marker["stats"]["write_seconds"] = time.perf_counter() - started - read_s - compute_s
     return marker

@@ -173,7 +173,8 @@ class AnisoAlign(Aligner):
         # the closed form (no learned refiner) is normalize(μ_i + A(u − μ_t)) = normalize(A u + c)
         if self.refiner is None or self.refiner.mlp is not None:
             return None
-        return self.refiner.A, self.mu_image - self.refiner.A @ self.mu_text
+        frame = self.refiner.frame
+        return self.refiner.A, frame.mu_image - self.refiner.A @ frame.mu_text
 
     def _centred_map(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         # Refiner.apply of the closed form: normalize(μ_i + rowwise_matmul(u − μ_t, Aᵀ)) (frame means)
