@@ -22,11 +22,12 @@ zarr-python #3682). A shard counts as written only once its marker exists, so a 
 from __future__ import annotations
 
 import hashlib
-from concurrent.futures import ThreadPoolExecutor
 import json
 import logging
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -181,13 +182,21 @@ class EmbeddingStore:
         return obj
 
     # -- geometry --------------------------------------------------------------------------
-    @property
+    # The arrays are opened once per store object: their metadata (shape, chunks, dtype) is fixed
+    # when the store is created, and each ``group[...]`` reads it again from storage (a frozen-model
+    # run spent a sixth of its apply stage re-reading zarr.json through shard_range).
+    @cached_property
     def embedding(self):
         return self.group["embedding"]
 
-    @property
+    @cached_property
     def ids(self):
         return self.group["id"]
+
+    @cached_property
+    def _valid(self):
+        """The ``valid`` array, or None for a store without one (every row valid)."""
+        return self.group["valid"] if "valid" in self.group else None
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -244,8 +253,8 @@ class EmbeddingStore:
             raise InputError(f"{len(ids)} ids for {embedding.shape[0]} rows written to {self.url}")
         self.embedding[start:stop] = embedding.astype(self.embedding.dtype, copy=False)
         self.ids[start:stop] = np.asarray(ids, dtype=str)
-        if "valid" in self.group:
-            self.group["valid"][start:stop] = np.ones(stop - start, bool) if valid is None else valid
+        if self._valid is not None:
+            self._valid[start:stop] = np.ones(stop - start, bool) if valid is None else valid
 
     def write_shard(
         self,
@@ -376,7 +385,7 @@ class EmbeddingStore:
     def read_valid(self, start: int, stop: int) -> np.ndarray:
         """The ``valid`` flags of rows ``[start, stop)`` (all true for a store without them)."""
         try:
-            return self.group["valid"][start:stop] if "valid" in self.group else np.ones(stop - start, bool)
+            return self._valid[start:stop] if self._valid is not None else np.ones(stop - start, bool)
         except (ValueError, RuntimeError) as exc:
             raise StoreCorrupt(f"valid flags [{start}, {stop}) of {self.url} are unreadable: {exc}") from exc
 
