@@ -31,10 +31,10 @@ from aniso.published.guard import check_schema
 from aniso.io.store import EmbeddingStore
 from aniso.published.dataset import DATA_PATH, read_json
 from aniso.published.model import ModelSource, model_identity, resolve_model, write_model_copy
-from aniso.io.rows import StoreRef, describe
+from aniso.io.rows import StoreRef, describe, open_rows
 from aniso.quality.gates import load_suites, preload_in_background
 from aniso.quality.metric_info import format_value
-from aniso.stages.gate import GateSample, prepare_gate_sample
+from aniso.stages.gate import GateSample, draw_samples, prepare_gate_sample
 from aniso.stages.fit import model_is_final
 from aniso.stages.frozen import input_drift, save_drift_reference
 from aniso.stages.preflight import preflight
@@ -192,9 +192,11 @@ def _run_stages(text: str, image: str, settings: Settings, id_source: str) -> di
     check_schema(layout, dim=text_ref.dim, dtype=settings.store.output_dtype, id_source=id_source,
                  allow=settings.publish.allow_schema_change, storage_options=options)
     drift, refit = None, None
+    # the gate's samples, drawn once: the drift reference (fit) or gate (frozen model), and the gates
+    samples = draw_samples(open_rows(text_store, options), image_store, settings.gates, options)
     if frozen is not None:
         with _stage("input drift"):
-            drift = input_drift(frozen.url, text_store, image_store, settings.gates, options)
+            drift = input_drift(frozen.url, samples, settings.gates, options)
         failed = [r for r in drift or [] if not r["passed"]]
         if failed and settings.method.refit == "on_drift":
             logger.warning("inputs drifted from model %s (%s): refitting (method.refit=on_drift)", frozen.ref,
@@ -244,7 +246,7 @@ def _run_stages(text: str, image: str, settings: Settings, id_source: str) -> di
                 [text_ref, image_ref], options, statistics_kind(settings.method.name))
         with _stage("fit", timings):
             model_url = fit_and_calibrate(layout.model(key), text_ref, image_ref, text_stats, image_stats, settings)
-            save_drift_reference(model_url, text_store, image_store, settings.gates, options)
+            save_drift_reference(model_url, samples, settings.gates, options)
         fitted_in, fitted_on = None, lineage["inputs"]
     else:
         with _stage("model", timings):
@@ -259,7 +261,7 @@ def _run_stages(text: str, image: str, settings: Settings, id_source: str) -> di
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="aniso-gate-sample") as pool:
         # the gate samples and their metrics need only the model: computed while apply writes
         prepared = pool.submit(prepare_gate_sample, model_url, text_store, gate_settings, options, image_store,
-                               output_dtype=settings.store.output_dtype)
+                               output_dtype=settings.store.output_dtype, samples=samples)
         with _stage("apply", timings):
             apply_model(model_url, text_ref, subs_url, settings,
                         attrs={"run_key": key, "method": method, "config_hash": config_hash(settings)},

@@ -13,6 +13,11 @@ RETRY_DELAYS = [1, 4, 10]
 
 #: Failures that a later attempt can cure: storage or network outages.
 TRANSIENT = (OSError, ConnectionError, TimeoutError, BotoConnectionError, HTTPClientError)
+#: A CPython 3.11 bug (gh-106905, fixed in 3.12): the AST constructor's recursion counter is shared
+#: by the threads of a process, so ``ast.literal_eval`` (numpy reads every ``.npy`` header with it)
+#: in two Dask worker threads at once can fail with this SystemError. Measured here: one moments
+#: merge of a 1M-row run failed so. A second attempt parses the same bytes.
+AST_RACE = "AST constructor recursion depth mismatch"
 
 
 def transient_only(task, task_run, state) -> bool:
@@ -23,6 +28,8 @@ def transient_only(task, task_run, state) -> bool:
         return False
     except TRANSIENT:
         return True
+    except SystemError as exc:
+        return AST_RACE in str(exc)
     except Exception:
         return False
     return False

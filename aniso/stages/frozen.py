@@ -16,7 +16,7 @@ from aniso.errors import InputError
 from aniso.io.inputs import ROW_NUMBER, input_form, open_embedding_source
 from aniso.io.layout import DatasetLayout
 
-__all__ = ["input_id_source", "check_frozen_ids", "check_before_run"]
+__all__ = ["input_id_source", "check_frozen_ids", "check_before_run", "save_drift_reference", "input_drift"]
 
 
 def input_id_source(url: str, storage_options: dict[str, Any], ids: str = "auto") -> str:
@@ -69,32 +69,29 @@ def check_before_run(text: str, text_dim: int | None, settings: Any, storage_opt
     return id_source
 
 
-def drift_samples(text_url: str, image_url: str, gates: Any, storage_options: dict[str, Any]) -> tuple[Any, Any]:
-    """The deterministic text and image samples the drift reference and the drift gate compare
-    (the gate stage's own samples: :func:`aniso.stages.gate.draw_samples`)."""
-    from aniso.io.rows import open_rows
-    from aniso.stages.gate import draw_samples
-
-    _, text, image = draw_samples(open_rows(text_url, storage_options), image_url, gates, storage_options)
-    return text, image
-
-
-def save_drift_reference(model_url: str, text_url: str, image_url: str, gates: Any,
+def save_drift_reference(model_url: str, samples: tuple[Any, Any, Any], gates: Any,
                          storage_options: dict[str, Any]) -> None:
-    """Save the fit's drift reference beside its model (skipped when a rerun finds it saved)."""
+    """Save the fit's drift reference beside its model (skipped when a rerun finds it saved).
+
+    ``samples``: the gate's samples of the fitting inputs (:func:`aniso.stages.gate.draw_samples`),
+    the rows the drift gate of a later frozen-model run compares with its own.
+    """
     from aniso.quality.drift import load_drift_bounds, load_reference, reference_from, save_reference
 
     if load_reference(model_url, storage_options) is not None:
         return
-    text, image = drift_samples(text_url, image_url, gates, storage_options)
+    _, text, image = samples
     k = int(load_drift_bounds(gates.suite_file)["top_k"])
     save_reference(model_url, reference_from(text, image, k), storage_options)
 
 
-def input_drift(model_url: str, text_url: str, image_url: str, gates: Any,
+def input_drift(model_url: str, samples: tuple[Any, Any, Any], gates: Any,
                 storage_options: dict[str, Any]) -> list[dict[str, Any]] | None:
     """The ``input_drift`` gate results of new inputs against a frozen model's reference; None
-    when the model has no reference (fitted before references were saved): logged, not judged."""
+    when the model has no reference (fitted before references were saved): logged, not judged.
+
+    ``samples``: the gate's samples of the new inputs (:func:`aniso.stages.gate.draw_samples`).
+    """
     import logging
 
     from aniso.methods import Aligner
@@ -105,6 +102,6 @@ def input_drift(model_url: str, text_url: str, image_url: str, gates: Any,
         logging.getLogger(__name__).warning("model %s has no drift reference: the input_drift gate is skipped", model_url)
         return None
     aligner = Aligner.load(model_url, storage_options)
-    text, image = drift_samples(text_url, image_url, gates, storage_options)
+    _, text, image = samples
     metrics = drift_metrics(reference, aligner.mu_text, aligner.mu_image, text, image)
     return judge_drift(metrics, load_drift_bounds(gates.suite_file))

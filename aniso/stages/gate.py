@@ -139,6 +139,7 @@ def draw_samples(text_store: EmbeddingStore | NpyView, image_store_url: str | No
 def prepare_gate_sample(
     model_url: str, text_store_url: str, settings: Any, storage_options: dict[str, Any],
     image_store_url: str | None = None, *, output_dtype: str = "float32",
+    samples: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None,
 ) -> GateSample:
     """Draw the gate samples, map the text sample with the model, compute the sample metrics.
 
@@ -152,12 +153,15 @@ def prepare_gate_sample(
     output_dtype
         The substitutes' stored dtype (``store.output_dtype``): the mapped sample is rounded
         to it, as apply's rows are when written.
+    samples
+        :func:`draw_samples` of the same inputs and settings when the caller has drawn them
+        already (``produce`` draws them once for the drift reference or gate and for this).
     """
     from aniso.quality.gates import GateValidator
 
     started = time.perf_counter()
     text_store = open_rows(text_store_url, storage_options)
-    rows, text, image = draw_samples(text_store, image_store_url, settings, storage_options)
+    rows, text, image = samples or draw_samples(text_store, image_store_url, settings, storage_options)
     aligner = Aligner.load(model_url, storage_options)
     subs = aligner.transform(text) if rows.size else text.copy()
     if np.dtype(output_dtype) != np.float32:
