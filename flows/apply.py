@@ -16,11 +16,12 @@ from ._common import map_shards
 
 
 def apply_model(model_url: str, text: StoreRef, subs_url: str, settings: Settings, attrs: dict[str, Any],
-                carry_from: tuple[str, dict[str, Any]] | None = None) -> list[int]:
+                carry_from: tuple[str, dict[str, Any], str | None] | None = None) -> list[int]:
     """Write the substitutes store (resuming: completed shards are skipped); returns shards written.
 
-    ``carry_from``: ``(data URL, manifest)`` of an earlier version made with the same model; its
-    shards whose input is unchanged are carried over instead of recomputed (:mod:`aniso.stages.carry`).
+    ``carry_from``: ``(data URL, manifest, run store URL or None)`` of an earlier version made with
+    the same model; its shards whose input is unchanged are carried over instead of recomputed
+    (:mod:`aniso.stages.carry`).
     """
     options = settings.storage.fs_options()
     pending = apply_stage.prepare_substitutes(subs_url, text.url, attrs=attrs, dtype=settings.store.output_dtype,
@@ -29,7 +30,8 @@ def apply_model(model_url: str, text: StoreRef, subs_url: str, settings: Setting
     if entries:
         map_shards(carry_or_apply_shards, "apply", pending, rows=text.shard_sizes(pending), batched=True,
                    model_url=model_url, text_store_url=text.url, subs_url=subs_url, storage_options=options,
-                   prev_data_url=carry_from[0], prev_entries={str(k): v for k, v in entries.items()})
+                   prev_data_url=carry_from[0], prev_entries={str(k): v for k, v in entries.items()},
+                   prev_subs_url=carry_from[2])
         return pending
     map_shards(apply_shards, "apply", pending, rows=text.shard_sizes(pending), batched=True,
                model_url=model_url, text_store_url=text.url, subs_url=subs_url, storage_options=options)

@@ -308,14 +308,18 @@ def _run_stages(text: str, image: str, settings: Settings, id_source: str) -> di
     return {"run_key": key, "published": pointer, "gates": gates, "substitutes": subs_url, "model": model_url}
 
 
-def _carry_source(frozen: ModelSource | None, layout: DatasetLayout, options: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
-    """``(data URL, manifest)`` of the version a frozen model was taken from: the version whose
-    unchanged shards the run carries over (None for a model given by URL)."""
+def _carry_source(frozen: ModelSource | None, layout: DatasetLayout, options: dict[str, Any]
+                  ) -> tuple[str, dict[str, Any], str | None] | None:
+    """``(data URL, manifest, run store URL)`` of the version a frozen model was taken from: the
+    version whose unchanged shards the run carries over (None for a model given by URL). The run
+    store (its shard markers hold the quality figures) may be gone: ``aniso gc`` removes runs."""
     if frozen is None or frozen.version is None:
         return None
     version_url = layout.published(frozen.version)
     manifest = read_json(join_url(version_url, "manifest.json"), options, "the manifest")
-    return join_url(version_url, DATA_PATH), manifest  # never a path the manifest names: inside the version
+    run_key = manifest.get("run_key")
+    # never a path the manifest names: inside the version, and the run folder of its key
+    return join_url(version_url, DATA_PATH), manifest, layout.substitutes(run_key) if isinstance(run_key, str) else None
 
 
 def _carried(subs_url: str, frozen: ModelSource, options: dict[str, Any]) -> dict[str, Any]:

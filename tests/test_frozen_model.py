@@ -11,17 +11,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from aniso._fs import join_url, open_url
+from aniso._fs import filesystem, join_url, open_url
 from aniso.config import load_settings
 from aniso.errors import ConfigError, GateFailed, InputError, SchemaChanged
 from aniso.flows._common import make_task_runner
 from aniso.flows import produce as produce_module
 from aniso.io.layout import DatasetLayout
+from aniso.io.store import EmbeddingStore
 from aniso.methods import Aligner
 from aniso.published.dataset import open_published, read_latest
 from aniso.published.guard import check_schema
 from aniso.published.model import MODEL_PATH, resolve_model
 from aniso.quality.drift import DRIFT_METRICS
+from aniso.stages.apply import shard_quality
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -206,6 +208,43 @@ def test_an_appended_corpus_carries_unchanged_shards_over_and_applies_the_rest(r
     rows2, rows3 = _by_id(v2), _by_id(v3)
     assert "row-01999" not in rows3 and rows3["row-00005"].tobytes() != rows2["row-00005"].tobytes()
     assert all(rows3[i].tobytes() == rows2[i].tobytes() for i in rows3 if i != "row-00005")
+
+
+@pytest.mark.parametrize("earlier_run", ["kept", "removed"])
+def test_a_carried_shard_takes_its_figures_from_the_earlier_marker_or_reads_itself_back(root, gap, monkeypatch,
+                                                                                       earlier_run):
+    """A shard carried as hard links takes its marker's figures from the earlier run's marker (no
+    read back); a server-side copy, or a shard whose earlier run ``aniso gc`` removed, is read back
+    and checked. Either way the marker holds the shard's own quality figures."""
+    url, options = root
+    ids = np.array([f"row-{i:05d}" for i in range(gap.text.shape[0])])
+    image = _npy(url, options, "image", gap.image)
+    run(_settings(url, options, "method.name=realign"), _folder(url, options, "a", gap.text[:1300], ids[:1300], parts=2), image)
+    v1 = open_published(url, "t", storage_options=options)
+    layout = DatasetLayout(url, "t")
+    if earlier_run == "removed":
+        fs, path = filesystem(layout.run(v1.manifest["run_key"]), options)
+        fs.rm(path, recursive=True)
+    reads, read_shard = [], EmbeddingStore.read_shard
+
+    def counted(self, shard, **kwargs):
+        reads.append((self.url, shard))
+        return read_shard(self, shard, **kwargs)
+
+    monkeypatch.setattr(EmbeddingStore, "read_shard", counted)
+    run(_settings(url, options, "method.model=latest"), _folder(url, options, "b", gap.text[:2000], ids[:2000], parts=3), image)
+    monkeypatch.undo()
+    v2 = open_published(url, "t", storage_options=options)
+    assert v2.manifest["lineage"]["incremental"]["carried_shards"] == 1
+    assert v2.problems() == [] and v2.embedding[:1300].tobytes() == v1.embedding[:].tobytes()
+    subs = EmbeddingStore.open(layout.substitutes(v2.manifest["run_key"]), storage_options=options)
+    marker = subs.marker(0)
+    emb, shard_ids, valid = subs.read_shard(0)
+    expected = shard_quality(emb[valid], list(shard_ids[valid]))
+    assert marker["stats"]["carried"] and {k: marker["stats"][k] for k in expected} == expected
+    assert marker["sha256"] == v1.manifest["shards"][0]["sha256"] and marker["chunks"] == v1.manifest["shards"][0]["chunks"]
+    read_back = (subs.url, 0) in reads
+    assert read_back == (earlier_run == "removed" or url.startswith("s3://"))
 
 
 def test_input_drift_fails_the_run_or_refits_on_drift(root, gap):

@@ -39,7 +39,7 @@ from aniso._fs import filesystem, is_local, join_url, open_url
 from aniso.errors import InputError, ShardAlignmentError, StoreCorrupt, StoreNotFound
 from aniso.io.chunk_digest import EMBEDDING_ROW_STRIDE, chunk_digests
 
-__all__ = ["EmbeddingStore", "zarr_store", "shard_checksum", "ids_digest"]
+__all__ = ["EmbeddingStore", "zarr_store", "shard_checksum", "ids_digest", "marker_url"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,11 @@ def zarr_store(url: str, storage_options: dict[str, Any] | None = None, *, read_
     if is_local(fs):
         return LocalStore(path, read_only=read_only)
     return FsspecStore.from_url(url, storage_options=storage_options, read_only=read_only)
+
+
+def marker_url(store_url: str, shard: int) -> str:
+    """Where the store at ``store_url`` keeps the completion marker of ``shard``."""
+    return join_url(store_url.rstrip("/") + _MARKERS_SUFFIX, f"{shard:06d}.json")
 
 
 def ids_digest(ids: Sequence[str]) -> str:
@@ -301,11 +306,7 @@ class EmbeddingStore:
         start, stop = self.shard_range(shard)
         stored = embedding.astype(self.embedding.dtype, copy=False)
         flags = np.ones(stop - start, bool) if valid is None else np.asarray(valid, bool)
-        marker = {
-            "shard": shard,
-            "start": start,
-            "stop": stop,
-            "rows": stop - start,
+        return self.write_marker(shard, {
             "valid_rows": int(stop - start if valid is None else np.count_nonzero(valid)),
             "sha256": checksum if checksum is not None and stored is embedding else shard_checksum(stored, ids),
             # lets a later stage check ids against this shard from the markers alone
@@ -314,7 +315,17 @@ class EmbeddingStore:
             "chunks": chunk_digests(stored, ids, flags, self.chunk_rows),
             "chunks_row_stride": EMBEDDING_ROW_STRIDE,
             "stats": stats or {},
-        }
+        })
+
+    def write_marker(self, shard: int, fields: dict[str, Any]) -> dict[str, Any]:
+        """Write the completion marker of ``shard`` from its figures (``valid_rows``, ``sha256``,
+        ``ids_sha256``, ``chunks``, ``chunks_row_stride``, ``stats``) and return it.
+
+        :meth:`mark_shard` computes them from the shard's rows; a shard carried over as a hard link
+        of an earlier store's files takes them from that store's marker (:mod:`aniso.stages.carry`).
+        """
+        start, stop = self.shard_range(shard)
+        marker = {"shard": shard, "start": start, "stop": stop, "rows": stop - start, **fields}
         with open_url(self._marker_url(shard), "w", self.storage_options) as f:
             json.dump(marker, f, sort_keys=True)
         return marker
@@ -325,7 +336,7 @@ class EmbeddingStore:
         return self.url.rstrip("/") + _MARKERS_SUFFIX
 
     def _marker_url(self, shard: int) -> str:
-        return join_url(self.markers_url, f"{shard:06d}.json")
+        return marker_url(self.url, shard)
 
     # -- completion ------------------------------------------------------------------------
     def completed_shards(self) -> set[int]:

@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from typing import Any
 
-from aniso._fs import filesystem, join_url, link_or_copy
+import numpy as np
+
+from aniso._fs import filesystem, is_local, join_url, link_or_copy, open_url
 from aniso.io.rows import open_rows
-from aniso.io.store import EmbeddingStore, shard_checksum
+from aniso.io.store import EmbeddingStore, ids_digest, marker_url, shard_checksum
 from aniso.stages.apply import apply_rows, apply_shard, input_digest, shard_quality
 
 __all__ = ["carry_entries", "carry_or_apply_shard"]
@@ -32,6 +35,8 @@ __all__ = ["carry_entries", "carry_or_apply_shard"]
 logger = logging.getLogger(__name__)
 
 _ARRAYS = ("embedding", "id", "valid")
+#: What a carried shard's marker takes from the earlier marker of the same bytes.
+_MARKER_FIGURES = ("valid_rows", "sha256", "ids_sha256", "chunks", "chunks_row_stride")
 
 
 def _layout_of(zarr_json: bytes) -> dict[str, Any]:
@@ -74,20 +79,49 @@ def _shard_files(root: str, shard: int) -> list[str]:
     return [join_url("embedding", "c", str(shard), "0"), join_url("id", "c", str(shard)), join_url("valid", "c", str(shard))]
 
 
-def _copy_shard(prev_data_url: str, subs_url: str, shard: int, storage_options: dict[str, Any]) -> None:
+def _copy_shard(prev_data_url: str, subs_url: str, shard: int, storage_options: dict[str, Any]) -> bool:
+    """Place the earlier version's files of ``shard`` in the run's store; True when every one is
+    a hard link of the earlier file (the same bytes, not a copy of them)."""
     fs, prev = filesystem(prev_data_url, storage_options)
     _, subs = filesystem(subs_url, storage_options)
+    linked = is_local(fs)
     for rel in _shard_files(prev, shard):
         source, target = join_url(prev, rel), join_url(subs, rel)
         if not fs.exists(source):  # a shard of fill values is not stored: nothing to carry
             continue
         link_or_copy(fs, source, target)
+        linked = linked and os.path.samefile(source, target)
+    return linked
+
+
+def _earlier_marker(prev_subs_url: str | None, shard: int, entry: dict[str, Any], ids: Any, valid: np.ndarray,
+                    storage_options: dict[str, Any]) -> dict[str, Any] | None:
+    """The earlier run's completion marker of ``shard`` when it still exists and describes exactly
+    the bytes the earlier manifest names (sha256 and chunk digests), with the new input's ids and
+    valid flags; else None (e.g. the run was removed by ``aniso gc``)."""
+    if prev_subs_url is None:
+        return None
+    try:
+        with open_url(marker_url(prev_subs_url, shard), "r", storage_options) as f:
+            marker = json.load(f)
+    except (FileNotFoundError, ValueError):
+        return None
+    same = (isinstance(marker, dict) and marker.get("sha256") == entry.get("sha256")
+            and marker.get("chunks") == entry.get("chunks") and isinstance(marker.get("stats"), dict)
+            and marker.get("valid_rows") == int(np.count_nonzero(valid)) and marker.get("ids_sha256") == ids_digest(ids))
+    return marker if same else None
 
 
 def carry_or_apply_shard(model_url: str, text_store_url: str, subs_url: str, shard: int,
                          storage_options: dict[str, Any], prev_data_url: str | None = None,
-                         prev_entry: dict[str, Any] | None = None) -> dict[str, Any]:
+                         prev_entry: dict[str, Any] | None = None, prev_subs_url: str | None = None) -> dict[str, Any]:
     """Carry shard ``shard`` over from the earlier version when its input is unchanged, else apply.
+
+    ``prev_subs_url``: the earlier version's run store, whose completion markers hold each shard's
+    quality figures: a shard carried as hard links takes its marker from there instead of reading
+    the shard back (the files are the earlier version's, not copies; zarr's per-chunk crc32c still
+    checks every later read). A copy (object storage, another device), or a shard whose earlier
+    marker is gone or differs, is read back and checked against the manifest's sha256.
 
     Returns the shard's completion marker; ``stats["carried"]`` says which it was.
     """
@@ -101,7 +135,12 @@ def carry_or_apply_shard(model_url: str, text_store_url: str, subs_url: str, sha
     digest = input_digest(emb, ids, valid)
     if digest != prev_entry["input_sha256"]:  # the rows are read and hashed already: not again
         return apply_rows(model_url, subs, shard, emb, ids, valid, started=started, digest=digest)
-    _copy_shard(prev_data_url, subs_url, shard, storage_options)
+    linked = _copy_shard(prev_data_url, subs_url, shard, storage_options)
+    earlier = _earlier_marker(prev_subs_url, shard, prev_entry, ids, valid, storage_options) if linked else None
+    if earlier is not None:
+        stats = {**earlier["stats"], "input_sha256": digest, "carried": True, "read_seconds": 0.0,
+                 "compute_seconds": 0.0, "write_seconds": time.perf_counter() - started}
+        return subs.write_marker(shard, {**{k: earlier[k] for k in _MARKER_FIGURES}, "stats": stats})
     out, out_ids, out_valid = subs.read_shard(shard)
     checksum = shard_checksum(out, list(out_ids))
     if checksum != prev_entry["sha256"]:  # never trust a copy unchecked
