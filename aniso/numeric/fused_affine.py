@@ -20,9 +20,9 @@ through :func:`~aniso.numeric.rowwise.rowwise_matmul` on fixed float32 tiles), s
 does not depend on which block it was transformed in: transform stays chunk-invariant bit for bit
 (``tests/test_affine.py``, ``tests/test_aligner_contract.py``). With a matrix, the bits are those
 of the machine's float32 BLAS kernel, which is why a model records the kernel it applies with
-(:attr:`aniso.methods.Aligner.apply_kernel`). A row whose float32 squared norm overflows (finite entries above ~1e19) is
-rescaled by its largest entry first, which leaves ``u`` unchanged; NaN/Inf rows raise
-:class:`~aniso.errors.InputError`.
+(:attr:`aniso.methods.Aligner.apply_kernel`). A row whose float32 squared norm overflows (finite
+entries above ~1e19) is rescaled by its largest entry first, which leaves ``u`` unchanged; NaN/Inf
+rows raise :class:`~aniso.errors.InputError`.
 
 The same scalars give the calibration pass's sum of ``ŷ`` (:meth:`NormalizedAffine.premap_sum`)
 and the trace statistics (:func:`unit_row_sums`): one matrix–vector product per block.
@@ -40,7 +40,8 @@ from aniso.numeric.rowwise import rowwise_matmul
 __all__ = ["NormalizedAffine", "unit_row_sums", "BLOCK", "APPLY_KERNEL", "APPLY_KERNELS"]
 
 #: The ways an aligner's transform can compute a premap that is a matrix map (AnisoAlign's closed
-#: form, the moment match), each row-deterministic (a row's bits do not depend on its block):
+#: form; the moment match always takes the float64 map), each row-deterministic (a row's bits do
+#: not depend on its block):
 #: ``float32-tiles``, this kernel with its products on fixed float32 tiles (about twice as fast;
 #: the bits are those of the machine's float32 BLAS kernel, which OpenBLAS picks per CPU family),
 #: and ``float64-rows``, the float64 map (:func:`aniso.numeric.rowwise.centred_affine_rows`)
