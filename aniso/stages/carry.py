@@ -4,11 +4,13 @@ Under one model a substitute depends only on its text row (the transforms are ro
 row-deterministic), so a shard of the new text input whose rows, ids and valid flags equal those
 of the same shard of an earlier version made with that model has that version's substitutes,
 bit for bit. Such a shard is carried over: its shard files are hard-linked (locally) or copied
-server-side (object storage) from the earlier version into the run's store, read back once for
-the gates' per-shard figures and checked against the earlier manifest's sha256; every other shard
-is applied. The match is per whole shard at the same position (the shard is the file unit), so
-an appended corpus carries every full shard before the new rows; a reordered or edited input is
-recomputed where its shards changed (still bit-identical per row: recomputing is exact).
+server-side (object storage) from the earlier version into the run's store. A hard-linked shard
+takes its per-shard figures from the earlier run's marker of the same bytes; a copy (or a shard
+whose earlier run is gone) is read back once for them and checked against the earlier manifest's
+sha256. Every other shard is applied. The match is per whole shard at the same position (the
+shard is the file unit), so an appended corpus carries every full shard before the new rows; a
+reordered or edited input is recomputed where its shards changed (still bit-identical per row:
+recomputing is exact).
 
 Which shards match is decided from the ``input_sha256`` of each shard in the earlier manifest
 (written by :func:`aniso.stages.apply.apply_shard`) against the same digest of the new shard,
@@ -106,7 +108,8 @@ def _earlier_marker(prev_subs_url: str | None, shard: int, entry: dict[str, Any]
             marker = json.load(f)
     except (FileNotFoundError, ValueError):
         return None
-    same = (isinstance(marker, dict) and marker.get("sha256") == entry.get("sha256")
+    same = (isinstance(marker, dict) and all(k in marker for k in _MARKER_FIGURES)
+            and marker.get("sha256") == entry.get("sha256")
             and marker.get("chunks") == entry.get("chunks") and isinstance(marker.get("stats"), dict)
             and marker.get("valid_rows") == int(np.count_nonzero(valid)) and marker.get("ids_sha256") == ids_digest(ids))
     return marker if same else None
