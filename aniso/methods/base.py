@@ -290,11 +290,7 @@ class Aligner(ABC):
         centred = self._centred_map()
         if centred is not None:
             check_finite(x, what=f"{self.name} transform input")
-            result = centred_affine_rows(x, *centred, (self.mu_hat, self.mu_image) if self.calibrate else None)
-            if out is None:
-                return result
-            out[...] = result
-            return out
+            return centred_affine_rows(x, *centred, (self.mu_hat, self.mu_image) if self.calibrate else None, out=out)
         check_finite(x, what=f"{self.name} transform input")
         if out is None:
             out = np.empty(x.shape, dtype=np.float32)

@@ -79,7 +79,8 @@ def _normalize_rows(work: np.ndarray, eps: float = 1e-10) -> None:
 
 
 def centred_affine_rows(x: np.ndarray, m: np.ndarray, mu_text: np.ndarray, mu_image: np.ndarray,
-                        calibration: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+                        calibration: tuple[np.ndarray, np.ndarray] | None = None,
+                        out: np.ndarray | None = None) -> np.ndarray:
     """``x̂ = normalize(μ_i + (normalize(x) − μ_t) m)``, then, with ``calibration = (μ̂, μ)``,
     ``normalize(x̂ − μ̂ + μ)``; float32 rows, each a function of its input row only.
 
@@ -96,14 +97,17 @@ def centred_affine_rows(x: np.ndarray, m: np.ndarray, mu_text: np.ndarray, mu_im
     mu_image : (p,) float64
     calibration : pair of (p,) float64, optional
         The calibration mean μ̂ and the centroid μ it is moved to; None: no calibration step.
+    out : (n, p) float32 array, optional
+        Where to write the rows; a new array when None.
 
     Returns
     -------
-    (n, p) float32 array.
+    (n, p) float32 array: ``out`` when given.
     """
     m = np.asarray(m, dtype=np.float64)
     n, d = x.shape
-    out = np.empty((n, m.shape[1]), dtype=np.float32)
+    if out is None:
+        out = np.empty((n, m.shape[1]), dtype=np.float32)
     work = np.empty((min(BLOCK, n), d), dtype=np.float64)
     prod = np.empty((min(BLOCK, n), m.shape[1]), dtype=np.float64)
     for start in range(0, n, BLOCK):

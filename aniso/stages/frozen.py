@@ -10,11 +10,14 @@ the ids (``corpus.embedding_ids=row-number``).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aniso.errors import InputError
 from aniso.io.inputs import ROW_NUMBER, input_form, open_embedding_source
 from aniso.io.layout import DatasetLayout
+
+if TYPE_CHECKING:
+    from aniso.stages.gate import Samples
 
 __all__ = ["input_id_source", "check_frozen_ids", "check_before_run", "save_drift_reference", "input_drift"]
 
@@ -69,7 +72,7 @@ def check_before_run(text: str, text_dim: int | None, settings: Any, storage_opt
     return id_source
 
 
-def save_drift_reference(model_url: str, samples: tuple[Any, Any, Any], gates: Any,
+def save_drift_reference(model_url: str, samples: Samples, gates: Any,
                          storage_options: dict[str, Any]) -> None:
     """Save the fit's drift reference beside its model (skipped when a rerun finds it saved).
 
@@ -85,7 +88,7 @@ def save_drift_reference(model_url: str, samples: tuple[Any, Any, Any], gates: A
     save_reference(model_url, reference_from(text, image, k), storage_options)
 
 
-def input_drift(model_url: str, samples: tuple[Any, Any, Any], gates: Any,
+def input_drift(model_url: str, samples: Samples, gates: Any,
                 storage_options: dict[str, Any]) -> list[dict[str, Any]] | None:
     """The ``input_drift`` gate results of new inputs against a frozen model's reference; None
     when the model has no reference (fitted before references were saved): logged, not judged.

@@ -37,9 +37,12 @@ from aniso.numeric.sampling import sample_indices
 if TYPE_CHECKING:
     from aniso.quality.gates import GateValidator
 
-__all__ = ["GateSample", "gate_rows", "read_rows_at", "draw_samples", "prepare_gate_sample", "gate_run"]
+__all__ = ["GateSample", "Samples", "gate_rows", "read_rows_at", "draw_samples", "prepare_gate_sample", "gate_run"]
 
 logger = logging.getLogger(__name__)
+
+#: :func:`draw_samples`: ``(sorted text rows, text sample, image sample or None)``.
+Samples = tuple[np.ndarray, np.ndarray, np.ndarray | None]
 
 
 def gate_rows(store: EmbeddingStore | NpyView, size: int, seed: int, *, max_chunks: int = 0) -> np.ndarray:
@@ -121,7 +124,7 @@ def _judge(text: np.ndarray, subs: np.ndarray, image: np.ndarray | None, setting
 
 
 def draw_samples(text_store: EmbeddingStore | NpyView, image_store_url: str | None, settings: Any,
-                 storage_options: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+                 storage_options: dict[str, Any]) -> Samples:
     """The gate's deterministic samples: ``(text rows, text sample, image sample or None)``.
 
     The same rows for the gates, the report and the input-drift reference and gate
@@ -139,7 +142,7 @@ def draw_samples(text_store: EmbeddingStore | NpyView, image_store_url: str | No
 def prepare_gate_sample(
     model_url: str, text_store_url: str, settings: Any, storage_options: dict[str, Any],
     image_store_url: str | None = None, *, output_dtype: str = "float32",
-    samples: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None,
+    samples: Samples | None = None,
 ) -> GateSample:
     """Draw the gate samples, map the text sample with the model, compute the sample metrics.
 
