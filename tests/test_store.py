@@ -102,3 +102,22 @@ def test_create_reopens_at_every_size(root, n):
     np.testing.assert_array_equal(reopened.read_shard(0)[0], _rows(store, 0)[0])
     with pytest.raises(StoreCorrupt, match="already exists"):
         _make(store.url, options, n=n + 1)
+
+
+def test_two_creators_at_once_share_one_store_and_never_clear_its_rows(root):
+    """Two runs of the same run key create its store at once: both get the store, and a row the
+    first wrote is still there after the second's create (a create never clears a store)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, options = root
+    for attempt in range(6):
+        where = join_url(url, f"race-{attempt}.zarr")
+        make = lambda _: EmbeddingStore.create(where, n_rows=300, dim=8, chunk_rows=64, shard_rows=128,  # noqa: E731
+                                               storage_options=options)
+        with ThreadPoolExecutor(2) as pool:
+            stores = list(pool.map(make, range(2)))
+        assert all(s.shape == (300, 8) and s.shard_rows == 128 for s in stores)
+        rows = np.ones((128, 8), np.float32)
+        stores[0].write_shard(0, rows, [f"r{i}" for i in range(128)])
+        again = make(None)
+        assert np.array_equal(again.read_shard(0)[0], rows)

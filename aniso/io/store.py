@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -78,6 +79,29 @@ def shard_checksum(embedding: np.ndarray, ids: Sequence[str]) -> str:
     return digest.hexdigest()
 
 
+#: How long :meth:`EmbeddingStore.create` waits for a store another process is creating at once.
+_CONCURRENT_CREATE_S = 10.0
+
+
+def _create_arrays(group: Any, n_rows: int, dim: int, chunk_rows: int, shard_rows: int, dtype: str,
+                   compressor: str) -> None:
+    """The arrays of a new store: ``embedding``, ``id`` and ``valid``, sharded alike."""
+    compressors = _chunk_codecs(compressor)
+    group.create_array(
+        "embedding", shape=(n_rows, dim), dtype=dtype, chunks=(chunk_rows, dim),
+        shards=(shard_rows, dim), compressors=compressors, fill_value=0,
+        dimension_names=["row", "dim"],
+    )
+    group.create_array(
+        "id", shape=(n_rows,), dtype=str, chunks=(chunk_rows,), shards=(shard_rows,),
+        compressors=compressors, dimension_names=["row"],
+    )
+    group.create_array(
+        "valid", shape=(n_rows,), dtype=bool, chunks=(chunk_rows,), shards=(shard_rows,),
+        compressors=compressors, fill_value=False, dimension_names=["row"],
+    )
+
+
 @dataclass
 class EmbeddingStore:
     """An ``(N, d)`` embedding array with ids, written shard by shard.
@@ -119,39 +143,43 @@ class EmbeddingStore:
             raise InputError(f"shard_rows ({shard_rows}) must be a multiple of chunk_rows ({chunk_rows})")
         chunk_rows, shard_rows_eff = cls.geometry(n_rows, chunk_rows, shard_rows)
         options = storage_options or {}
-        try:
-            existing = cls.open(url, storage_options=options, mode="r+")
-        except StoreNotFound:
-            existing = None
-        if existing is not None:
-            # compare with the geometry this call would create (shards shrink to small inputs),
-            # so reopening a store made from the same settings resumes it at every size
-            want = ((n_rows, dim), shard_rows_eff, chunk_rows, np.dtype(dtype))
-            have = (existing.shape, existing.shard_rows, existing.chunk_rows, existing.embedding.dtype)
-            if want != have:
-                raise StoreCorrupt(
-                    f"a store already exists at {url} with shape/shard/chunk/dtype {have}, expected {want}; "
-                    "remove it or choose another location"
-                )
-            if attrs:
-                existing.group.attrs.update(attrs)
-            return existing
-        store = zarr_store(url, options)
-        group = zarr.open_group(store, mode="w", attributes=dict(attrs or {}))
-        compressors = _chunk_codecs(compressor)
-        group.create_array(
-            "embedding", shape=(n_rows, dim), dtype=dtype, chunks=(chunk_rows, dim),
-            shards=(shard_rows_eff, dim), compressors=compressors, fill_value=0,
-            dimension_names=["row", "dim"],
-        )
-        group.create_array(
-            "id", shape=(n_rows,), dtype=str, chunks=(chunk_rows,), shards=(shard_rows_eff,),
-            compressors=compressors, dimension_names=["row"],
-        )
-        group.create_array(
-            "valid", shape=(n_rows,), dtype=bool, chunks=(chunk_rows,), shards=(shard_rows_eff,),
-            compressors=compressors, fill_value=False, dimension_names=["row"],
-        )
+        # compare with the geometry this call would create (shards shrink to small inputs),
+        # so reopening a store made from the same settings resumes it at every size
+        want = ((n_rows, dim), shard_rows_eff, chunk_rows, np.dtype(dtype))
+        deadline = None
+        while True:
+            try:
+                existing = cls.open(url, storage_options=options, mode="r+")
+            except StoreNotFound:
+                existing = None
+            except StoreCorrupt:
+                # another process is creating it (its group is there, not yet every array): wait for it
+                if deadline is None or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+                continue
+            if existing is not None:
+                have = (existing.shape, existing.shard_rows, existing.chunk_rows, existing.embedding.dtype)
+                if want != have:
+                    raise StoreCorrupt(
+                        f"a store already exists at {url} with shape/shard/chunk/dtype {have}, expected {want}; "
+                        "remove it or choose another location"
+                    )
+                if attrs:
+                    existing.group.attrs.update(attrs)
+                return existing
+            # "w-" never clears what a concurrent run (the same run key) has just created; once the
+            # wait is over, what is left without a group is a partial store: cleared ("w"), as always
+            late = deadline is not None and time.monotonic() > deadline
+            try:
+                group = zarr.open_group(zarr_store(url, options), mode="w" if late else "w-",
+                                        attributes=dict(attrs or {}))
+                _create_arrays(group, n_rows, dim, chunk_rows, shard_rows_eff, dtype, compressor)
+                break
+            except (zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError,
+                    zarr.errors.ContainsArrayAndGroupError, FileExistsError):  # zarr's "w-" refusals
+                deadline = deadline or time.monotonic() + _CONCURRENT_CREATE_S  # theirs: open it
+                time.sleep(0.1)
         logger.info("created store %s: (%d, %d) %s, shards of %d rows", url, n_rows, dim, dtype, shard_rows_eff)
         return cls(url, options, group)
 
