@@ -121,3 +121,32 @@ def test_two_creators_at_once_share_one_store_and_never_clear_its_rows(root):
         stores[0].write_shard(0, rows, [f"r{i}" for i in range(128)])
         again = make(None)
         assert np.array_equal(again.read_shard(0)[0], rows)
+
+
+def test_create_waits_for_a_store_being_created_and_refuses_one_left_incomplete(root, monkeypatch):
+    """A group whose arrays are still being written is waited for (the other creator's store is
+    opened, not cleared); one that stays without its arrays is corrupt and says so."""
+    import threading
+
+    import zarr
+
+    from aniso.io import store as store_module
+    from aniso.io.store import _create_arrays, zarr_store
+
+    url, options = root
+    where = join_url(url, "slow.zarr")
+    group = zarr.open_group(zarr_store(where, options), mode="w-")
+    late = threading.Timer(0.5, _create_arrays, (group, 300, 8, 64, 128, "float32", "zstd"))
+    late.start()
+    try:
+        store = EmbeddingStore.create(where, n_rows=300, dim=8, chunk_rows=64, shard_rows=128,
+                                      storage_options=options)
+    finally:
+        late.join()
+    assert store.shape == (300, 8) and store.shard_rows == 128 and store.completed_shards() == set()
+
+    monkeypatch.setattr(store_module, "_CONCURRENT_CREATE_S", 0.3)
+    left = join_url(url, "left.zarr")
+    zarr.open_group(zarr_store(left, options), mode="w-")
+    with pytest.raises(StoreCorrupt, match="lacks array"):
+        EmbeddingStore.create(left, n_rows=300, dim=8, chunk_rows=64, shard_rows=128, storage_options=options)

@@ -92,13 +92,15 @@ def _create_arrays(group: Any, n_rows: int, dim: int, chunk_rows: int, shard_row
         shards=(shard_rows, dim), compressors=compressors, fill_value=0,
         dimension_names=["row", "dim"],
     )
-    group.create_array(
-        "id", shape=(n_rows,), dtype=str, chunks=(chunk_rows,), shards=(shard_rows,),
-        compressors=compressors, dimension_names=["row"],
-    )
+    # ``valid`` before ``id``: a store opens once ``embedding`` and ``id`` are there, and a
+    # concurrent creator must not open it in between and take every row for valid
     group.create_array(
         "valid", shape=(n_rows,), dtype=bool, chunks=(chunk_rows,), shards=(shard_rows,),
         compressors=compressors, fill_value=False, dimension_names=["row"],
+    )
+    group.create_array(
+        "id", shape=(n_rows,), dtype=str, chunks=(chunk_rows,), shards=(shard_rows,),
+        compressors=compressors, dimension_names=["row"],
     )
 
 
@@ -135,7 +137,8 @@ class EmbeddingStore:
         Raises
         ------
         StoreCorrupt
-            When a store exists at ``url`` with a different shape, chunking or dtype.
+            When a store exists at ``url`` with a different shape, chunking or dtype, or stays
+            incomplete (a group without its arrays) for longer than a concurrent creator takes.
         """
         if n_rows <= 0 or dim <= 0:
             raise InputError(f"cannot create an embedding store of shape ({n_rows}, {dim}) at {url}")
@@ -153,8 +156,10 @@ class EmbeddingStore:
             except StoreNotFound:
                 existing = None
             except StoreCorrupt:
-                # another process is creating it (its group is there, not yet every array): wait for it
-                if deadline is None or time.monotonic() > deadline:
+                # another process may be creating it (its group is there, not yet every array): wait
+                # for it; a store still incomplete after the wait is corrupt and says so
+                deadline = deadline or time.monotonic() + _CONCURRENT_CREATE_S
+                if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
                 continue
