@@ -60,6 +60,65 @@ def _end_group(pgid: int, grace_s: float = 30) -> None:
             time.sleep(0.5)
 
 
+_LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d\.\d+ \| ")
+_SERVER_ERROR = re.compile(r"^\d\d:\d\d:\d\d\.\d+ \| ERROR\s+\| prefect\.server\b")
+
+
+def server_lock_errors(output: str) -> tuple[str, list[str]]:
+    """``output`` without the Prefect server's own ``database is locked`` reports, and those reports.
+
+    Prefect's SQLite backend logs an ``OperationalError: database is locked`` (with its traceback)
+    when two of its writers meet, e.g. a worker's heartbeat beside a flow run's state change; the
+    client retries and the run goes on (a known limitation of Prefect's SQLite server, upstream
+    issue 18934; a production server uses PostgreSQL). Only a report that starts with a
+    ``prefect.server`` ERROR line and names that error is taken out; anything else stays.
+    """
+    kept: list[str] = []
+    dropped: list[str] = []
+    block: list[str] | None = None
+
+    def close() -> None:
+        if block is not None:
+            text = "\n".join(block)
+            if "(sqlite3.OperationalError) database is locked" in text:
+                dropped.append(text)
+            else:
+                kept.extend(block)
+
+    for line in output.splitlines():
+        if _LOG_LINE.match(line):
+            close()
+            block = [line] if _SERVER_ERROR.match(line) else None
+            if block is None:
+                kept.append(line)
+        elif block is not None:
+            block.append(line)
+        else:
+            kept.append(line)
+    close()
+    return "\n".join(kept), dropped
+
+
+def _around(output: str, needle: str, width: int = 3000) -> str:
+    """The part of ``output`` around the first ``needle`` (an assertion's message)."""
+    at = output.find(needle)
+    return output[max(0, at - width // 3): at + width] if at >= 0 else output[-width:]
+
+
+def test_server_lock_errors_takes_out_only_the_servers_database_locked_reports():
+    locked = ("12:00:01.000 | ERROR   | prefect.server - Encountered exception in request:\n"
+              "Traceback (most recent call last):\n  File \"x.py\", line 1, in f\n"
+              "sqlalchemy.exc.OperationalError: (sqlite3.OperationalError) database is locked")
+    ours = ("12:00:02.000 | ERROR   | Task run 'apply' - boom\n"
+            "Traceback (most recent call last):\nValueError: boom")
+    server_other = ("12:00:03.000 | ERROR   | prefect.server - Encountered exception in request:\n"
+                    "Traceback (most recent call last):\nsqlalchemy.exc.OperationalError: disk I/O error")
+    info = "12:00:04.000 | INFO    | Flow run 'x' - Finished in state Completed()"
+    rest, dropped = server_lock_errors("\n".join([locked, ours, server_other, info]))
+    assert dropped == [locked]
+    assert rest == "\n".join([ours, server_other, info])
+
+
 def test_the_block_names_every_port_it_uses():
     block = walkthrough_block()
     for port, what in PORTS.items():
@@ -118,9 +177,14 @@ def test_readme_walkthrough_publishes_from_relative_and_absolute_inputs(tmp_path
     # both deployment runs completed, on the external scheduler
     assert output.count("Flow run finished successfully") == 2, output[-6000:]
     assert f"tcp://127.0.0.1:{ports['8786']}" in output
-    # no traceback and no ERROR line from any of them (Prefect's "| ERROR |", Dask's "- ERROR -")
-    assert "Traceback" not in output, output[-6000:]
-    assert not re.search(r"[|-] ERROR [|-]", output), output[-6000:]
+    # no traceback and no ERROR line from any of them (Prefect's "| ERROR |", Dask's "- ERROR -"),
+    # but for the Prefect server's own SQLite lock reports (see server_lock_errors)
+    output, lock_reports = server_lock_errors(output)
+    if lock_reports:
+        print(f"the Prefect server reported {len(lock_reports)} SQLite lock(s); the runs went on:\n{lock_reports[0]}")
+    assert "Traceback" not in output, _around(output, "Traceback")
+    error = re.search(r"[|-] ERROR\s*[|-]", output)
+    assert not error, _around(output, error.group(0))
     # the relative run wrote under the worker's directory, the absolute one to the bucket; the
     # same inputs and method give the same substitutes on both
     local_root = home / "aniso-work" / "aniso-data"
