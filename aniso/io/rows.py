@@ -12,7 +12,8 @@ no stage reopens a store just to learn its size.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -21,7 +22,7 @@ import numpy as np
 from aniso._fs import exists, join_url, open_url
 from aniso.errors import StoreCorrupt
 
-__all__ = ["RowStore", "StoreRef", "open_rows", "describe"]
+__all__ = ["RowStore", "StoreRef", "open_rows", "describe", "read_blocks"]
 
 @runtime_checkable
 class RowStore(Protocol):
@@ -102,3 +103,23 @@ def open_rows(url: str, storage_options: dict[str, Any] | None = None) -> RowSto
     from aniso.io.store import EmbeddingStore
 
     return EmbeddingStore.open(url, storage_options=options)
+
+
+def read_blocks(store: RowStore, start: int, stop: int, block_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``(embedding, ids, valid)`` of rows ``[start, stop)`` in blocks of ``block_rows``, the next
+    block read on a second thread while the caller works on this one.
+
+    Blocks are rounded to whole chunks of ``store`` (a block never decodes a chunk twice). Errors
+    of a read (:class:`~aniso.errors.StoreCorrupt`, an input's :class:`~aniso.errors.InputError`)
+    are raised where the caller takes that block. Close the generator (or exhaust it) to end the
+    reader: it finishes the read in flight and starts no other.
+    """
+    block = max(store.chunk_rows, block_rows - block_rows % store.chunk_rows)
+    lows = range(start, stop, block)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="aniso-read") as reader:
+        pending = reader.submit(store.read_rows, start, min(start + block, stop)) if lows else None
+        for lo in lows:
+            rows = pending.result()
+            following = lo + block
+            pending = reader.submit(store.read_rows, following, min(following + block, stop)) if following < stop else None
+            yield rows

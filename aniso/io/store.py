@@ -302,11 +302,14 @@ class EmbeddingStore:
         *,
         valid: np.ndarray | None = None,
         stats: dict[str, Any] | None = None,
+        checksum: str | None = None,
     ) -> dict[str, Any]:
         """Write one whole shard, then its completion marker; returns the marker.
 
-        The shard's checksum is computed on a second thread while the rows are written (sha256
-        releases the GIL), so the write and the hash overlap.
+        ``checksum``: :func:`shard_checksum` of ``embedding`` and ``ids`` when the caller has
+        hashed them already (the apply stage does, block by block, while it transforms them); it
+        must be of ``embedding`` as stored (this store's dtype). Otherwise the checksum is computed
+        on a second thread while the rows are written (sha256 releases the GIL).
         """
         start, stop = self.shard_range(shard)
         if embedding.shape[0] != stop - start:
@@ -315,10 +318,16 @@ class EmbeddingStore:
                 f"got {embedding.shape[0]}"
             )
         stored = embedding.astype(self.embedding.dtype, copy=False)
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="aniso-checksum") as pool:
-            checksum = pool.submit(shard_checksum, stored, ids)
+        if checksum is not None:
+            if stored is not embedding:
+                raise InputError(f"a checksum of shard {shard} for {self.url} must be of its rows as stored "
+                                 f"({self.embedding.dtype}), not {embedding.dtype}")
             self.write_rows(start, stored, ids, valid)
-            return self.mark_shard(shard, stored, ids, valid=valid, stats=stats, checksum=checksum.result())
+            return self.mark_shard(shard, stored, ids, valid=valid, stats=stats, checksum=checksum)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="aniso-checksum") as pool:
+            pending = pool.submit(shard_checksum, stored, ids)
+            self.write_rows(start, stored, ids, valid)
+            return self.mark_shard(shard, stored, ids, valid=valid, stats=stats, checksum=pending.result())
 
     def mark_shard(
         self,

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
-from aniso.io.rows import open_rows
+from aniso.errors import ShardAlignmentError
+from aniso.io.rows import open_rows, read_blocks
 from aniso.io.store import EmbeddingStore
 from aniso.methods import Aligner
 
@@ -40,13 +42,21 @@ def prepare_substitutes(
 def apply_shard(
     model_url: str, text_store_url: str, subs_url: str, shard: int, storage_options: dict[str, Any]
 ) -> dict[str, Any]:
-    """Transform one shard of text and write it whole, with its per-shard quality stats."""
+    """Transform one shard of text and write it whole, with its per-shard quality stats.
+
+    The shard is read in blocks, the next block on a second thread while this one is transformed
+    (:func:`aniso.io.rows.read_blocks`), so the read and the transform overlap.
+    """
     subs = EmbeddingStore.open(subs_url, storage_options=storage_options, mode="r+")
     if shard in subs.completed_shards():
         return subs.marker(shard)
     started = time.perf_counter()
-    emb, ids, valid = open_rows(text_store_url, storage_options).read_shard(shard)
-    return apply_rows(model_url, subs, shard, emb, ids, valid, started=started)
+    text = open_rows(text_store_url, storage_options)
+    blocks = read_blocks(text, *text.shard_range(shard), APPLY_BLOCK)
+    try:
+        return _apply_blocks(model_url, subs, shard, blocks, started=started)
+    finally:
+        blocks.close()  # a failed block ends the reader too
 
 
 def apply_rows(model_url: str, subs: EmbeddingStore, shard: int, emb: np.ndarray, ids: Any, valid: np.ndarray,
@@ -61,33 +71,91 @@ def apply_rows(model_url: str, subs: EmbeddingStore, shard: int, emb: np.ndarray
         The rows' :func:`input_digest` when the caller has computed it (a frozen-model run
         deciding whether to carry the shard over), else computed here.
     """
+    ids = np.asarray(ids, dtype=object)
+    valid = np.asarray(valid, dtype=bool)
+    blocks = ((emb[lo : lo + APPLY_BLOCK], ids[lo : lo + APPLY_BLOCK], valid[lo : lo + APPLY_BLOCK])
+              for lo in range(0, emb.shape[0], APPLY_BLOCK))
+    return _apply_blocks(model_url, subs, shard, blocks, started=started, digest=digest)
+
+
+def _apply_blocks(model_url: str, subs: EmbeddingStore, shard: int,
+                  blocks: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]], *, started: float,
+                  digest: str | None = None) -> dict[str, Any]:
+    """Transform the shard's rows block by block into one output buffer, then write it whole.
+
+    The input digest and the output checksum are hashed block by block on a second thread
+    (hashlib releases the GIL) while the next block is transformed: the same sha256 values as
+    :func:`input_digest` and :func:`aniso.io.store.shard_checksum` of the whole shard.
+    """
     aligner = Aligner.load(model_url, subs.storage_options)
-    read_s = time.perf_counter() - started
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="aniso-digest") as pool:
-        # the input's sha256 (a second thread: hashlib releases the GIL) beside the transform
-        pending = pool.submit(input_digest, emb, ids, valid) if digest is None else None
-        out = np.zeros((emb.shape[0], emb.shape[1]), dtype=np.float32)
-        if valid.any():
-            every = bool(valid.all())
-            rows = emb if every else emb[valid]
-            target = out if every else np.empty((rows.shape[0], emb.shape[1]), np.float32)
-            for i in range(0, rows.shape[0], APPLY_BLOCK):
-                aligner.transform(rows[i : i + APPLY_BLOCK], out=target[i : i + APPLY_BLOCK])
-            if not every:
-                out[valid] = target
-        compute_s = time.perf_counter() - started - read_s
-        stats = shard_quality(out if valid.all() else out[valid], list(ids[valid]))
-        stats.update(read_seconds=read_s, compute_seconds=compute_s,
-                     input_sha256=digest if pending is None else pending.result())
-    marker = subs.write_shard(shard, out, list(ids), valid=valid, stats=stats)
-    marker["stats"]["write_seconds"] = time.perf_counter() - started - read_s - compute_s
+    start, stop = subs.shard_range(shard)
+    out = np.empty((stop - start, subs.dim), dtype=np.float32)
+    input_hash = hashlib.sha256() if digest is None else None
+    # the checksum is of the rows as stored: hashed here only when they are stored as computed
+    output_hash = hashlib.sha256() if subs.embedding.dtype == out.dtype else None
+    id_parts: list[np.ndarray] = []
+    valid_parts: list[np.ndarray] = []
+    read_s = compute_s = 0.0
+    waited = started
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="aniso-digest") as hasher:
+        hashing = []  # one worker: the updates run in the order they are submitted
+        lo = 0
+        for emb, ids, valid in blocks:
+            began = time.perf_counter()
+            read_s += began - waited
+            hi = lo + emb.shape[0]
+            if hi > out.shape[0] or len(ids) != emb.shape[0] or len(valid) != emb.shape[0]:
+                raise ShardAlignmentError(f"the rows read for shard {shard} of {subs.url} do not fit its "
+                                          f"{out.shape[0]} rows (block [{lo}, {hi}), {len(ids)} ids)")
+            if input_hash is not None:
+                hashing.append(hasher.submit(input_hash.update, _row_bytes(emb)))
+            target = out[lo:hi]
+            if valid.all():
+                aligner.transform(emb, out=target)
+            else:  # rows flagged invalid hold zeros
+                target[...] = 0
+                if valid.any():
+                    target[valid] = aligner.transform(emb[valid])
+            if output_hash is not None:
+                hashing.append(hasher.submit(output_hash.update, _row_bytes(target)))
+            id_parts.append(ids)
+            valid_parts.append(np.asarray(valid, dtype=bool))
+            lo = hi
+            waited = time.perf_counter()
+            compute_s += waited - began
+        if lo != out.shape[0]:
+            raise ShardAlignmentError(f"{lo} rows read for shard {shard} of {subs.url}, which holds {out.shape[0]}")
+        for update in hashing:
+            update.result()
+    ids = np.concatenate(id_parts) if id_parts else np.empty(0, object)
+    valid = np.concatenate(valid_parts) if valid_parts else np.empty(0, bool)
+    joined_ids = "\x1f".join(map(str, ids)).encode()
+    if input_hash is not None:
+        input_hash.update(joined_ids)
+        input_hash.update(valid.astype(np.uint8).tobytes())
+        digest = input_hash.hexdigest()
+    checksum = None
+    if output_hash is not None:
+        output_hash.update(joined_ids)
+        checksum = output_hash.hexdigest()
+    every = bool(valid.all())
+    stats = shard_quality(out if every else out[valid], list(ids if every else ids[valid]))
+    stats.update(read_seconds=read_s, compute_seconds=compute_s, input_sha256=digest)
+    written = time.perf_counter()
+    marker = subs.write_shard(shard, out, list(ids), valid=valid, stats=stats, checksum=checksum)
+    marker["stats"]["write_seconds"] = time.perf_counter() - written
     return marker
+
+
+def _row_bytes(rows: np.ndarray) -> np.ndarray:
+    """The bytes of float32 rows in C order, as one flat uint8 view (a copy only when not already so)."""
+    return np.ascontiguousarray(rows, dtype=np.float32).reshape(-1).view(np.uint8)
 
 
 def input_digest(emb: np.ndarray, ids: Any, valid: np.ndarray) -> str:
     """sha256 of a text shard as the model sees it: its rows (float32, C order), ids and valid
     flags. Equal digests mean equal substitutes under one model (the transforms are row-wise)."""
-    digest = hashlib.sha256(np.ascontiguousarray(emb, dtype=np.float32).reshape(-1).view(np.uint8))
+    digest = hashlib.sha256(_row_bytes(emb))
     digest.update("\x1f".join(map(str, ids)).encode())
     digest.update(np.asarray(valid, dtype=np.uint8).tobytes())
     return digest.hexdigest()
