@@ -2,7 +2,9 @@
 
 The core install (``pip install "aniso[pipeline]"``) produces from precomputed embeddings with
 the default method without torch. torch comes with the ``embed`` extra (open_clip, to embed raw
-corpora) and the ``learned`` extra (AnisoAlign's learned stages, the torch DataLoader).
+corpora) and the ``learned`` extra (the torch DataLoader of published data,
+:mod:`aniso.published.torch_loader`; the name is kept from when it also installed AnisoAlign's
+learned stages, since removed).
 """
 
 from __future__ import annotations

@@ -35,8 +35,6 @@ MOVED: dict[str, str] = {
     "aniso.closed_form": "aniso.methods.anisoalign.closed_form",
     "aniso.frame": "aniso.methods.anisoalign.frame",
     "aniso.polar": "aniso.methods.anisoalign.polar",
-    "aniso.prior": "aniso.methods.anisoalign.prior",
-    "aniso.refine": "aniso.methods.anisoalign.refine",
     "aniso.diagnostics": "aniso.quality.diagnostics",
     "aniso.metric_info": "aniso.quality.metric_info",
     "aniso.gate_metrics": "aniso.quality.gate_metrics",

@@ -376,8 +376,8 @@ def semantic_config(settings: Settings) -> dict[str, Any]:
     """The part of the settings that determines the result (no execution details, no secrets).
 
     Fields marked ``EXECUTION`` are left out, and so are a method's execution-only parameters
-    (``execution_params`` in :data:`aniso.methods.table.METHODS`, e.g. AnisoAlign's
-    ``torch_threads``).
+    (``execution_params`` in :data:`aniso.methods.table.METHODS`, e.g. ``torch_threads`` of
+    AnisoAlign's former learned stages).
     """
     out = _semantic(settings)
     out["method"]["params"] = semantic_params(settings.method.name, settings.method.params)

@@ -124,5 +124,5 @@ def test_closed_form_calibration_sum_uses_the_matrix_kernel(cone):
     exact = aligner.premap(text).sum(axis=0)
     assert n == text.shape[0]
     assert np.abs(total - exact).max() / np.abs(exact).max() <= 1e-5
-    kernel = NormalizedAffine(aligner.refiner.A, aligner.mu_image - aligner.refiner.A @ aligner.mu_text)
+    kernel = NormalizedAffine(aligner.closed_form.A, aligner.mu_image - aligner.closed_form.A @ aligner.mu_text)
     np.testing.assert_allclose(kernel.transform(text), aligner.premap(text), rtol=0, atol=2e-6)

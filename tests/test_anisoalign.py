@@ -1,48 +1,30 @@
 from __future__ import annotations
 
+import copy
+import hashlib
+import io
+import json
+import math
+
 import numpy as np
 import pytest
 
-from aniso.errors import ConfigError
-from aniso.methods import AnisoAlign, CentroidShift, ReAlign
+from aniso.errors import ConfigError, StoreCorrupt
+from aniso.methods import Aligner, AnisoAlign, CentroidShift, ReAlign
+from aniso.methods.params import REMOVED_LEARNED_PARAMS, AnisoAlignParams
 from aniso.quality.diagnostics import centroid_residual, domain_classifier_accuracy, knn_overlap
 
-# Tiny learned configuration: the learned stages run, quickly, on the planted gap.
-LEARNED = dict(r=8, p=4, learned=True, min_samples_learned=100, full_capacity_samples=100, hidden=32, prior_hidden=16,
-               prior_steps=15, refine_steps=15, batch_size=128, torch_threads=1)
-
-
-@pytest.fixture(scope="module")
-def learned(gap):
-    return AnisoAlign(**LEARNED).fit(gap.text[:1500], gap.image[:1500])
-
-
-def test_zero_mlp_equals_closed_form_exactly(gap, learned):
-    cf = AnisoAlign(**{**LEARNED, "learned": False}).fit(gap.text[:1500], gap.image[:1500])
-    assert cf.capacity == "closed_form" and learned.capacity == "full"
-    zeroed = AnisoAlign(**LEARNED).fit(gap.text[:1500], gap.image[:1500])
-    zeroed.refiner.mlp = {k: np.zeros_like(v) for k, v in zeroed.refiner.mlp.items()}
-    x = gap.text[1500:]
-    assert np.array_equal(zeroed.premap(x), cf.premap(x))
-    assert not np.array_equal(learned.premap(x), cf.premap(x))  # training moved it
-
-
-def test_corrections_within_bounds(gap, learned):
-    c = learned.corrections(gap.text)
-    d_th, d_l, d_v = learned.refiner.bounds
-    assert np.abs(c["theta"]).max() <= d_th and np.abs(c["ell"]).max() <= d_l
-    assert np.all(np.abs(c["v"]) <= d_v * learned.refiner.sig_v + 1e-15)
-    assert np.abs(c["theta"]).max() > 0
-    assert np.abs(learned.closed_form.h).max() <= np.abs(learned.closed_form.g).max()
-
-
-def test_deterministic_and_chunk_invariant(gap, learned):
-    x = gap.text[:700]
-    whole = learned.transform(x)
-    parts = np.concatenate([learned.transform(x[:1]), learned.transform(x[1:333]), learned.transform(x[333:])])
-    np.testing.assert_array_equal(whole, parts)
-    again = AnisoAlign(**LEARNED).fit(gap.text[:1500], gap.image[:1500])
-    np.testing.assert_array_equal(again.transform(x), whole)
+#: The parameters an AnisoAlign saved before the learned stages were removed stores in its
+#: aligner.json (get_params() of that version, with r=8): every learned-stage field, learned false.
+OLD_PARAMS = {
+    "calibrate": True, "r": 8, "p": 64, "mixing": "haar", "seed": 0, "strength": 1.0, "evidence": 1.0,
+    "bound": 0.3, "shrinkage_rows": 7.0, "adaptive": True, "bounded": True, "knn_budget": None,
+    "budget_rows": 2000, "radial": True, "learned": False, "use_prior": True, "min_samples_learned": 5000,
+    "full_capacity_samples": 20000, "hidden": 512, "prior_hidden": 256, "prior_steps": 1000,
+    "refine_steps": 1000, "batch_size": 1024, "delta_theta": math.pi / 8, "delta_ell": 0.25, "delta_v": 0.5,
+    "w_prior": 1.0, "w_dist": 1.0, "w_rel": 1.0, "w_inst": 0.5, "w_reg": 0.001, "device": None,
+    "torch_threads": 1, "calibration_rounds": 50,
+}
 
 
 def test_closed_form_reduces_to_centroid_shift_and_calibrates(gap):
@@ -50,7 +32,6 @@ def test_closed_form_reduces_to_centroid_shift_and_calibrates(gap):
     zero = AnisoAlign(strength=0.0, radial=False, r=8).fit(t, i)
     np.testing.assert_allclose(zero.premap(t), CentroidShift().fit(t, i).premap(t), atol=1e-12)
     model = AnisoAlign(r=8).fit(t, i)
-    assert model.capacity == "closed_form"  # learned stages off by default: reported
     assert centroid_residual(model.transform(t), i) < 1e-4
     # the strong, well-sampled planted residual is corrected (evidence-adaptive bound)
     assert model.closed_form.gain > 0.9 and np.sum(np.abs(model.closed_form.h) > 0.1) >= 3
@@ -68,27 +49,37 @@ def test_closed_form_reduces_to_centroid_shift_and_calibrates(gap):
     assert domain_classifier_accuracy(m2.transform(t[held]), i[held]) < acc_realign + 0.02
 
 
+def test_premap_is_the_closed_form_map(gap):
+    """x̂ = normalize(μ_i + A(x − μ_t)): the map the closed form states, nothing on top."""
+    t, i = gap.text[:1500], gap.image[:1500]
+    m = AnisoAlign(r=8).fit(t, i)
+    x = gap.text[1500:].astype(np.float64)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    y = m.mu_image + (x - m.mu_text) @ m.closed_form.A.T
+    np.testing.assert_allclose(m.premap(x), y / np.linalg.norm(y, axis=1, keepdims=True), rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("d", [512, 768, 1280])
 def test_dimensions(d):
     rng = np.random.default_rng(d)
     base = rng.normal(size=(400, d))
     text = base + 2.0 * rng.normal(size=d)
     image = base * np.linspace(0.5, 1.5, d) + 2.0 * rng.normal(size=d)
-    m = AnisoAlign(**{**LEARNED, "r": 16, "p": 8, "min_samples_learned": 300, "refine_steps": 3,
-                      "prior_steps": 3}).fit(text, image)
+    m = AnisoAlign(r=16, p=8).fit(text, image)
     out = m.transform(text[:50])
     assert out.shape == (50, d) and out.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1, atol=1e-5)
-    assert m.frame.U.shape == (d, 16) and m.refiner.mlp is not None
+    assert m.frame.U.shape == (d, 16) and m.frame.P.shape == (d, 8)
 
 
 def test_ablation_flags_and_validation(gap):
     t, i = gap.text[:600], gap.image[:600]
     base = AnisoAlign(r=8).fit(t, i).transform(t)
-    for flags in ({"bounded": False}, {"mixing": "identity", **LEARNED, "refine_steps": 2, "prior_steps": 2},
-                  {"use_prior": False, **LEARNED, "refine_steps": 2}):
+    for flags in ({"bounded": False}, {"mixing": "identity"}, {"adaptive": False}):
         out = AnisoAlign(**{"r": 8, **flags}).fit(t, i).transform(t)
         assert out.shape == base.shape and np.isfinite(out).all()
+    # the frame's mixing matrix is stored with the model but does not enter the map
+    assert np.array_equal(AnisoAlign(r=8, mixing="identity").fit(t, i).transform(t), base)
     nocal = AnisoAlign(r=8, calibrate=False).fit(t, i)
     assert nocal.mu_hat is None and centroid_residual(nocal.transform(t), i) > 1e-4
     with pytest.raises(ConfigError):
@@ -97,11 +88,100 @@ def test_ablation_flags_and_validation(gap):
         AnisoAlign(unknown=1)
 
 
-def test_learned_stages_warn_that_they_are_experimental(gap, caplog):
-    with caplog.at_level("INFO", logger="aniso.methods.anisoalign.aligner"):
-        AnisoAlign(**{**LEARNED, "learned": False}).fit(gap.text[:300], gap.image[:300])
-    assert not [r for r in caplog.records if r.levelname == "WARNING"]
-    with caplog.at_level("INFO", logger="aniso.methods.anisoalign.aligner"):
-        AnisoAlign(**LEARNED).fit(gap.text[:300], gap.image[:300])
-    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert any("experimental" in m and "transferred worse than the closed form" in m for m in warned), warned
+# -- the removed learned stages: old parameter sets and old models -----------------------------
+def test_old_parameters_with_learned_false_are_dropped():
+    assert set(OLD_PARAMS) - {"calibrate"} - set(AnisoAlignParams.model_fields) == REMOVED_LEARNED_PARAMS
+    old = AnisoAlign(**OLD_PARAMS)
+    new = AnisoAlign(**{k: v for k, v in OLD_PARAMS.items() if k not in REMOVED_LEARNED_PARAMS})
+    assert old.get_params() == new.get_params()
+    assert not REMOVED_LEARNED_PARAMS & set(old.get_params())
+    # inert values of any kind are dropped; the switch before ``learned`` too
+    assert AnisoAlign(r=8, hidden=3, refine_steps=0, device="cuda", torch_threads=None).get_params() \
+        == AnisoAlign(r=8).get_params()
+    assert AnisoAlign(r=8, closed_form_only=True).get_params() == AnisoAlign(r=8).get_params()
+    assert AnisoAlign(r=8, closed_form_only=False, learned=False).get_params() == AnisoAlign(r=8).get_params()
+    assert AnisoAlign(r=8, prior_strength=3.0).params.shrinkage_rows == 3.0
+
+
+@pytest.mark.parametrize("params", [
+    {"learned": True},
+    {"learned": "true"},
+    {"learned": True, "hidden": 32, "refine_steps": 10},
+    {"closed_form_only": False},  # before ``learned`` existed this ran the learned stages
+    {"learned": "maybe"},  # not a boolean: never dropped silently
+])
+def test_learned_true_is_refused_with_the_reason(params):
+    with pytest.raises(ConfigError, match=r"learned stages .* were removed: measured, they transferred worse "
+                                          r"downstream than the closed form .*docs/quality\.md.*refit with learned: false"):
+        AnisoAlign(r=8, **params)
+
+
+def test_settings_with_learned_true_are_refused():
+    from aniso.config import Settings, load_settings
+
+    with pytest.raises(ConfigError, match=r"method\.params: AnisoAlign's learned stages .* were removed"):
+        load_settings(overrides=["method.params.learned=true"])
+    # inert learned-stage settings of earlier versions still load, with the run key they had
+    old = Settings(method={"name": "anisoalign", "params": {"learned": False, "torch_threads": 2}})
+    assert old.method.params == {"learned": False, "torch_threads": 2}
+
+
+def _rewrite(where, meta_update=None, state_update=None):
+    """Change a saved model's aligner.json and state as an earlier version would have written them."""
+    meta = json.loads((where / "aligner.json").read_text())
+    if state_update is not None:
+        with np.load(where / meta["state"]) as npz:
+            state = {k: npz[k] for k in npz.files}
+        state.update(state_update)
+        buffer = io.BytesIO()
+        np.savez(buffer, **state)
+        payload = buffer.getvalue()
+        meta["state_sha256"] = hashlib.sha256(payload).hexdigest()
+        meta["state"] = f"state-{meta['state_sha256'][:16]}.npz"
+        meta["arrays"] = sorted(state)
+        (where / meta["state"]).write_bytes(payload)
+    meta.update(meta_update or {})
+    (where / "aligner.json").write_text(json.dumps(meta))
+
+
+def test_old_closed_form_model_loads_bit_identical(gap, tmp_path):
+    """A model saved before the removal (every learned-stage parameter in its aligner.json,
+    learned false) loads and gives the bits of a fresh closed-form model, in every apply path."""
+    t, i = gap.text[:1500], gap.image[:1500]
+    fresh = AnisoAlign(r=8).fit(t, i)
+    where = tmp_path / "old"
+    fresh.save(str(where))
+    meta = json.loads((where / "aligner.json").read_text())
+    # what the earlier version stored: the closed form's state under the same array names
+    assert {"capacity", "ref_l_mean", "ref_l_std", "ref_sig_v", "ref_bounds", "frame_U", "cf_A"} <= set(meta["arrays"])
+    _rewrite(where, {"params": OLD_PARAMS, "aniso_version": "0.9.0"})
+    old = Aligner.load(str(where))
+    assert isinstance(old, AnisoAlign) and old.get_params() == fresh.get_params()
+    x = gap.text[1500:]
+    for src in (x, x.astype(np.float64), x.astype(np.float16)):
+        assert np.array_equal(old.transform(src), fresh.transform(src))
+    assert np.array_equal(old.premap(x), fresh.premap(x))
+    # the state a refit writes is the one the earlier version wrote (same content address)
+    again = copy.deepcopy(old)
+    assert again.save(str(tmp_path / "again")) and \
+        json.loads((tmp_path / "again" / "aligner.json").read_text())["state"] == meta["state"]
+
+
+@pytest.mark.parametrize("what", ["params", "mlp", "prior", "capacity"])
+def test_old_learned_model_is_refused_on_load(gap, tmp_path, what):
+    """A model of the learned stages is never applied as the closed form: its load fails, naming it."""
+    fresh = AnisoAlign(r=8).fit(gap.text[:600], gap.image[:600])
+    where = tmp_path / "learned"
+    fresh.save(str(where))
+    if what == "params":
+        _rewrite(where, {"params": {**OLD_PARAMS, "learned": True}})
+        error, message = ConfigError, r"learned stages .* were removed.*refit with learned: false"
+    else:
+        state = {"mlp": {"ref_mlp_w1": np.ones((4, 4), np.float32), "ref_mlp_b1": np.zeros(4, np.float32)},
+                 "prior": {"prior_anchor_cos": np.zeros((4, 2))},
+                 "capacity": {"capacity": np.asarray("full")}}[what]
+        _rewrite(where, {"params": OLD_PARAMS}, state)
+        error, message = StoreCorrupt, r"holds AnisoAlign's learned stages .*were removed.*refit with learned: false"
+    with pytest.raises(error, match=message) as info:
+        Aligner.load(str(where))
+    assert str(where) in str(info.value)

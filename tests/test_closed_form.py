@@ -185,7 +185,6 @@ def test_coco_out_of_sample_beats_the_shift_and_calibrates(coco500):
     test = np.random.default_rng(0).permutation(text.shape[0])[:100]
     train = np.setdiff1d(np.arange(text.shape[0]), test)
     aniso = AnisoAlign().fit(text[train], image[train])
-    assert aniso.capacity == "closed_form"
     shift = CentroidShift().fit(text[train], image[train])
     subs_a, subs_s = aniso.transform(text[test]), shift.transform(text[test])
     dom_a = domain_classifier_accuracy(subs_a, image[test], repeats=20)

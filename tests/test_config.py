@@ -102,7 +102,8 @@ FIELDS = {
     "cluster.wait_timeout": (5.0, False),
 }
 
-#: AnisoAlign's parameters that only change how the fit runs.
+#: Parameters of AnisoAlign's removed learned stages that only changed how a fit ran: settings that still
+#: name them (dropped, as inert, when they load) keep the run key they had.
 ANISOALIGN_EXECUTION = {"torch_threads": 3, "device": "cpu"}
 
 

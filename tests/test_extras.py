@@ -44,11 +44,13 @@ def test_precomputed_embeddings_publish_without_torch(tmp_path, gap, no_torch_en
     latest = json.loads((tmp_path / "store" / "nt" / "published" / "LATEST").read_text())
     manifest = json.loads((tmp_path / "store" / "nt" / latest["manifest"]).read_text())
     assert manifest["lineage"]["method"] == "anisoalign" and manifest["n_rows"] == len(gap.text)
-    # a stage that needs torch: one line naming the extra, before any work
+    # the removed learned stages: refused before any work, in one line saying why
     learned = _run([*base, "--dataset", "nl", "--set", "method.params.learned=true"], tmp_path, no_torch_env)
     assert learned.returncode == 2, learned.stderr[-3000:]
     lines = [line for line in learned.stderr.splitlines() if "error" in line.lower() or "Traceback" in line]
-    assert len(lines) == 1 and 'pip install "aniso[learned]"' in lines[0], learned.stderr[-3000:]
+    assert len(lines) == 1 and "learned stages" in lines[0] and "were removed" in lines[0], learned.stderr[-3000:]
+    assert not (tmp_path / "store" / "nl").exists()
+    # a stage that needs torch: one line naming the extra, before any work
     (tmp_path / "captions.jsonl").write_text("".join(json.dumps({"id": str(i), "caption": f"a photo {i}"}) + "\n"
                                                      for i in range(20)))
     corpus = _run(["produce", "store", "--text", "captions.jsonl", "--image", "image.npy", "--profile", "ci",

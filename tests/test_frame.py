@@ -46,4 +46,4 @@ def test_energy_rule_and_bad_rank(gap):
     with pytest.raises(InputError):
         fit_frame(mt, mi, r=7)
     with pytest.raises(InputError):
-        fit_frame(mt, mi, r=8, mixing="learned")
+        fit_frame(mt, mi, r=8, mixing="random")

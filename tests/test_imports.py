@@ -48,7 +48,7 @@ def test_unknown_name_is_an_attribute_error():
 @pytest.mark.parametrize("method", ["realign", "anisoalign"])
 def test_fit_save_load_transform_without_torch(tmp_path, method):
     """A worker that loads a saved model and applies it (numpy inference) never imports torch;
-    AnisoAlign's closed-form fit does not either (only the learned stages train with torch)."""
+    nor does fitting one (AnisoAlign included)."""
     loaded = _loaded_after(
         "import numpy as np\n"
         "from aniso.methods import Aligner, get_aligner\n"

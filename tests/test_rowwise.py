@@ -16,7 +16,7 @@ def _blocked(fn, x: np.ndarray, cuts: tuple[int, ...]) -> np.ndarray:
     return np.concatenate([fn(x[lo:hi]) for lo, hi in zip(edges[:-1], edges[1:])])
 
 
-# Shapes the aligners multiply: d×d maps (CLIP widths), frame bases, and the refiner's MLP layers.
+# Shapes to multiply: d×d maps (CLIP widths), and narrow and wide ones either side of the tiles.
 @pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 1e-4)])
 @pytest.mark.parametrize("k,p", [(512, 512), (768, 768), (512, 16), (16, 512), (70, 256), (256, 40), (512, 0)])
 def test_rows_do_not_depend_on_their_block(k, p, dtype, tol):

@@ -346,7 +346,10 @@ class Aligner(ABC):
         StoreNotFound
             No model was committed at ``url``.
         StoreCorrupt
-            The committed model is unreadable (truncated, checksum mismatch, unknown method).
+            The committed model is unreadable (truncated, checksum mismatch, unknown method), or
+            holds what this aniso cannot apply (an AnisoAlign with the removed learned stages).
+        ConfigError
+            Its parameters are ones this aniso refuses (AnisoAlign with ``learned: true``).
         """
         from aniso.methods.persistence import load_model
 

@@ -13,7 +13,8 @@ import difflib
 import math
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from aniso.errors import ConfigError
 from aniso.methods.table import method_entry
@@ -24,6 +25,7 @@ __all__ = [
     "C3Params",
     "MomentMatchParams",
     "AnisoAlignParams",
+    "REMOVED_LEARNED_PARAMS",
     "validate_method",
     "semantic_params",
 ]
@@ -52,13 +54,28 @@ class MomentMatchParams(MethodParams):
     shrinkage: float = Field(0.0, ge=0.0, le=1.0)
 
 
+#: Parameters of AnisoAlign's learned stages (Stage I phase prior, Stage II MLP refinement), removed
+#: in issue 23: measured, they transferred worse downstream than the closed form at about 100x its
+#: fit time (docs/quality.md, "Why the learned stages lose"). Models saved before store them in their
+#: ``aligner.json``; they are dropped when they are inert (see ``AnisoAlignParams._former_names``).
+REMOVED_LEARNED_PARAMS = frozenset({
+    "learned", "use_prior", "min_samples_learned", "full_capacity_samples", "hidden", "prior_hidden",
+    "prior_steps", "refine_steps", "batch_size", "delta_theta", "delta_ell", "delta_v", "w_prior", "w_dist",
+    "w_rel", "w_inst", "w_reg", "device", "torch_threads",
+})
+
+LEARNED_REMOVED = ("AnisoAlign's learned stages (Stage I phase prior, Stage II MLP refinement) were removed: "
+                   "measured, they transferred worse downstream than the closed form at about 100x its fit time "
+                   "(docs/quality.md, 'Why the learned stages lose'); refit with learned: false (the closed form)")
+
+
 class AnisoAlignParams(MethodParams):
     """Validated hyper-parameters of :class:`AnisoAlign` (all JSON-able)."""
 
-    r: int | None = Field(64, description="rank (even) of the joint frame's dominant subspace U, where the learned stages work in polar blocks; None: the smallest rank holding the energy rule's share of Σ")
-    p: int = Field(64, ge=0, description="leading directions of U's complement that Stage II also corrects (learned stages only)")
-    mixing: Literal["haar", "identity"] = "haar"
-    seed: int = 0
+    r: int | None = Field(64, description="rank (even) of the joint frame's dominant subspace U (stored with the model); None: the smallest rank holding the energy rule's share of Σ")
+    p: int = Field(64, ge=0, description="leading directions of U's complement kept in the stored frame (P)")
+    mixing: Literal["haar", "identity"] = Field("haar", description="the stored frame's mixing matrix R: fixed-seed Haar or the identity")
+    seed: int = Field(0, description="seed of the row samples, the kNN budget's rows and the frame's Haar R")
     # closed form
     strength: float = Field(1.0, ge=0, description="share of the evidence-weighted mismatch corrected; 0: centroid shift")
     evidence: float = Field(1.0, ge=0, description="rows per dimension for half the correction")
@@ -70,38 +87,31 @@ class AnisoAlignParams(MethodParams):
     knn_budget: float | None = Field(None, ge=0, description="largest kNN-overlap@10 loss against the centroid shift, measured on the fitting text; None (the default since issue 23: it transfers best downstream, docs/quality.md): no budget")
     budget_rows: int = Field(2000, ge=11, description="text rows the kNN budget is measured on")
     radial: bool = Field(True, description="scale the deviations radially so renormalisation keeps the centroid's length")
-    # learned stages (off by default: on every corpus measured they did not pay for their cost,
-    # see docs/quality.md)
-    learned: bool = Field(False, description="train the learned stages (Stage I phase prior, Stage II refinement) when the samples allow it; false: the closed form alone")
-    use_prior: bool = True
-    min_samples_learned: int = Field(5000, ge=2)
-    full_capacity_samples: int = Field(20000, ge=2)
-    hidden: int = Field(512, gt=0)
-    prior_hidden: int = Field(256, gt=0)
-    prior_steps: int = Field(1000, ge=0)
-    refine_steps: int = Field(1000, ge=0)
-    batch_size: int = Field(1024, gt=1)
-    delta_theta: float = Field(math.pi / 8, ge=0, description="Stage II bound on each block's phase correction (radians, tanh-bounded)")
-    delta_ell: float = Field(0.25, ge=0, description="Stage II bound on each block's log-radius correction")
-    delta_v: float = Field(0.5, ge=0, description="Stage II bound on each complement coordinate's correction (in units of its spread)")
-    w_prior: float = Field(1.0, description="Stage II loss weight: energy of the Stage I prior on the corrected phases")
-    w_dist: float = Field(1.0, description="Stage II loss weight: MMD between corrected text and image batches")
-    w_rel: float = Field(1.0, description="Stage II loss weight: in-batch cosine structure kept (relational)")
-    w_inst: float = Field(0.5, description="Stage II loss weight: each row's correction along its own residual direction (instance)")
-    w_reg: float = Field(1e-3, description="Stage II loss weight: size of the corrections (regulariser)")
-    device: str | None = None
-    torch_threads: int | None = Field(1, gt=0, description="CPU threads for training (1 measured 1.9–4.5× faster than torch's default on a loaded 2-core machine; None: torch's default)")
     calibration_rounds: int = Field(50, ge=1, description="most Newton rounds of the exact centroid calibration")
 
     @model_validator(mode="before")
     @classmethod
     def _former_names(cls, data: Any) -> Any:
-        # ``closed_form_only: true`` (an earlier switch) meant what ``learned: false`` means now
-        if isinstance(data, dict) and "closed_form_only" in data:
-            data = dict(data)
-            if data.pop("closed_form_only"):
-                data["learned"] = False
-        return data
+        """Parameter sets of earlier versions (settings, and the ``aligner.json`` of saved models).
+
+        * the learned stages' parameters (:data:`REMOVED_LEARNED_PARAMS`) are dropped while
+          ``learned`` is false: they never changed a closed-form model;
+        * ``learned: true``, or ``closed_form_only: false`` without ``learned`` (the switch before
+          ``learned``, whose default ran the learned stages), asks for the removed stages: refused;
+        * ``closed_form_only`` otherwise, and ``prior_strength`` (now ``shrinkage_rows``, an alias),
+          still load.
+        """
+        if not isinstance(data, dict) or not (REMOVED_LEARNED_PARAMS | {"closed_form_only"}) & data.keys():
+            return data
+        data = dict(data)
+        closed_form_only = data.pop("closed_form_only", None)
+        if "learned" in data:
+            learned = _as_bool(data["learned"])
+        else:
+            learned = False if closed_form_only is None else _as_bool(closed_form_only) is not True
+        if learned is not False:  # true, or not a boolean: never dropped silently
+            raise PydanticCustomError("learned_removed", LEARNED_REMOVED)
+        return {k: v for k, v in data.items() if k not in REMOVED_LEARNED_PARAMS}
 
     @model_validator(mode="after")
     def _budget_needs_bounds(self) -> AnisoAlignParams:
@@ -119,6 +129,14 @@ class AnisoAlignParams(MethodParams):
         if r is not None and (r <= 0 or r % 2):
             raise ValueError(f"r must be a positive even number, got {r}")
         return r
+
+
+def _as_bool(value: Any) -> bool | None:
+    """``value`` read as pydantic reads a ``bool`` field (``"true"``, ``1``, ...); None: not a boolean."""
+    try:
+        return TypeAdapter(bool).validate_python(value)
+    except ValidationError:
+        return None
 
 
 def validate_method(name: str, params: dict[str, Any], *, where: str = "method.params.") -> dict[str, Any]:
@@ -142,11 +160,18 @@ def validate_method(name: str, params: dict[str, Any], *, where: str = "method.p
         model.model_validate(rest)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{where}{'.'.join(str(p) for p in err['loc'])}: {err['msg']}{_did_you_mean(err, model)}"
-            for err in exc.errors()
+            f"{_where(where, err['loc'])}{err['msg']}{_did_you_mean(err, model)}" for err in exc.errors()
         )
         raise ConfigError(f"invalid parameters for method {name!r}: {problems}") from None
     return params
+
+
+def _where(where: str, loc: tuple[Any, ...]) -> str:
+    """``"<where><field>: "``; for an error of the whole parameter set (no field) ``"<where>: "``."""
+    if loc:
+        return f"{where}{'.'.join(str(p) for p in loc)}: "
+    where = where.rstrip(" .:")
+    return f"{where}: " if where else ""
 
 
 def _did_you_mean(err: Any, model: type[BaseModel]) -> str:

@@ -14,7 +14,7 @@ import numpy as np
 
 from aniso._fs import exists, filesystem, join_url, write_atomic
 from aniso._version import __version__
-from aniso.errors import StoreCorrupt, StoreNotFound
+from aniso.errors import ConfigError, StoreCorrupt, StoreNotFound
 from aniso.methods.table import METHODS
 from aniso.numeric.fused_affine import APPLY_KERNELS
 
@@ -63,7 +63,10 @@ def load_model(url: str, storage_options: dict[str, Any] | None, expected: type[
     StoreNotFound
         No model was committed at ``url``.
     StoreCorrupt
-        The committed model is unreadable, or not an ``expected`` (None: any method).
+        The committed model is unreadable, or not an ``expected`` (None: any method), or holds
+        what this aniso cannot apply (AnisoAlign's learned stages).
+    ConfigError
+        Its parameters are ones this aniso refuses (AnisoAlign with ``learned: true``).
     """
     for marker in (MODEL_JSON, UNCALIBRATED_JSON):
         if exists(join_url(url, marker), storage_options):
@@ -119,13 +122,19 @@ def _load_marker(url: str, marker: str, storage_options: dict[str, Any] | None,
     if kernel not in APPLY_KERNELS:
         raise StoreCorrupt(f"aligner at {url} applies with kernel {kernel!r}, which this aniso does not have "
                            f"(it has {', '.join(APPLY_KERNELS)}): a newer aniso saved it")
-    obj = aligner_cls(**meta["params"])
+    try:  # parameters this aniso no longer takes (e.g. AnisoAlign's learned stages) are refused here
+        obj = aligner_cls(**meta["params"])
+    except ConfigError as exc:
+        raise ConfigError(f"aligner at {url}: {exc}") from None
     obj.apply_kernel = kernel
     obj.mu_text = state["mu_text"]
     obj.mu_image = state["mu_image"]
     obj.mu_hat = state.get("mu_hat")
     obj.dim = int(obj.mu_image.shape[0])
-    obj._set_state(state)
+    try:
+        obj._set_state(state)
+    except StoreCorrupt as exc:
+        raise StoreCorrupt(f"aligner at {url}: {exc}") from None
     return obj
 
 

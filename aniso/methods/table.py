@@ -78,6 +78,8 @@ METHODS: dict[str, MethodEntry] = {
         MethodEntry("realign", f"{_BASELINES}:ReAlign", "NoParams", "trace", "ReAlign: centroid shift and global trace rescale"),
         MethodEntry("c3", f"{_BASELINES}:C3", "C3Params", "trace", "C3: centroid shift plus training-time noise"),
         MethodEntry("moment", f"{_BASELINES}:MomentMatch", "MomentMatchParams", "full", "MomentMatch: shrunk covariance matching (CORAL)"),
+        # torch_threads and device were the removed learned stages' (AnisoAlignParams drops them when
+        # inert): still left out, so settings that name them keep the run key they had
         MethodEntry("anisoalign", "aniso.methods.anisoalign.aligner:AnisoAlign", "AnisoAlignParams", "full",
                     "AnisoAlign: bounded, evidence-adaptive anisotropic correction",
                     execution_params=frozenset({"torch_threads", "device"})),

@@ -202,7 +202,7 @@ def preflight(text: str, image: str, settings: Any, *, timeout: float = TIMEOUT_
     if shapes["text"] and shapes["image"] and shapes["text"][1] != shapes["image"][1]:
         raise InputError(f"text embeddings ({text}) have d={shapes['text'][1]} but image embeddings "
                          f"({image}) have d={shapes['image'][1]}")
-    check_extras(shapes, (text, image), settings)
+    check_extras(shapes, (text, image))
     check_output_root(settings.storage.root, settings.storage.dataset, options, timeout=timeout)
     from aniso.stages.frozen import check_before_run
 
@@ -212,14 +212,13 @@ def preflight(text: str, image: str, settings: Any, *, timeout: float = TIMEOUT_
     return id_source
 
 
-def check_extras(shapes: dict[str, tuple[int, int] | None], urls: tuple[str, str], settings: Any) -> None:
+def check_extras(shapes: dict[str, tuple[int, int] | None], urls: tuple[str, str]) -> None:
     """The optional dependencies the run will need are installed.
 
     Raises
     ------
     MissingExtra
-        A raw corpus without the ``embed`` extra (torch, open_clip), or AnisoAlign's learned
-        stages without the ``learned`` extra (torch): one line naming the extra.
+        A raw corpus without the ``embed`` extra (torch, open_clip): one line naming the extra.
     """
     from aniso._extras import require
 
@@ -227,9 +226,6 @@ def check_extras(shapes: dict[str, tuple[int, int] | None], urls: tuple[str, str
         if shape is None:  # a raw corpus: embedded with open_clip first
             for module in ("torch", "open_clip"):
                 require(module, extra="embed", purpose=f"embedding the raw {name} corpus {url}")
-    params = getattr(settings.method, "params", None) or {}
-    if settings.method.name == "anisoalign" and params.get("learned"):
-        require("torch", extra="learned", purpose="AnisoAlign's learned stages (method.params.learned: true)")
 
 
 #: Environment variables through which fsspec/s3fs/botocore find object-store credentials,

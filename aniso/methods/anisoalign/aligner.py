@@ -1,36 +1,46 @@
 """AnisoAlign behind the aligner interface (docs/method.md).
 
 Fit: joint frame → closed-form global map (centroid shift plus a shrunk, bounded,
-evidence-adaptive per-direction second-moment correction) → [Stage I prior on image phases →
-Stage II bounded MLP], then the exact centroid calibration. The learned stages are off by default
-(``learned=False``): on every corpus we measured they did not beat the closed form by enough to pay
-for their fit (``docs/quality.md``). With ``learned=True`` they run only when the samples can
-support them: below
-``min_samples_learned`` rows per modality the model is the closed form alone, below
-``full_capacity_samples`` it uses a reduced network with halved bounds. The choice is logged and
-stored (``capacity`` in the state, visible as ``aligner.capacity``).
+evidence-adaptive per-direction second-moment correction), then the exact centroid calibration.
+The map is ``normalize(μ_i + A(x − μ_t))``, applied row by row (:mod:`aniso.numeric.rowwise`).
+
+The learned stages of earlier versions (a Stage I phase prior and a Stage II MLP refinement on top
+of the closed form) were removed: measured, they transferred worse downstream than the closed form
+at about 100x its fit time (``docs/quality.md``, "Why the learned stages lose"). Models saved
+before load when they are the closed form (``learned: false``, the default then); one that holds the
+learned stages' weights is refused (:meth:`AnisoAlign._set_state`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
 
-from aniso.errors import ConfigError, InputError
+from aniso.errors import ConfigError, InputError, StoreCorrupt
 from aniso.methods.anisoalign.closed_form import ClosedForm, centroid_offset, fit_budget, fit_closed_form, radial_scale
 from aniso.methods.anisoalign.frame import Frame, fit_frame
-from aniso.methods.anisoalign.polar import EPS64, to_polar
-from aniso.methods.anisoalign.refine import LossWeights, Refiner, fit_refiner, input_statistics
 from aniso.methods.base import Aligner
-from aniso.methods.params import AnisoAlignParams
+from aniso.methods.params import LEARNED_REMOVED, AnisoAlignParams
+from aniso.numeric.arrays import l2_normalize
 from aniso.numeric.moments import Moments
+from aniso.numeric.rowwise import rowwise_matmul
 
 __all__ = ["AnisoAlign", "AnisoAlignParams"]
 
 logger = logging.getLogger(__name__)
+
+#: The ``capacity`` every model now stores (earlier versions also wrote ``"reduced"`` and
+#: ``"full"``, for the learned stages); readers before the removal need the key.
+CLOSED_FORM = "closed_form"
+#: Prefixes of the learned stages' arrays in the states of earlier versions (MLP weights, prior).
+_LEARNED_PREFIXES = ("ref_mlp_", "prior_")
+#: The learned refinement's bounds (δ_θ, δ_ℓ, δ_V) at the defaults earlier versions had; stored
+#: (``ref_bounds``) only so that a reader before the removal still loads a new model.
+_LEGACY_BOUNDS = (math.pi / 8, 0.25, 0.5)
 
 
 class AnisoAlign(Aligner):
@@ -41,8 +51,8 @@ class AnisoAlign(Aligner):
     calibrate
         Final centroid calibration (default on).
     **params
-        See :class:`AnisoAlignParams`; ablations are single flags: ``learned`` (the learned
-        stages on top of the closed form), ``use_prior=False``, ``bounded=False``, ``mixing="identity"``, ``calibrate=False``.
+        See :class:`AnisoAlignParams`; ablations are single flags: ``bounded=False``,
+        ``adaptive=False``, ``strength=0`` (the centroid shift), ``calibrate=False``.
     """
 
     name = "anisoalign"
@@ -58,33 +68,12 @@ class AnisoAlign(Aligner):
             raise ConfigError(f"invalid AnisoAlign parameters: {exc}") from exc
         self.frame: Frame | None = None
         self.closed_form: ClosedForm | None = None
-        self.refiner: Refiner | None = None
-        self.prior_arrays: dict[str, np.ndarray] = {}
-        self.capacity: str | None = None
         self.calib_delta: np.ndarray | None = None
 
     def get_params(self) -> dict[str, Any]:
         return {"calibrate": self.calibrate, **self.params.model_dump()}
 
     # -- fitting ---------------------------------------------------------------------------
-    def _choose_capacity(self, n: int) -> str:
-        ps = self.params
-        if not ps.learned:
-            cap, why = "closed_form", "learned stages off (learned=False, the default)"
-        elif n < ps.min_samples_learned:
-            cap, why = "closed_form", f"{n} rows per modality < min_samples_learned={ps.min_samples_learned}"
-        elif n < ps.full_capacity_samples:
-            cap, why = "reduced", f"{n} rows < full_capacity_samples={ps.full_capacity_samples}"
-        else:
-            cap, why = "full", f"{n} rows per modality"
-        logger.info("AnisoAlign capacity: %s (%s)", cap, why)
-        if cap != "closed_form":
-            # measured, not assumed: say it where the choice is made, not only in the docs
-            logger.warning("AnisoAlign learned stages: experimental; on the demo world they transferred worse than "
-                           "the closed form (learned: false) at about 100x its fit time (docs/quality.md, "
-                           "'Why the learned stages lose')")
-        return cap
-
     def _fit(self, text_stats: Moments, image_stats: Moments, text_sample: np.ndarray | None,
              image_sample: np.ndarray | None) -> None:
         ps = self.params
@@ -100,46 +89,7 @@ class AnisoAlign(Aligner):
         elif ps.radial:
             cf = cf.with_strength(1.0, radial_scale((text_sample - self.mu_text) @ cf.A.T, self.mu_image))
         self.closed_form = cf
-        self.capacity = self._choose_capacity(min(text_sample.shape[0], image_sample.shape[0]))
-        scale = 0.5 if self.capacity == "reduced" else 1.0
-        bounds = np.array([ps.delta_theta, ps.delta_ell, ps.delta_v]) * scale
-        k = self.frame.r // 2
-        self.refiner = Refiner(frame=self.frame, A=self.closed_form.A, l_mean=np.zeros(k), l_std=np.ones(k),
-                               sig_v=np.ones(self.frame.p), bounds=bounds, bounded=ps.bounded)
-        self.prior_arrays = {}
-        if self.capacity != "closed_form":
-            self._fit_learned(text_sample, image_sample)
         self.calib_delta = self._calibration_refinement(text_sample) if self.calibrate else None
-
-    def _fit_learned(self, text_sample: np.ndarray, image_sample: np.ndarray) -> None:
-        from aniso._extras import require
-
-        torch = require("torch", extra="learned", purpose="AnisoAlign's learned stages (learned=True)")
-
-        ps = self.params
-        assert self.frame is not None and self.refiner is not None
-        threads = torch.get_num_threads()
-        if ps.torch_threads:
-            torch.set_num_threads(ps.torch_threads)
-        try:
-            input_statistics(self.refiner, text_sample, image_sample)
-            device = ps.device or _default_device()
-            prior = None
-            if ps.use_prior and ps.w_prior > 0:
-                from aniso.methods.anisoalign.prior import fit_prior
-
-                a_img = ((image_sample - self.frame.mu_image) @ self.frame.U) @ self.frame.R
-                theta, ell = to_polar(a_img, EPS64)
-                prior = fit_prior(theta, ell, steps=ps.prior_steps, batch_size=ps.batch_size,
-                                  hidden=ps.prior_hidden, seed=ps.seed, device=device)
-                self.prior_arrays = prior.to_arrays()
-            hidden = ps.hidden if self.capacity == "full" else max(16, ps.hidden // 4)
-            weights = LossWeights(prior=ps.w_prior if prior is not None else 0.0, dist=ps.w_dist, rel=ps.w_rel,
-                                  inst=ps.w_inst, reg=ps.w_reg)
-            fit_refiner(self.refiner, prior, text_sample, image_sample, hidden=hidden, steps=ps.refine_steps,
-                        batch_size=ps.batch_size, weights=weights, seed=ps.seed, device=device)
-        finally:
-            torch.set_num_threads(threads)
 
     def _calibration_refinement(self, text_sample: np.ndarray) -> np.ndarray:
         """Exact centroid calibration after renormalisation, estimated on the text sample.
@@ -166,51 +116,56 @@ class AnisoAlign(Aligner):
 
     # -- applying --------------------------------------------------------------------------
     def _premap(self, x: np.ndarray) -> np.ndarray:
-        assert self.refiner is not None
-        return self.refiner.apply(x)
+        # x̂ = normalize(μ_i + A(x − μ_t)) with the frame's means, row by row (row-deterministic)
+        assert self.frame is not None and self.closed_form is not None
+        return l2_normalize(self.frame.mu_image + rowwise_matmul(x - self.frame.mu_text, self.closed_form.A.T))
 
     def _affine(self) -> tuple[np.ndarray, np.ndarray] | None:
-        # the closed form (no learned refiner) is normalize(μ_i + A(u − μ_t)) = normalize(A u + c)
-        if self.refiner is None or self.refiner.mlp is not None:
+        # the premap is normalize(μ_i + A(u − μ_t)) = normalize(A u + c)
+        if self.frame is None or self.closed_form is None:
             return None
-        frame = self.refiner.frame
-        return self.refiner.A, frame.mu_image - self.refiner.A @ frame.mu_text
+        a_mat = self.closed_form.A
+        return a_mat, self.frame.mu_image - a_mat @ self.frame.mu_text
 
     def _centred_map(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-        # Refiner.apply of the closed form: normalize(μ_i + rowwise_matmul(u − μ_t, Aᵀ)) (frame means)
-        if self.refiner is None or self.refiner.mlp is not None:
+        # _premap as centred_affine_rows computes it: normalize(μ_i + rowwise_matmul(u − μ_t, Aᵀ))
+        if self.frame is None or self.closed_form is None:
             return None
-        return self.refiner.A.T, self.refiner.frame.mu_text, self.refiner.frame.mu_image
-
-    def corrections(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """The bounded corrections Δθ, Δℓ, Δb applied to each row (for inspection and tests)."""
-        _, _, dth, dl, db = self.refiner.corrections(self._check_input(x))  # type: ignore[union-attr]
-        return {"theta": dth, "ell": dl, "v": db}
+        return self.closed_form.A.T, self.frame.mu_text, self.frame.mu_image
 
     # -- persistence -----------------------------------------------------------------------
     def _get_state(self) -> dict[str, np.ndarray]:
-        assert self.frame is not None and self.closed_form is not None and self.refiner is not None
-        state = {**self.frame.to_arrays(), **self.closed_form.to_arrays(), **self.refiner.to_arrays(),
-                 **self.prior_arrays, "capacity": np.asarray(self.capacity)}
+        assert self.frame is not None and self.closed_form is not None
+        # ref_* and capacity are what readers before the learned stages' removal need to load
+        # the closed form (the input statistics of a network that is not there; never read now)
+        k = self.frame.r // 2
+        state = {**self.frame.to_arrays(), **self.closed_form.to_arrays(),
+                 "ref_l_mean": np.zeros(k), "ref_l_std": np.ones(k), "ref_sig_v": np.ones(self.frame.p),
+                 "ref_bounds": np.array(_LEGACY_BOUNDS), "capacity": np.asarray(CLOSED_FORM)}
         if self.calib_delta is not None:
             state["calib_delta"] = self.calib_delta
         return state
 
     def _set_state(self, state: dict[str, np.ndarray]) -> None:
+        """Load a state; a model of the learned stages (earlier versions) is refused.
+
+        Raises
+        ------
+        StoreCorrupt
+            The state holds the learned stages (MLP weights ``ref_mlp_*``, prior arrays
+            ``prior_*``, or a ``capacity`` other than the closed form's): applying it as the closed
+            form would give other substitutes than the model was published with.
+        """
+        learned = sorted({f"{p}*" for p in _LEARNED_PREFIXES for k in state if k.startswith(p)})
+        capacity = str(state.get("capacity", CLOSED_FORM))
+        if capacity != CLOSED_FORM:
+            learned.append(f"capacity {capacity!r}")
+        if learned:
+            found = ", ".join(learned)
+            raise StoreCorrupt(f"the model holds AnisoAlign's learned stages ({found}), which this aniso cannot "
+                               f"apply: {LEARNED_REMOVED}")
         self.frame = Frame.from_arrays(state)
         self.closed_form = ClosedForm.from_arrays(state)
-        mlp = {k[len("ref_mlp_"):]: state[k] for k in state if k.startswith("ref_mlp_")} or None
-        self.refiner = Refiner(frame=self.frame, A=self.closed_form.A, l_mean=state["ref_l_mean"],
-                               l_std=state["ref_l_std"], sig_v=state["ref_sig_v"], bounds=state["ref_bounds"],
-                               bounded=self.params.bounded, mlp=mlp)
-        self.prior_arrays = {k: state[k] for k in state if k.startswith("prior_")}
-        self.capacity = str(state["capacity"])
         self.calib_delta = state.get("calib_delta")
         if self.frame.d != self.dim:
             raise InputError(f"stored frame has d={self.frame.d}, model d={self.dim}")
-
-
-def _default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
