@@ -1,7 +1,7 @@
 """The demo-world corpus: captioned scenes embedded by the shipped ``aniso-demo-tiny`` open_clip model.
 
 A real contrastive model (modality gap ≈ 0.57) with as many pairs as wanted, generated
-deterministically from a seed, so the learned stages can be judged on ≥ 60,000 rows. The arrays
+deterministically from a seed, so methods can be judged on ≥ 60,000 rows. The arrays
 are cached under ``.cache/`` (git-ignored), never committed.
 
     .venv/bin/python bench/demo_world.py [--n 60000] [--seed 7]     # prints gap and R@1 stats

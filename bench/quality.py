@@ -10,12 +10,11 @@ the paired metrics). Same folds for every method. Sets:
 * a planted-gap set (:func:`aniso.testing.synthetic.planted_gap`) at 50,000 pairs.
 
 On the large sets the metrics are computed on a seeded sample of ``--eval-rows`` held-out rows
-per fold. ``--learned`` adds the learned-stage comparison on the demo world (fit time and quality
-of AnisoAlign with ``learned=True`` against its closed form, same fold). Writes ``docs/quality.md``,
-keeping its "Downstream" and "Caption decoder" sections (``bench/transfer.py``, ``bench/caption.py``)
-at the top.
+per fold. Writes ``docs/quality.md``, keeping its "Downstream" and "Caption decoder" sections
+(``bench/transfer.py``, ``bench/caption.py``) and the record of AnisoAlign's removed learned stages
+("Why the learned stages lose") at the top.
 
-    OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python bench/quality.py [--folds 5] [--seed 0] [--learned]
+    OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python bench/quality.py [--folds 5] [--seed 0]
 """
 
 from __future__ import annotations
@@ -35,8 +34,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from aniso.numeric.arrays import l2_normalize  # noqa: E402
-from aniso.quality.diagnostics import (centroid_residual, diagnose, domain_classifier_accuracy,  # noqa: E402
-                               domain_classifier_by_class, format_table)
+from aniso.quality.diagnostics import (centroid_residual, diagnose,  # noqa: E402
+                                       domain_classifier_by_class, format_table)
 from aniso.methods import get_aligner  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
@@ -152,12 +151,11 @@ def make_folds(image: np.ndarray, n_folds: int, seed: int) -> list[np.ndarray]:
 
 
 def evaluate(text: np.ndarray, image: np.ndarray, n_folds: int, seed: int, *, eval_rows: int = 0,
-             methods: dict[str, tuple[str, dict]] = METHODS) -> tuple[dict, dict, dict]:
-    """Per method: mean and std over folds of every metric, and the capacity AnisoAlign chose."""
+             methods: dict[str, tuple[str, dict]] = METHODS) -> tuple[dict, dict]:
+    """Per method: mean and std over folds of every metric."""
     text, image = l2_normalize(text.astype(np.float64)), l2_normalize(image.astype(np.float64))
     folds = make_folds(image, n_folds, seed)
     rows: dict[str, dict[str, list[float]]] = {}
-    info: dict[str, str] = {}
     for k, test in enumerate(folds):
         train = np.setdiff1d(np.arange(text.shape[0]), test)
         rng = np.random.default_rng([seed, k])
@@ -165,8 +163,6 @@ def evaluate(text: np.ndarray, image: np.ndarray, n_folds: int, seed: int, *, ev
             test = np.sort(rng.choice(test, eval_rows, replace=False))
         for label, (name, params) in methods.items():
             aligner = get_aligner(name, **params).fit(text[train], image[train], seed=seed)
-            if getattr(aligner, "capacity", None):
-                info[label] = aligner.capacity
             subs = aligner.transform(text[test])
             res = diagnose(text[test], image[test], subs, paired=True, seed=seed + k)
             dom = domain_classifier_by_class(subs, image[test], repeats=DOM_REPEATS, seed=seed + k)
@@ -176,7 +172,7 @@ def evaluate(text: np.ndarray, image: np.ndarray, n_folds: int, seed: int, *, ev
                 rows.setdefault(label, {}).setdefault(m, []).append(v)
     mean = {label: {m: float(np.mean(v)) for m, v in r.items()} for label, r in rows.items()}
     std = {label: {m: float(np.std(v)) for m, v in r.items()} for label, r in rows.items()}
-    return mean, std, info
+    return mean, std
 
 
 def key_table(mean: dict, std: dict) -> str:
@@ -210,48 +206,20 @@ def dominance(mean: dict, method: str = "AnisoAlign") -> tuple[list[str], bool]:
     return out + [f"in-sample centroid ≤ 1e-3: {'yes' if resid else 'NO'}"], all_ok and resid
 
 
-def section(name: str, desc: str, mean: dict, std: dict, info: dict, *, full: bool) -> tuple[list[str], bool]:
+def section(name: str, desc: str, mean: dict, std: dict, *, full: bool) -> tuple[list[str], bool]:
     lines, ok = dominance(mean)
     out = [f"## {name} ({desc})", "", key_table(mean, std), "",
            "AnisoAlign (default) dominates — " + "; ".join(lines), ""]
-    if info:
-        out += ["AnisoAlign capacity chosen: " + ", ".join(f"{k}: {v}" for k, v in info.items()), ""]
     out += ["<details><summary>More metrics (mean over folds)</summary>", "",
             format_table({m: {c: r[c] for c in (SUMMARY if not full else r) if c in r} for m, r in mean.items()}),
             "", "</details>", ""]
     return out, ok
 
 
-def learned_comparison(text: np.ndarray, image: np.ndarray, seed: int, eval_rows: int,
-                       steps: list[int]) -> list[str]:
-    """Closed form vs learned stages on one demo-world fold: quality and fit wall time."""
-    import torch
-
-    torch.set_num_threads(1)
-    text, image = l2_normalize(text.astype(np.float64)), l2_normalize(image.astype(np.float64))
-    test = make_folds(image, 5, seed)[0]
-    train = np.setdiff1d(np.arange(text.shape[0]), test)
-    test = np.sort(np.random.default_rng(seed).choice(test, min(eval_rows, test.size), replace=False))
-    variants = {"closed form (default)": {}, "closed form, knn_budget 0.01": {"knn_budget": 0.01}}
-    for s in steps:
-        variants[f"learned, {s}+{s} steps"] = {"learned": True, "prior_steps": s, "refine_steps": s,
-                                               "torch_threads": 1}
-    out = ["| AnisoAlign | dom | knn | r1 | fit wall s (1 thread) | capacity |", "|---|---|---|---|---|---|"]
-    for label, params in variants.items():
-        t0 = time.perf_counter()
-        a = get_aligner("anisoalign", **params).fit(text[train], image[train], seed=seed)
-        fit_s = time.perf_counter() - t0
-        subs = a.transform(text[test])
-        res = diagnose(text[test], image[test], subs, paired=True, seed=seed)
-        dom = domain_classifier_accuracy(subs, image[test], repeats=DOM_REPEATS, seed=seed)
-        out.append(f"| {label} | {dom:.3f} | {res['knn_overlap@10']:.3f} | {res['R@1']:.3f} | {fit_s:.1f} | {a.capacity} |")
-        print(out[-1], file=sys.stderr, flush=True)
-    return out
-
-
 def keep_downstream(page: str, path: Path) -> str:
     """``page`` with the generated "Downstream" (``bench/transfer.py``) and "Caption decoder"
-    (``bench/caption.py``) sections of the page at ``path`` kept after the title."""
+    (``bench/caption.py``) sections of the page at ``path``, and its record of the removed learned
+    stages (``learned``), kept after the title."""
     old = path.read_text() if path.exists() else ""
     blocks = []
     for name in ("downstream", "caption", "learned"):
@@ -271,8 +239,6 @@ def main() -> None:
     ap.add_argument("--demo-rows", type=int, default=60_000)
     ap.add_argument("--planted-rows", type=int, default=50_000)
     ap.add_argument("--eval-rows", type=int, default=2000, help="held-out rows scored per fold on the large sets")
-    ap.add_argument("--learned", action="store_true", help="add the learned-stage comparison (slow)")
-    ap.add_argument("--learned-steps", default="100,300")
     ap.add_argument("--out", default=str(ROOT / "docs" / "quality.md"))
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -307,24 +273,16 @@ def main() -> None:
            "- \"dominates\": `dom` lower than the baseline's, with `knn` and `r1` no more than 0.01 below it.", ""]
     if skipped:
         out += ["Skipped: " + "; ".join(skipped), ""]
-    learned: list[str] = []
-    if args.learned and "demo world" in big:  # first: the evidence for the default
-        t, i, _ = big["demo world"]
-        learned = ["## Learned stages vs the closed form (demo world, fold 0)", "",
-                   f"Same fold, {args.eval_rows} held-out rows scored; fit wall time with one torch/BLAS thread on "
-                   "the shared 2-core machine.", "",
-                   *learned_comparison(t, i, args.seed, args.eval_rows, [int(s) for s in args.learned_steps.split(",")]),
-                   ""]
     verdicts = {}
     for name, (text, image, desc) in {**sets, **big}.items():
         t0 = time.perf_counter()
         is_big = name in big
-        mean, std, info = evaluate(text, image, args.folds, args.seed, eval_rows=args.eval_rows if is_big else 0)
-        lines, ok = section(name, desc, mean, std, info, full=not is_big)
+        mean, std = evaluate(text, image, args.folds, args.seed, eval_rows=args.eval_rows if is_big else 0)
+        lines, ok = section(name, desc, mean, std, full=not is_big)
         verdicts[name] = (ok, mean)
         out += lines
         print(f"[{name}: {time.perf_counter() - t0:.1f} s]", file=sys.stderr, flush=True)
-        Path(args.out).write_text(keep_downstream("\n".join(out + learned) + "\n", Path(args.out)))  # partial page
+        Path(args.out).write_text(keep_downstream("\n".join(out) + "\n", Path(args.out)))  # partial page
     summary = ["## Summary: does the default dominate every shipped baseline?", "",
                "| set | AnisoAlign dom | knn | r1 | best baseline dom | dominates all | not dominated |",
                "|---|---|---|---|---|---|---|"]
@@ -344,7 +302,6 @@ def main() -> None:
     summary += ["", *FINDINGS]
     out[out.index("- \"dominates\": `dom` lower than the baseline's, with `knn` and `r1` no more than 0.01 below it.") + 2:
         out.index("- \"dominates\": `dom` lower than the baseline's, with `knn` and `r1` no more than 0.01 below it.") + 2] = summary + [""]
-    out += learned
     text_out = "\n".join(out)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(keep_downstream(text_out + "\n", Path(args.out)))

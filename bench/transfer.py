@@ -25,7 +25,7 @@ attributes) gives five tasks: the object count on every row, and the shape, colo
 position of the object on the single-object rows (where the image has one answer).
 
     OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python bench/transfer.py [--folds 5] [--demo-folds 3]
-        [--demo-rows 60000] [--learned] [--write-docs]
+        [--demo-rows 60000] [--write-docs]
 
 ``--write-docs`` rewrites the "Downstream" section at the top of ``docs/quality.md`` (between the
 ``downstream`` markers; ``bench/quality.py`` keeps that section when it regenerates the page).
@@ -72,9 +72,6 @@ METHODS: dict[str, tuple[str, dict]] = {
     "AnisoAlign, knn_budget null": ("anisoalign", {"knn_budget": None}),
     "AnisoAlign, no bounds": ("anisoalign", {"bounded": False}),
 }
-LEARNED = ("AnisoAlign, learned stages", ("anisoalign", {"knn_budget": None, "learned": True, "torch_threads": 1}))
-LEARNED_NO_PRIOR = ("AnisoAlign, learned stages, no prior",
-                    ("anisoalign", {"knn_budget": None, "learned": True, "use_prior": False, "torch_threads": 1}))
 HEADS = ("LR 1e-3", "LR 1e-4", "NCM", "kNN")
 LR_L2 = {"LR 1e-3": 1e-3, "LR 1e-4": 1e-4}
 KNN_K = 10
@@ -391,9 +388,7 @@ def task_table(acc: dict[str, dict[str, list[float]]], default: str, fit_s: dict
 
 def summary(results: dict, default: str) -> tuple[list[str], list[str]]:
     """The headline table (logistic regression) and the target verdicts."""
-    variants = [m for m in METHODS if m.startswith("AnisoAlign")] + [
-        m for m in (LEARNED[0], LEARNED_NO_PRIOR[0])
-        if any(m in r["acc"][t]["LR 1e-3"] for r in results.values() for t in r["acc"])]
+    variants = [m for m in METHODS if m.startswith("AnisoAlign")]
     present = {m for r in results.values() for t in r["acc"] for m in r["acc"][t]["LR 1e-3"]}
     cols = [m for m in (SHIFT, "MomentMatch shrink 0.9", *variants) if m in present]
     lines = []
@@ -498,7 +493,6 @@ def main() -> None:
     ap.add_argument("--knn-rows", type=int, default=4000, help="demo world: held-out rows the kNN vote is scored on per fold")
     ap.add_argument("--head-rows", type=int, default=8000, help="demo world: training rows per task the heads learn from (0: all)")
     ap.add_argument("--test-rows", type=int, default=4000, help="demo world: held-out rows per task the heads are scored on (0: all)")
-    ap.add_argument("--learned", action="store_true", help="add AnisoAlign with the learned stages, with and without the Stage I prior (slow)")
     ap.add_argument("--methods", default="", help="semicolon-separated method labels to run (raw text always runs; default: all)")
     ap.add_argument("--write-docs", action="store_true", help="rewrite the Downstream section of docs/quality.md")
     ap.add_argument("--json", default="", help="also write the per-fold accuracies here")
@@ -510,11 +504,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # the logistic-regression heads
     methods = dict(METHODS)
-    if args.learned:
-        methods[LEARNED[0]] = LEARNED[1]
-        methods[LEARNED_NO_PRIOR[0]] = LEARNED_NO_PRIOR[1]
     if args.methods:
         keep = {RAW, *args.methods.split(";")}
         methods = {k: v for k, v in methods.items() if k in keep}
