@@ -101,6 +101,26 @@ def test_dimension_mismatch_is_caught_before_ingest(inputs, gap):
     _nothing_written(str(inputs / "out"))
 
 
+# -- a frozen model ---------------------------------------------------------------------------------
+def test_a_model_of_the_removed_learned_stages_is_refused_before_any_work(inputs, gap):
+    """``--model`` naming a model saved with AnisoAlign's learned stages (removed): one line at
+    preflight that says why, nothing written (it used to fail only when the apply stage loaded it)."""
+    import json
+
+    from aniso.methods import get_aligner
+
+    where = inputs / "old-model"
+    get_aligner("anisoalign").fit(gap.text, gap.image).save(str(where))
+    meta = json.loads((where / "aligner.json").read_text())
+    meta["params"] = {**meta["params"], "learned": True, "hidden": 512}  # as an earlier version saved it
+    (where / "aligner.json").write_text(json.dumps(meta))
+    out = str(inputs / "out")
+    result, seconds = _produce(inputs, out, "--set", "method.name=anisoalign", "--model", str(where),
+                               "--set", "corpus.embedding_ids=row-number")
+    _assert_one_line_exit_2(result, seconds, f"--model {where}", "learned stages", "refit with learned: false")
+    _nothing_written(out)
+
+
 # -- output root: local -------------------------------------------------------------------------
 def test_output_under_a_regular_file(inputs):
     (inputs / "afile").write_text("x")

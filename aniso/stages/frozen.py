@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from aniso.errors import InputError
+from aniso.errors import ConfigError, InputError, StoreCorrupt
 from aniso.io.inputs import ROW_NUMBER, input_form, open_embedding_source
 from aniso.io.layout import DatasetLayout
 
@@ -53,10 +53,12 @@ def check_before_run(text: str, text_dim: int | None, settings: Any, storage_opt
     """The checks :func:`aniso.stages.preflight.preflight` makes for publication; returns the
     text input's id source.
 
-    * ``method.model`` set: the model reference resolves and the text input has ids;
+    * ``method.model`` set: the model reference resolves to a model this aniso can apply (not
+      one of AnisoAlign's removed learned stages) and the text input has ids;
     * the new version would keep ``LATEST``'s dimension, dtype and id source
       (:func:`aniso.published.guard.check_schema`), when the dimension is known from headers.
     """
+    from aniso.methods import Aligner
     from aniso.published.guard import check_schema
     from aniso.published.model import resolve_model
 
@@ -65,7 +67,11 @@ def check_before_run(text: str, text_dim: int | None, settings: Any, storage_opt
         if input_form(text, storage_options).kind != "corpus" else "input"
     if settings.method.model:
         check_frozen_ids(text, id_source, settings.corpus.embedding_ids)
-        resolve_model(settings.method.model, layout, storage_options)
+        source = resolve_model(settings.method.model, layout, storage_options)
+        try:  # a model this aniso refuses fails here, before any work, not in the apply stage
+            Aligner.load(source.url, storage_options)
+        except (ConfigError, StoreCorrupt) as exc:
+            raise ConfigError(f"--model {settings.method.model}: {exc}") from None
     if text_dim is not None:
         check_schema(layout, dim=text_dim, dtype=settings.store.output_dtype, id_source=id_source,
                      allow=settings.publish.allow_schema_change, storage_options=storage_options)
