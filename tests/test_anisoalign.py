@@ -185,3 +185,52 @@ def test_old_learned_model_is_refused_on_load(gap, tmp_path, what):
     with pytest.raises(error, match=message) as info:
         Aligner.load(str(where))
     assert str(where) in str(info.value)
+
+
+class _CountedPasses:
+    """A re-iterable chunk source that counts the passes made over it."""
+
+    def __init__(self, rows: np.ndarray, chunk: int = 128) -> None:
+        self.rows, self.chunk, self.passes = rows, chunk, 0
+
+    def __iter__(self):
+        self.passes += 1
+        for start in range(0, len(self.rows), self.chunk):
+            yield self.rows[start : start + self.chunk]
+
+
+def test_the_fit_samples_text_only_and_the_stage_never_reads_an_image_sample(gap, tmp_path, monkeypatch):
+    """No step of the closed form reads image rows beyond their moments: the fit makes one pass
+    over the images (the statistics) and the fit stage draws no image sample; the stage's model
+    is the one its moments and text sample give, bit for bit."""
+    from aniso.io.store import EmbeddingStore
+    from aniso.numeric.moments import moments_of
+    from aniso.stages import fit as fit_stage
+    from aniso.numeric.sampling import sample_indices
+    from aniso.stages.statistics import _save_moments as save_moments
+
+    text, image = _CountedPasses(gap.text), _CountedPasses(gap.image)
+    AnisoAlign().fit(text, image)
+    assert image.passes == 1 and text.passes == 3  # images: moments; text: moments, sample, calibration
+
+    urls = {}
+    for name, rows in (("text", gap.text), ("image", gap.image)):
+        store = EmbeddingStore.create(str(tmp_path / f"{name}.zarr"), n_rows=len(rows), dim=rows.shape[1],
+                                      chunk_rows=256, shard_rows=1024)
+        for shard in range(store.n_shards):
+            lo, hi = store.shard_range(shard)
+            store.write_shard(shard, rows[lo:hi], [f"{name}-{i}" for i in range(lo, hi)])
+        urls[name] = store.url
+        urls[f"{name}_stats"] = str(tmp_path / f"{name}-moments.npz")
+        save_moments(urls[f"{name}_stats"], moments_of(rows), {})
+    sampled = []
+    real_sample_rows = fit_stage.sample_rows
+    monkeypatch.setattr(fit_stage, "sample_rows",
+                        lambda store, rows: sampled.append(store.url) or real_sample_rows(store, rows))
+    model = fit_stage.fit_model(str(tmp_path / "model"), "anisoalign", {}, urls["text_stats"], urls["image_stats"],
+                                urls["text"], urls["image"], seed=0, sample_size=None, storage_options={})
+    assert sampled == [urls["text"]]
+    staged = Aligner.load(model)
+    uncalibrated = AnisoAlign().fit_statistics(moments_of(gap.text), moments_of(gap.image),
+                                               text_sample=gap.text[sample_indices(len(gap.text), 20000, 0)])
+    assert np.array_equal(staged.premap(gap.text[:50]), uncalibrated.premap(gap.text[:50]))

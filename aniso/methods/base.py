@@ -11,7 +11,8 @@ Fitting is split in three steps so that an orchestrator can distribute the passe
 
 1. statistics: :class:`~aniso.numeric.moments.Moments` of each modality (mergeable, per shard);
 2. :meth:`Aligner.fit_statistics`: the model proper, from the moments plus, for methods with
-   ``sample_size > 0``, row samples drawn with :func:`aniso.numeric.sampling.sample_indices`;
+   ``sample_size > 0``, row samples of the modalities in ``sampled``, drawn with
+   :func:`aniso.numeric.sampling.sample_indices`;
 3. calibration: :meth:`Aligner.premap_sum` per chunk, summed, then
    :meth:`Aligner.set_calibration` (the centroid calibration of docs/method.md §6).
 
@@ -64,6 +65,9 @@ class Aligner(ABC):
     Params: ClassVar[type[MethodParams]] = NoParams
     #: Rows of each modality the fit wants beyond the moments (0: moments suffice).
     sample_size: ClassVar[int] = 0
+    #: The modalities those rows are drawn from (a sample is a pass over its input's chunks:
+    #: only the ones the fit reads are drawn).
+    sampled: ClassVar[tuple[str, ...]] = ("text", "image")
     #: Statistics the fit needs: ``"full"`` (mean + d×d co-moment) or ``"trace"`` (mean + tr Σ).
     statistics: ClassVar[str] = "full"
     #: Default for ``calibrate`` (faithful to each baseline's definition).
@@ -127,8 +131,9 @@ class Aligner(ABC):
         text_stats = moments_of(text, what="text", full=full)
         image_stats = moments_of(image, what="image", full=full)
         text_sample = image_sample = None
-        if self.sample_size > 0:
+        if self.sample_size > 0 and "text" in self.sampled:
             text_sample = collect_rows(text, sample_indices(text_stats.n, self.sample_size, seed))
+        if self.sample_size > 0 and "image" in self.sampled:
             image_sample = collect_rows(image, sample_indices(image_stats.n, self.sample_size, seed + 1))
         self.fit_statistics(text_stats, image_stats, text_sample=text_sample, image_sample=image_sample)
         if self.calibrate:
@@ -167,8 +172,10 @@ class Aligner(ABC):
                     f"{self.name}: the {what} embeddings have no variance (all {st.n} rows point the same "
                     "way after L2 normalisation); nothing can be aligned"
                 )
-        if self.sample_size > 0 and (text_sample is None or image_sample is None):
-            raise InputError(f"{self.name}: fitting needs row samples of both modalities")
+        missing = [name for name, sample in (("text", text_sample), ("image", image_sample))
+                   if self.sample_size > 0 and name in self.sampled and sample is None]
+        if missing:
+            raise InputError(f"{self.name}: fitting needs row samples of {' and '.join(missing)}")
         self.dim = text_stats.dim
         self.mu_text = np.array(text_stats.mean, dtype=np.float64)
         self.mu_image = np.array(image_stats.mean, dtype=np.float64)

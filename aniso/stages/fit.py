@@ -37,6 +37,8 @@ def fit_model(
         for name, stats, store_url, sub_seed in (
             ("text", text_stats, text_store_url, seed), ("image", image_stats, image_store_url, seed + 1)
         ):
+            if name not in aligner.sampled:  # a sample the fit does not read is a pass saved
+                continue
             store = open_rows(store_url, storage_options)
             samples[name] = sample_rows(store, sample_indices(stats.n, want, sub_seed))
     aligner.fit_statistics(text_stats, image_stats, text_sample=samples["text"], image_sample=samples["image"])

@@ -57,6 +57,8 @@ class AnisoAlign(Aligner):
 
     name = "anisoalign"
     sample_size = 20000
+    # the radial scale, the kNN budget and the calibration read text rows; no step reads image rows
+    sampled = ("text",)
     default_calibrate = True
     min_rows = 4
 
@@ -77,7 +79,7 @@ class AnisoAlign(Aligner):
     def _fit(self, text_stats: Moments, image_stats: Moments, text_sample: np.ndarray | None,
              image_sample: np.ndarray | None) -> None:
         ps = self.params
-        assert text_sample is not None and image_sample is not None
+        assert text_sample is not None
         d = text_stats.dim
         r = None if ps.r is None else min(ps.r, d - d % 2)
         self.frame = fit_frame(text_stats, image_stats, r=r, p=ps.p, mixing=ps.mixing, seed=ps.seed)
