@@ -105,7 +105,8 @@ def open_rows(url: str, storage_options: dict[str, Any] | None = None) -> RowSto
     return EmbeddingStore.open(url, storage_options=options)
 
 
-def read_blocks(store: RowStore, start: int, stop: int, block_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def read_blocks(store: RowStore, start: int, stop: int,
+                block_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """``(embedding, ids, valid)`` of rows ``[start, stop)`` in blocks of ``block_rows``, the next
     block read on a second thread while the caller works on this one.
 
@@ -121,5 +122,6 @@ def read_blocks(store: RowStore, start: int, stop: int, block_rows: int) -> Iter
         for lo in lows:
             rows = pending.result()
             following = lo + block
-            pending = reader.submit(store.read_rows, following, min(following + block, stop)) if following < stop else None
+            if following < stop:
+                pending = reader.submit(store.read_rows, following, min(following + block, stop))
             yield rows
