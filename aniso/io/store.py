@@ -67,16 +67,27 @@ def marker_url(store_url: str, shard: int) -> str:
     return join_url(store_url.rstrip("/") + _MARKERS_SUFFIX, f"{shard:06d}.json")
 
 
+def ids_bytes(ids: Sequence[str]) -> bytes:
+    """A shard's ids as every digest hashes them: joined by U+001F, UTF-8."""
+    return "\x1f".join(map(str, ids)).encode()
+
+
 def ids_digest(ids: Sequence[str]) -> str:
     """sha256 of a shard's ids in order."""
-    return hashlib.sha256("\x1f".join(map(str, ids)).encode()).hexdigest()
+    return hashlib.sha256(ids_bytes(ids)).hexdigest()
 
 
 def shard_checksum(embedding: np.ndarray, ids: Sequence[str]) -> str:
     """sha256 over a shard's embedding bytes and ids (what the manifest records)."""
     digest = hashlib.sha256(np.ascontiguousarray(embedding).reshape(-1).view(np.uint8))  # no bytes copy
-    digest.update("\x1f".join(map(str, ids)).encode())
-    return digest.hexdigest()
+    return finish_checksum(digest, ids_bytes(ids))
+
+
+def finish_checksum(rows_hash: Any, joined_ids: bytes) -> str:
+    """:func:`shard_checksum` from a sha256 that has taken the shard's embedding bytes (in
+    order, as stored) and the shard's :func:`ids_bytes`."""
+    rows_hash.update(joined_ids)
+    return rows_hash.hexdigest()
 
 
 #: How long :meth:`EmbeddingStore.create` waits for a store another process is creating at once.

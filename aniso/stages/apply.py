@@ -16,7 +16,7 @@ import numpy as np
 
 from aniso.errors import ShardAlignmentError
 from aniso.io.rows import open_rows, read_blocks
-from aniso.io.store import EmbeddingStore
+from aniso.io.store import EmbeddingStore, finish_checksum, ids_bytes
 from aniso.methods import Aligner
 
 __all__ = ["APPLY_BLOCK", "prepare_substitutes", "apply_shard", "apply_rows", "shard_quality", "input_digest"]
@@ -129,15 +129,10 @@ def _apply_blocks(model_url: str, subs: EmbeddingStore, shard: int,
             update.result()
     ids = np.concatenate(id_parts) if id_parts else np.empty(0, object)
     valid = np.concatenate(valid_parts) if valid_parts else np.empty(0, bool)
-    joined_ids = "\x1f".join(map(str, ids)).encode()
+    joined_ids = ids_bytes(ids)
     if input_hash is not None:
-        input_hash.update(joined_ids)
-        input_hash.update(valid.astype(np.uint8).tobytes())
-        digest = input_hash.hexdigest()
-    checksum = None
-    if output_hash is not None:
-        output_hash.update(joined_ids)
-        checksum = output_hash.hexdigest()
+        digest = _finish_input_digest(input_hash, joined_ids, valid)
+    checksum = None if output_hash is None else finish_checksum(output_hash, joined_ids)
     every = bool(valid.all())
     stats = shard_quality(out if every else out[valid], list(ids if every else ids[valid]))
     stats.update(read_seconds=read_s, compute_seconds=compute_s, input_sha256=digest)
@@ -155,10 +150,15 @@ def _row_bytes(rows: np.ndarray) -> np.ndarray:
 def input_digest(emb: np.ndarray, ids: Any, valid: np.ndarray) -> str:
     """sha256 of a text shard as the model sees it: its rows (float32, C order), ids and valid
     flags. Equal digests mean equal substitutes under one model (the transforms are row-wise)."""
-    digest = hashlib.sha256(_row_bytes(emb))
-    digest.update("\x1f".join(map(str, ids)).encode())
-    digest.update(np.asarray(valid, dtype=np.uint8).tobytes())
-    return digest.hexdigest()
+    return _finish_input_digest(hashlib.sha256(_row_bytes(emb)), ids_bytes(ids), valid)
+
+
+def _finish_input_digest(rows_hash: Any, joined_ids: bytes, valid: np.ndarray) -> str:
+    """:func:`input_digest` from a sha256 that has taken the shard's rows (:func:`_row_bytes`, in
+    order): then the ids, then one byte per valid flag."""
+    rows_hash.update(joined_ids)
+    rows_hash.update(np.asarray(valid, dtype=np.uint8).tobytes())
+    return rows_hash.hexdigest()
 
 
 def shard_quality(subs: np.ndarray, ids: list[str]) -> dict[str, Any]:
