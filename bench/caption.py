@@ -185,8 +185,8 @@ def run(args: argparse.Namespace) -> dict:
     seqs = vocab.encode(captions)
     methods = {SHIFT: ("centroid", {}),
                "AnisoAlign, knn_budget 0.01": ("anisoalign", {"knn_budget": 0.01}),
-               "AnisoAlign, knn_budget null": ("anisoalign", {"knn_budget": None}),
-               "AnisoAlign, no bounds": ("anisoalign", {"bounded": False})}
+               "AnisoAlign, closed form": ("anisoalign", {"knn_budget": None, "match_rows": 0}),
+               "AnisoAlign, matched": ("anisoalign", {"knn_budget": None})}
     results: dict[str, dict[str, list[float]]] = {}
     for k, test in enumerate(make_folds(image, args.folds, args.seed)):
         train = np.setdiff1d(np.arange(len(text)), test)

@@ -23,6 +23,7 @@ from aniso.testing.synthetic import planted_gap
 
 CASES = [pytest.param(name, {}, id=name) for name in available_aligners()]
 CASES.append(pytest.param("anisoalign", {"r": 8, "knn_budget": 0.01}, id="anisoalign-budget"))
+CASES.append(pytest.param("anisoalign", {"r": 8, "match_rows": 0}, id="anisoalign-closed-form"))
 CASES.append(pytest.param("c3", {"noise": 0.1, "seed": 5}, id="c3-noise"))
 
 #: Ways to cut the apply rows into blocks: single rows, sizes around powers of two and BLAS tiles.
@@ -240,6 +241,8 @@ def test_unknown_method_and_corrupt_model(tmp_path, data):
     ("centroid", {"calibrate": "yes"}, r"CentroidShift: calibrate: expected true or false"),
     ("anisoalign", {"r": 3}, r"AnisoAlign: r: .*positive even"),
     ("anisoalign", {"bounded": False, "knn_budget": 0.02}, r"knn_budget applies to the bounded correction only"),
+    ("anisoalign", {"knn_budget": 0.02, "match_rows": 10}, r"knn_budget applies to the closed form alone"),
+    ("anisoalign", {"match_rows": -1}, r"AnisoAlign: match_rows: .*greater than or equal to 0"),
 ])
 def test_bad_parameters_are_a_config_error_naming_them(name, params, message):
     with pytest.raises(ConfigError, match=message):

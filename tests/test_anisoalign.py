@@ -31,14 +31,14 @@ def test_closed_form_reduces_to_centroid_shift_and_calibrates(gap):
     t, i = gap.text, gap.image
     zero = AnisoAlign(strength=0.0, radial=False, r=8).fit(t, i)
     np.testing.assert_allclose(zero.premap(t), CentroidShift().fit(t, i).premap(t), atol=1e-12)
-    model = AnisoAlign(r=8).fit(t, i)
+    model = AnisoAlign(r=8, match_rows=0).fit(t, i)
     assert centroid_residual(model.transform(t), i) < 1e-4
     # the strong, well-sampled planted residual is corrected (evidence-adaptive bound)
     assert model.closed_form.gain > 0.9 and np.sum(np.abs(model.closed_form.h) > 0.1) >= 3
     held = slice(1500, None)
     acc_realign = domain_classifier_accuracy(ReAlign().fit(t[:1500], i[:1500]).transform(t[held]), i[held])
     # without the kNN budget the planted residual is matched (by amplifying the text's noise) ...
-    full = AnisoAlign(r=8, knn_budget=None).fit(t[:1500], i[:1500])
+    full = AnisoAlign(r=8, knn_budget=None, match_rows=0).fit(t[:1500], i[:1500])
     assert domain_classifier_accuracy(full.transform(t[held]), i[held]) < acc_realign - 0.05
     # ... which a kNN budget refuses: the neighbourhoods stay those of the shift
     m2 = AnisoAlign(r=8, knn_budget=0.01).fit(t[:1500], i[:1500])
@@ -148,7 +148,7 @@ def test_old_closed_form_model_loads_bit_identical(gap, tmp_path):
     """A model saved before the removal (every learned-stage parameter in its aligner.json,
     learned false) loads and gives the bits of a fresh closed-form model, in every apply path."""
     t, i = gap.text[:1500], gap.image[:1500]
-    fresh = AnisoAlign(r=8).fit(t, i)
+    fresh = AnisoAlign(r=8, match_rows=0).fit(t, i)
     where = tmp_path / "old"
     fresh.save(str(where))
     meta = json.loads((where / "aligner.json").read_text())
@@ -199,10 +199,12 @@ class _CountedPasses:
             yield self.rows[start : start + self.chunk]
 
 
-def test_the_fit_samples_text_only_and_the_stage_never_reads_an_image_sample(gap, tmp_path, monkeypatch):
-    """No step of the closed form reads image rows beyond their moments: the fit makes one pass
-    over the images (the statistics) and the fit stage draws no image sample; the stage's model
-    is the one its moments and text sample give, bit for bit."""
+@pytest.mark.parametrize("match", [0, 4000])
+def test_the_fit_samples_images_only_for_the_matched_refinement(gap, tmp_path, monkeypatch, match):
+    """No step of the closed form reads image rows beyond their moments: without the matched
+    refinement the fit makes one pass over the images (the statistics) and the fit stage draws no
+    image sample; with it, one image sample. The stage's model is the one its moments and samples
+    give, bit for bit."""
     from aniso.io.store import EmbeddingStore
     from aniso.numeric.moments import moments_of
     from aniso.stages import fit as fit_stage
@@ -210,8 +212,9 @@ def test_the_fit_samples_text_only_and_the_stage_never_reads_an_image_sample(gap
     from aniso.stages.statistics import _save_moments as save_moments
 
     text, image = _CountedPasses(gap.text), _CountedPasses(gap.image)
-    AnisoAlign().fit(text, image)
-    assert image.passes == 1 and text.passes == 3  # images: moments; text: moments, sample, calibration
+    AnisoAlign(match_rows=match).fit(text, image)
+    # images: moments (and the sample to match); text: moments, sample, calibration
+    assert image.passes == (2 if match else 1) and text.passes == 3
 
     urls = {}
     for name, rows in (("text", gap.text), ("image", gap.image)):
@@ -227,10 +230,13 @@ def test_the_fit_samples_text_only_and_the_stage_never_reads_an_image_sample(gap
     real_sample_rows = fit_stage.sample_rows
     monkeypatch.setattr(fit_stage, "sample_rows",
                         lambda store, rows: sampled.append(store.url) or real_sample_rows(store, rows))
-    model = fit_stage.fit_model(str(tmp_path / "model"), "anisoalign", {}, urls["text_stats"], urls["image_stats"],
-                                urls["text"], urls["image"], seed=0, sample_size=None, storage_options={})
-    assert sampled == [urls["text"]]
+    model = fit_stage.fit_model(str(tmp_path / "model"), "anisoalign", {"match_rows": match}, urls["text_stats"],
+                                urls["image_stats"], urls["text"], urls["image"], seed=0, sample_size=None,
+                                storage_options={})
+    assert sampled == ([urls["text"], urls["image"]] if match else [urls["text"]])
     staged = Aligner.load(model)
-    uncalibrated = AnisoAlign().fit_statistics(moments_of(gap.text), moments_of(gap.image),
-                                               text_sample=gap.text[sample_indices(len(gap.text), 20000, 0)])
+    image_sample = gap.image[sample_indices(len(gap.image), 20000, 1)] if match else None
+    uncalibrated = AnisoAlign(match_rows=match).fit_statistics(
+        moments_of(gap.text), moments_of(gap.image), text_sample=gap.text[sample_indices(len(gap.text), 20000, 0)],
+        image_sample=image_sample)
     assert np.array_equal(staged.premap(gap.text[:50]), uncalibrated.premap(gap.text[:50]))

@@ -86,6 +86,7 @@ class AnisoAlignParams(MethodParams):
     bounded: bool = True
     knn_budget: float | None = Field(None, ge=0, description="largest kNN-overlap@10 loss against the centroid shift, measured on the fitting text; None (the default since issue 23: it transfers best downstream, docs/quality.md): no budget")
     budget_rows: int = Field(2000, ge=11, description="text rows the kNN budget is measured on")
+    match_rows: int = Field(4000, ge=0, description="rows of each modality's sample matched one to one to refine the closed form with the rotation its moments cannot see (0: the closed form alone; off when knn_budget is set)")
     radial: bool = Field(True, description="scale the deviations radially so renormalisation keeps the centroid's length")
     calibration_rounds: int = Field(50, ge=1, description="most Newton rounds of the exact centroid calibration")
 
@@ -114,7 +115,16 @@ class AnisoAlignParams(MethodParams):
         return {k: v for k, v in data.items() if k not in REMOVED_LEARNED_PARAMS}
 
     @model_validator(mode="after")
-    def _budget_needs_bounds(self) -> AnisoAlignParams:
+    def _budget_consistent(self) -> AnisoAlignParams:
+        # The kNN budget limits the closed form's share and the matched refinement would move the
+        # neighbourhoods past it; strength 0 is the centroid shift, which the refinement would turn.
+        # Either turns the refinement off (refused when both are asked for).
+        for name, off in (("knn_budget", self.knn_budget is not None), ("strength", self.strength == 0)):
+            if off and self.match_rows:
+                if {"match_rows", name} <= self.model_fields_set:
+                    what = "with a knn_budget" if name == "knn_budget" else "with strength 0 (the centroid shift)"
+                    raise ValueError(f"{name} applies to the closed form alone: {what} set match_rows to 0")
+                self.match_rows = 0
         # The kNN budget limits the bounded correction; without bounds it would be ignored, so an
         # explicit budget is refused and the implicit default is cleared (get_params tells the truth).
         if not self.bounded and self.knn_budget is not None:

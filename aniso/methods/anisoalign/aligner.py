@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from aniso.errors import ConfigError, InputError, StoreCorrupt
 from aniso.methods.anisoalign.closed_form import ClosedForm, centroid_offset, fit_budget, fit_closed_form, radial_scale
 from aniso.methods.anisoalign.frame import Frame, fit_frame
+from aniso.methods.anisoalign.matching import fit_matched_map
 from aniso.methods.base import Aligner
 from aniso.methods.params import LEARNED_REMOVED, AnisoAlignParams
 from aniso.numeric.arrays import l2_normalize
@@ -57,8 +58,6 @@ class AnisoAlign(Aligner):
 
     name = "anisoalign"
     sample_size = 20000
-    # the radial scale, the kNN budget and the calibration read text rows; no step reads image rows
-    sampled = ("text",)
     default_calibrate = True
     min_rows = 4
 
@@ -71,6 +70,12 @@ class AnisoAlign(Aligner):
         self.frame: Frame | None = None
         self.closed_form: ClosedForm | None = None
         self.calib_delta: np.ndarray | None = None
+
+    @property
+    def sampled(self) -> tuple[str, ...]:  # type: ignore[override]
+        # the radial scale, the kNN budget and the calibration read text rows; only the matched
+        # refinement reads image rows
+        return ("text", "image") if self.params.match_rows else ("text",)
 
     def get_params(self) -> dict[str, Any]:
         return {"calibrate": self.calibrate, **self.params.model_dump()}
@@ -88,6 +93,15 @@ class AnisoAlign(Aligner):
         if ps.bounded and ps.knn_budget is not None:
             cf = fit_budget(cf, text_sample, self.mu_text, self.mu_image, budget=ps.knn_budget, rows=ps.budget_rows,
                             seed=ps.seed, radial=ps.radial)
+        elif ps.match_rows:
+            assert image_sample is not None
+            if ps.radial:  # the premap the rows are matched on is the closed form as it would be applied
+                cf = cf.with_strength(1.0, radial_scale((text_sample - self.mu_text) @ cf.A.T, self.mu_image))
+            cf = fit_matched_map(cf, text_stats, image_stats, text_sample, image_sample, rows=ps.match_rows,
+                                 seed=ps.seed, shrinkage_rows=ps.shrinkage_rows, strength=ps.strength,
+                                 evidence=ps.evidence, bound=ps.bound, adaptive=ps.adaptive, bounded=ps.bounded)
+            if ps.radial:
+                cf = cf.scaled(radial_scale((text_sample - self.mu_text) @ cf.A.T, self.mu_image))
         elif ps.radial:
             cf = cf.with_strength(1.0, radial_scale((text_sample - self.mu_text) @ cf.A.T, self.mu_image))
         self.closed_form = cf
@@ -168,6 +182,9 @@ class AnisoAlign(Aligner):
                                f"apply: {LEARNED_REMOVED}")
         self.frame = Frame.from_arrays(state)
         self.closed_form = ClosedForm.from_arrays(state)
+        if not self.closed_form.matched and self.params.match_rows:
+            # a model saved before the matched refinement (or without it): say what it is
+            self.params = self.params.model_copy(update={"match_rows": 0})
         self.calib_delta = state.get("calib_delta")
         if self.frame.d != self.dim:
             raise InputError(f"stored frame has d={self.frame.d}, model d={self.dim}")

@@ -67,23 +67,31 @@ class ClosedForm:
 
     ``A = scale · Q diag(e^{α h}) Qᵀ``: ``h`` the per-direction (evidence-bounded) log-scales, ``α``
     the share of them applied (the kNN budget, :func:`fit_budget`), ``scale`` the radial scale.
+    After the matched refinement (``matched > 0`` pairs, :mod:`.matching`) ``A = scale · A₂ Bᵀ``,
+    not symmetric, and ``g``, ``h`` are those of ``A₂``.
     """
 
-    A: np.ndarray  # (d, d), symmetric
+    A: np.ndarray  # (d, d); symmetric unless matched
     g: np.ndarray  # (d,) log-scales of the full (shrunk) optimal-transport map
     h: np.ndarray  # (d,) per-direction log-scales before the budget
     gain: float  # γ_N, the evidence share
     alpha: float = 1.0  # share of h applied (kNN budget)
     scale: float = 1.0  # radial scale of the deviations
     q: np.ndarray | None = field(default=None, repr=False)  # eigenvectors (fitting only; not stored)
+    matched: int = 0  # pairs of the matched refinement (0: none)
 
     def with_strength(self, alpha: float, scale: float = 1.0) -> ClosedForm:
         """The same directions with ``α`` of ``h`` applied and the deviations scaled by ``scale``."""
-        if self.q is None:
-            raise InputError("closed form: eigenvectors are not kept after loading; refit to change α")
+        if self.q is None or self.matched:
+            raise InputError("closed form: eigenvectors are not kept after loading or matching; refit to change α")
         a_mat = np.eye(self.g.size) if alpha == 0 or not np.any(self.h) else (self.q * np.exp(alpha * self.h)) @ self.q.T
         a_mat = scale * (a_mat + a_mat.T) / 2
         return ClosedForm(A=a_mat, g=self.g, h=self.h, gain=self.gain, alpha=float(alpha), scale=float(scale), q=self.q)
+
+    def scaled(self, scale: float) -> ClosedForm:
+        """The same map with its deviations scaled by ``scale`` (the radial scale of a matched map)."""
+        return ClosedForm(A=scale * self.A, g=self.g, h=self.h, gain=self.gain, alpha=self.alpha,
+                          scale=self.scale * float(scale), q=self.q, matched=self.matched)
 
     def apply(self, x: np.ndarray, mu_text: np.ndarray, mu_image: np.ndarray) -> np.ndarray:
         """``μ_i + A(x − μ_t)`` for L2-normalised float64 rows (not renormalised)."""
@@ -92,13 +100,15 @@ class ClosedForm:
     def to_arrays(self, prefix: str = "cf_") -> dict[str, np.ndarray]:
         return {f"{prefix}A": self.A, f"{prefix}g": self.g, f"{prefix}h": self.h,
                 f"{prefix}gain": np.asarray(self.gain), f"{prefix}alpha": np.asarray(self.alpha),
-                f"{prefix}scale": np.asarray(self.scale)}
+                f"{prefix}scale": np.asarray(self.scale),
+                # only when matched: a closed-form model keeps the state (and content address) it had
+                **({f"{prefix}matched": np.asarray(self.matched)} if self.matched else {})}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], prefix: str = "cf_") -> ClosedForm:
         return cls(A=arrays[f"{prefix}A"], g=arrays[f"{prefix}g"], h=arrays[f"{prefix}h"],
                    gain=float(arrays[f"{prefix}gain"]), alpha=float(arrays.get(f"{prefix}alpha", 1.0)),
-                   scale=float(arrays.get(f"{prefix}scale", 1.0)))
+                   scale=float(arrays.get(f"{prefix}scale", 1.0)), matched=int(arrays.get(f"{prefix}matched", 0)))
 
 
 def _shrink(cov: np.ndarray, n: int, n0: float) -> np.ndarray:
