@@ -243,6 +243,7 @@ def test_unknown_method_and_corrupt_model(tmp_path, data):
     ("anisoalign", {"bounded": False, "knn_budget": 0.02}, r"knn_budget applies to the bounded correction only"),
     ("anisoalign", {"knn_budget": 0.02, "match_rows": 10}, r"knn_budget applies to the closed form alone"),
     ("anisoalign", {"match_rows": -1}, r"AnisoAlign: match_rows: .*greater than or equal to 0"),
+    ("anisoalign", {"match_knn_floor": 1.5}, r"AnisoAlign: match_knn_floor: .*less than or equal to 1"),
 ])
 def test_bad_parameters_are_a_config_error_naming_them(name, params, message):
     with pytest.raises(ConfigError, match=message):

@@ -11,6 +11,7 @@ from aniso.methods.anisoalign.closed_form import fit_closed_form
 from aniso.methods.anisoalign.matching import fit_matched_map, match_rows
 from aniso.numeric.moments import moments_of
 from aniso.numeric.arrays import l2_normalize
+from aniso.quality.diagnostics import knn_overlap
 
 
 def _rotated_clusters(n: int, d: int = 16, clusters: int = 12, angle: float = 0.6, seed: int = 0):
@@ -139,3 +140,31 @@ def test_blocks_are_matched_in_random_order_even_when_the_samples_are_sorted(mon
     model = AnisoAlign(r=8, match_rows=2000).fit(fit_t, fit_i)
     assert model.closed_form.matched == 2000
     assert _paired_recall(model.transform(text[2000:]), image[2000:]) > 0.9
+
+
+def test_a_matching_without_correspondence_falls_back_to_the_closed_form(gap):
+    """Text and images of unrelated content (the text's coordinates reversed): the matching turns the
+    text at random and would scramble its neighbourhoods (below the production gate's 0.3); the kNN
+    floor refuses it and the closed form is applied, bit for bit."""
+    text = np.ascontiguousarray(gap.text[:, ::-1])
+    unguarded = AnisoAlign(r=8, match_knn_floor=0.0).fit(text, gap.image)
+    assert unguarded.closed_form.matched > 0
+    assert knn_overlap(text[:1000], unguarded.transform(text[:1000])) < 0.3
+    guarded = AnisoAlign(r=8).fit(text, gap.image)
+    closed = AnisoAlign(r=8, match_rows=0).fit(text, gap.image)
+    assert guarded.closed_form.matched == 0 and guarded.get_params()["match_rows"] == 4000
+    np.testing.assert_array_equal(guarded.transform(text[:300]), closed.transform(text[:300]))
+
+
+def test_the_floor_applies_a_share_of_the_refinement_before_dropping_it(gap):
+    """On the planted gap the whole refinement keeps 0.60 of the text's neighbourhoods (on 1,000
+    held rows), the closed form 0.77: a floor between them applies a halved share, one above the
+    closed form's drops the refinement."""
+    held = gap.text[:1000]
+    kept = {}
+    for floor in (0.5, 0.7, 0.9):
+        model = AnisoAlign(r=8, match_knn_floor=floor).fit(gap.text, gap.image)
+        kept[floor] = (model.closed_form.matched, model.closed_form.alpha, knn_overlap(held, model.transform(held)))
+    assert kept[0.5][:2] == (2000, 1.0)
+    assert kept[0.7][0] == 2000 and kept[0.7][1] in (0.5, 0.25, 0.125) and kept[0.7][2] > kept[0.5][2]
+    assert kept[0.9][0] == 0 and kept[0.9][2] > kept[0.7][2]

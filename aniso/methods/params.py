@@ -86,7 +86,8 @@ class AnisoAlignParams(MethodParams):
     bounded: bool = True
     knn_budget: float | None = Field(None, ge=0, description="largest kNN-overlap@10 loss against the centroid shift, measured on the fitting text; None (the default since issue 23: it transfers best downstream, docs/quality.md): no budget")
     budget_rows: int = Field(2000, ge=11, description="text rows the kNN budget is measured on")
-    match_rows: int = Field(4000, ge=0, description="rows of each modality's sample matched one to one to refine the closed form with the rotation its moments cannot see (0: the closed form alone; off when knn_budget is set)")
+    match_rows: int = Field(4000, ge=0, description="rows of the text sample matched one to one with image rows to refine the closed form with the rotation its moments cannot see (0: the closed form alone; off when knn_budget is set or strength is 0)")
+    match_knn_floor: float = Field(0.5, ge=0, le=1, description="least kNN overlap@10 with the source text the matched refinement must keep on the fitting text; below it the refinement is halved, then dropped")
     radial: bool = Field(True, description="scale the deviations radially so renormalisation keeps the centroid's length")
     calibration_rounds: int = Field(50, ge=1, description="most Newton rounds of the exact centroid calibration")
 

@@ -98,9 +98,10 @@ class AnisoAlign(Aligner):
             if ps.radial:  # the premap the rows are matched on is the closed form as it would be applied
                 cf = cf.with_strength(1.0, radial_scale((text_sample - self.mu_text) @ cf.A.T, self.mu_image))
             cf = fit_matched_map(cf, text_stats, image_stats, text_sample, image_sample, rows=ps.match_rows,
-                                 seed=ps.seed, shrinkage_rows=ps.shrinkage_rows, strength=ps.strength,
+                                 seed=ps.seed, shrinkage_rows=ps.shrinkage_rows, knn_floor=ps.match_knn_floor,
+                                 strength=ps.strength,
                                  evidence=ps.evidence, bound=ps.bound, adaptive=ps.adaptive, bounded=ps.bounded)
-            if ps.radial:
+            if ps.radial and cf.matched:  # (the closed form, when the kNN floor refused the refinement, is scaled)
                 cf = cf.scaled(radial_scale((text_sample - self.mu_text) @ cf.A.T, self.mu_image))
         elif ps.radial:
             cf = cf.with_strength(1.0, radial_scale((text_sample - self.mu_text) @ cf.A.T, self.mu_image))
@@ -182,8 +183,8 @@ class AnisoAlign(Aligner):
                                f"apply: {LEARNED_REMOVED}")
         self.frame = Frame.from_arrays(state)
         self.closed_form = ClosedForm.from_arrays(state)
-        if not self.closed_form.matched and self.params.match_rows:
-            # a model saved before the matched refinement (or without it): say what it is
+        if not self.closed_form.matched and "match_rows" not in self.params.model_fields_set:
+            # a model saved before the matched refinement: say what it is
             self.params = self.params.model_copy(update={"match_rows": 0})
         self.calib_delta = state.get("calib_delta")
         if self.frame.d != self.dim:

@@ -67,15 +67,15 @@ class ClosedForm:
 
     ``A = scale · Q diag(e^{α h}) Qᵀ``: ``h`` the per-direction (evidence-bounded) log-scales, ``α``
     the share of them applied (the kNN budget, :func:`fit_budget`), ``scale`` the radial scale.
-    After the matched refinement (``matched > 0`` pairs, :mod:`.matching`) ``A = scale · A₂ Bᵀ``,
-    not symmetric, and ``g``, ``h`` are those of ``A₂``.
+    After the matched refinement (``matched > 0`` pairs, :mod:`.matching`)
+    ``A = scale · ((1 − α) A_cf + α A₂ Bᵀ)``, not symmetric, and ``g``, ``h`` are those of ``A₂``.
     """
 
     A: np.ndarray  # (d, d); symmetric unless matched
     g: np.ndarray  # (d,) log-scales of the full (shrunk) optimal-transport map
     h: np.ndarray  # (d,) per-direction log-scales before the budget
     gain: float  # γ_N, the evidence share
-    alpha: float = 1.0  # share of h applied (kNN budget)
+    alpha: float = 1.0  # share of h applied (kNN budget), or of the matched refinement (its kNN floor)
     scale: float = 1.0  # radial scale of the deviations
     q: np.ndarray | None = field(default=None, repr=False)  # eigenvectors (fitting only; not stored)
     matched: int = 0  # pairs of the matched refinement (0: none)

@@ -2,8 +2,9 @@
 
 The closed form (:mod:`.closed_form`) is symmetric: it rescales the text along the directions where
 the two covariances differ, but it cannot turn a direction of the text onto the image direction that
-carries the same content, and no map fitted from the two modalities' moments can (the moments do not
-change under a rotation of either side). On the demo world that rotation is most of what is left:
+carries the same content. No map fitted from the two modalities' moments can: the moments fix a
+map only up to a rotation that leaves the image covariance as it is, and which text direction
+carries the content of which image direction is not in them. On the demo world that rotation is most of what is left:
 the least-squares map fitted *with* the pairs closes 0.85 of the raw → paired gap of the position
 task (logistic regression, L2 1e-4) where the closed form closes 0.53 (``docs/quality.md``).
 
@@ -32,6 +33,7 @@ from scipy.optimize import linear_sum_assignment
 from aniso.methods.anisoalign.closed_form import ClosedForm, _shrink, fit_closed_form
 from aniso.numeric.arrays import l2_normalize
 from aniso.numeric.moments import Moments
+from aniso.numeric.neighbours import knn_indices
 
 __all__ = ["IMAGE_POOL", "MATCH_BLOCK", "fit_matched_map", "match_rows"]
 
@@ -45,12 +47,16 @@ MATCH_BLOCK = 4000
 #: assigned a distinct image from a richer pool, so its pair is closer (demo world, position task,
 #: L2 1e-4: share of the gap closed 0.70 with 1, 0.73 with 2, 0.74 with 4); fit time is unchanged.
 IMAGE_POOL = 2
+#: Text rows the kNN floor is measured on (one rows × rows similarity product per measurement).
+FLOOR_ROWS = 2000
+#: Halvings of the refinement's share tried before the floor falls back to the closed form.
+FLOOR_STEPS = 3
 
 
 def match_rows(premapped: np.ndarray, images: np.ndarray) -> np.ndarray:
-    """For each premapped text row, the index of its image in the one-to-one assignment of largest
-    total cosine similarity (both ``(m, d)``, L2-normalised)."""
-    rows, cols = linear_sum_assignment(premapped @ images.T, maximize=True)  # rectangular: each row gets one
+    """For each premapped text row ``(m, d)``, the index of its image ``(k, d)``, ``k ≥ m``, in the
+    assignment of distinct images of largest total cosine similarity (rows L2-normalised)."""
+    rows, cols = linear_sum_assignment(premapped @ images.T, maximize=True)
     out = np.empty(premapped.shape[0], dtype=np.int64)
     out[rows] = cols
     return out
@@ -66,6 +72,7 @@ def fit_matched_map(
     rows: int,
     seed: int,
     shrinkage_rows: float,
+    knn_floor: float = 0.5,
     prior_rows: float = 1.0,
     **closed_form: float | bool,
 ) -> ClosedForm:
@@ -79,16 +86,26 @@ def fit_matched_map(
     text_sample, image_sample
         L2-normalised row samples of the two modalities (used unpaired).
     rows
-        Rows of each sample matched (fewer when a sample is smaller).
+        Text rows matched (fewer when a sample is smaller), each to one of ``IMAGE_POOL`` times as
+        many image rows.
     shrinkage_rows
-        Pseudo-rows per dimension of the shrinkage towards ``cf`` (and of the covariances).
+        Isotropic pseudo-rows per dimension the covariances are shrunk with (as in ``cf``).
+    knn_floor
+        Least kNN overlap@10 with the source text the refined substitutes must keep, measured on
+        rows of the text sample: below it the refinement's share is halved (``alpha``), and after
+        :data:`FLOOR_STEPS` halvings the closed form ``cf`` is returned unchanged. A matching that
+        found no correspondence (text and images of unrelated content) turns the text at random;
+        this keeps such a fit from scrambling the text's neighbourhoods.
+    prior_rows
+        Pseudo-pairs ``(x, A x)`` per dimension the regression is shrunk towards ``cf`` with.
     **closed_form
         The closed form's other settings (:func:`fit_closed_form`), for the second fit.
 
     Returns
     -------
     ClosedForm
-        ``A = A₂ Bᵀ`` (not symmetric), with the second fit's log-scales and evidence share.
+        ``A = (1 − α) A_cf + α A₂ Bᵀ`` (not symmetric; ``α`` = 1 unless the floor lowered it), with
+        the second fit's log-scales and evidence share; or ``cf`` itself (``matched`` 0).
     """
     d = text_stats.dim
     m = int(min(rows, text_sample.shape[0], image_sample.shape[0]))
@@ -116,8 +133,32 @@ def fit_matched_map(
     on_rows = Moments.from_chunk(x @ b, normalize=False)
     mapped = Moments(text_stats.n, on_rows.mean, on_rows.covariance() * text_stats.n)
     second = fit_closed_form(mapped, image_stats, shrinkage_rows=shrinkage_rows, **closed_form)
-    a_mat = second.A @ b.T
-    logger.info("matched refinement: %d pairs matched (mean cosine %.3f), ‖B − A‖/‖A‖=%.3f, ‖A₂ − I‖=%.3f",
+    refined = second.A @ b.T
+    probe = text_sample[rng.permutation(text_sample.shape[0])[:FLOOR_ROWS]]
+    share, kept = 1.0, _kept_neighbours(probe, mu_t, mu_i, refined)
+    for _ in range(FLOOR_STEPS):
+        if kept >= knn_floor:
+            break
+        share /= 2
+        kept = _kept_neighbours(probe, mu_t, mu_i, (1 - share) * cf.A + share * refined)
+    logger.info("matched refinement: %d pairs matched (mean cosine %.3f), ‖B − A‖/‖A‖=%.3f, ‖A₂ − I‖=%.3f; "
+                "share %.3f applied, kNN overlap with the text %.3f (floor %.2f)",
                 m, float(np.mean(np.sum(premapped * matched, axis=1))),
-                float(np.linalg.norm(b.T - cf.A) / np.linalg.norm(cf.A)), float(np.linalg.norm(second.A - np.eye(d))))
-    return ClosedForm(A=a_mat, g=second.g, h=second.h, gain=second.gain, matched=m)
+                float(np.linalg.norm(b.T - cf.A) / np.linalg.norm(cf.A)), float(np.linalg.norm(second.A - np.eye(d))),
+                share, kept, knn_floor)
+    if kept < knn_floor:
+        logger.warning("matched refinement: even %.3f of it keeps only %.3f of the text's neighbourhoods (floor "
+                       "%.2f): the matching found no correspondence; the closed form is used", share, kept, knn_floor)
+        return cf
+    return ClosedForm(A=(1 - share) * cf.A + share * refined, g=second.g, h=second.h, gain=second.gain,
+                      alpha=share, matched=m)
+
+
+def _kept_neighbours(text: np.ndarray, mu_t: np.ndarray, mu_i: np.ndarray, a_mat: np.ndarray, k: int = 10) -> float:
+    """kNN overlap@k between text rows and their (renormalised) images under ``a_mat``."""
+    k = min(k, text.shape[0] - 1)
+    if k < 1:
+        return 1.0
+    mapped = l2_normalize(mu_i + (text - mu_t) @ a_mat.T)
+    before, after = knn_indices(text, text, k, exclude_self=True), knn_indices(mapped, mapped, k, exclude_self=True)
+    return float(np.mean((before[:, :, None] == after[:, None, :]).sum(axis=(1, 2))) / k)
