@@ -73,3 +73,21 @@ def test_domain_classifier_by_class_splits_the_accuracy_and_exposes_hubness():
     assert res["acc_s"] > 0.9 and res["acc_t"] < res["acc_s"] - 0.3
     same = dg.domain_classifier_by_class(spread[:150], spread[150:], repeats=5, seed=1)
     assert abs(same["acc_s"] - same["acc_t"]) < 0.2 and abs(same["acc"] - 0.5) < 0.1
+
+
+def test_neighbour_overlap_counts_shared_neighbours_against_a_reference_found_once():
+    """The kNN overlap the diagnostics, the kNN budget and the matched refinement's floor share:
+    identical rows keep every neighbour, a reversed neighbourhood order changes nothing, and the
+    overlap of two sets is the same whether the reference is passed in or found from the rows."""
+    from aniso.numeric.neighbours import knn_indices, neighbour_overlap
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(120, 16))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    y = x + 0.3 * rng.normal(size=x.shape)
+    y /= np.linalg.norm(y, axis=1, keepdims=True)
+    ref = knn_indices(x, x, 10, exclude_self=True)
+    assert neighbour_overlap(ref, x) == 1.0 and neighbour_overlap(ref[:, ::-1], x) == 1.0
+    expected = np.mean([len(set(ref[i]) & set(knn_indices(y, y, 10, exclude_self=True)[i])) for i in range(120)]) / 10
+    assert neighbour_overlap(ref, y) == pytest.approx(expected) == dg.knn_overlap(x, y)
+    assert 0.0 < expected < 1.0

@@ -1,14 +1,14 @@
 """Exact cosine k-nearest neighbours with deterministic tie-breaking.
 
 Used by the diagnostics (kNN overlap, precision/recall, the domain classifier) and by AnisoAlign's
-kNN budget, so both measure neighbourhoods the same way.
+kNN budget and kNN floor, so all of them measure neighbourhoods the same way.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["knn_indices"]
+__all__ = ["knn_indices", "neighbour_overlap"]
 
 
 def knn_indices(query: np.ndarray, base: np.ndarray, k: int, *, exclude_self: bool) -> np.ndarray:
@@ -34,3 +34,15 @@ def knn_indices(query: np.ndarray, base: np.ndarray, k: int, *, exclude_self: bo
     if tied.any():
         out[tied] = np.argsort(neg[tied], axis=1, kind="stable")[:, :k]
     return out
+
+
+def neighbour_overlap(reference: np.ndarray, rows: np.ndarray) -> float:
+    """Mean share of each row's ``k`` nearest neighbours within ``rows`` that are among its
+    reference neighbours ``reference`` (``(n, k)`` indices, e.g. :func:`knn_indices` of the source
+    rows within themselves, self excluded): the kNN overlap@k. Pass the reference in once when
+    several candidate sets are compared against the same rows."""
+    k = reference.shape[1]
+    found = knn_indices(rows, rows, k, exclude_self=True)
+    # neighbours of a row are distinct: the row's hits are its equal (reference, found) pairs
+    hits = (reference[:, :, None] == found[:, None, :]).sum(axis=(1, 2))
+    return float(np.mean(hits) / k)

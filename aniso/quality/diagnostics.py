@@ -18,7 +18,7 @@ from scipy import stats
 
 from aniso.errors import InputError
 from aniso.numeric.arrays import l2_normalize
-from aniso.numeric.neighbours import knn_indices
+from aniso.numeric.neighbours import knn_indices, neighbour_overlap
 
 __all__ = [
     "centroid_residual",
@@ -127,12 +127,7 @@ def knn_overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> float:
     a, b = _unit(a, "A"), _unit(b, "B")
     if a.shape[0] != b.shape[0]:
         raise InputError(f"kNN overlap needs row-aligned sets: {a.shape[0]} vs {b.shape[0]} rows")
-    na = knn_indices(a, a, k, exclude_self=True)
-    nb = knn_indices(b, b, k, exclude_self=True)
-    kk = na.shape[1]
-    # neighbours of a row are distinct: the row's hits are its equal (A, B) pairs, counted at once
-    hits = (na[:, :, None] == nb[:, None, :]).sum(axis=(1, 2))
-    return float(np.mean(hits) / kk)
+    return neighbour_overlap(knn_indices(a, a, k, exclude_self=True), b)
 
 
 def pairwise_spearman(x: np.ndarray, s: np.ndarray, *, n_pairs: int = 200_000, seed: int = 0) -> float:

@@ -90,21 +90,26 @@ class AnisoAlign(Aligner):
         self.frame = fit_frame(text_stats, image_stats, r=r, p=ps.p, mixing=ps.mixing, seed=ps.seed)
         cf = fit_closed_form(text_stats, image_stats, strength=ps.strength, evidence=ps.evidence, bound=ps.bound,
                              shrinkage_rows=ps.shrinkage_rows, adaptive=ps.adaptive, bounded=ps.bounded)
+        deviations = text_sample - self.mu_text
+
+        def radial(form: ClosedForm) -> float:
+            return radial_scale(deviations @ form.A.T, self.mu_image)
+
         if ps.bounded and ps.knn_budget is not None:
             cf = fit_budget(cf, text_sample, self.mu_text, self.mu_image, budget=ps.knn_budget, rows=ps.budget_rows,
                             seed=ps.seed, radial=ps.radial)
         elif ps.match_rows:
             assert image_sample is not None
             if ps.radial:  # the premap the rows are matched on is the closed form as it would be applied
-                cf = cf.with_strength(1.0, radial_scale((text_sample - self.mu_text) @ cf.A.T, self.mu_image))
+                cf = cf.with_strength(1.0, radial(cf))
             cf = fit_matched_map(cf, text_stats, image_stats, text_sample, image_sample, rows=ps.match_rows,
                                  seed=ps.seed, shrinkage_rows=ps.shrinkage_rows, knn_floor=ps.match_knn_floor,
-                                 strength=ps.strength,
-                                 evidence=ps.evidence, bound=ps.bound, adaptive=ps.adaptive, bounded=ps.bounded)
+                                 strength=ps.strength, evidence=ps.evidence, bound=ps.bound, adaptive=ps.adaptive,
+                                 bounded=ps.bounded)
             if ps.radial and cf.matched:  # (the closed form, when the kNN floor refused the refinement, is scaled)
-                cf = cf.scaled(radial_scale((text_sample - self.mu_text) @ cf.A.T, self.mu_image))
+                cf = cf.scaled(radial(cf))
         elif ps.radial:
-            cf = cf.with_strength(1.0, radial_scale((text_sample - self.mu_text) @ cf.A.T, self.mu_image))
+            cf = cf.with_strength(1.0, radial(cf))
         self.closed_form = cf
         self.calib_delta = self._calibration_refinement(text_sample) if self.calibrate else None
 

@@ -54,9 +54,10 @@ import numpy as np
 
 from aniso.errors import InputError
 from aniso.numeric.moments import Moments
-from aniso.numeric.neighbours import knn_indices
+from aniso.numeric.neighbours import knn_indices, neighbour_overlap
 
-__all__ = ["ClosedForm", "centroid_offset", "fit_budget", "fit_closed_form", "noise_spread", "ot_log_scales", "radial_scale"]
+__all__ = ["ClosedForm", "centroid_offset", "fit_budget", "fit_closed_form", "noise_spread", "ot_log_scales", "radial_scale",
+           "shrunk_covariance"]
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +112,8 @@ class ClosedForm:
                    scale=float(arrays.get(f"{prefix}scale", 1.0)), matched=int(arrays.get(f"{prefix}matched", 0)))
 
 
-def _shrink(cov: np.ndarray, n: int, n0: float) -> np.ndarray:
+def shrunk_covariance(cov: np.ndarray, n: int, n0: float) -> np.ndarray:
+    """``(n Σ + n₀ (tr Σ / d) I) / (n + n₀)``: ``cov`` from ``n`` rows shrunk towards isotropy by ``n₀`` pseudo-rows."""
     d = cov.shape[0]
     iso = np.trace(cov) / d
     out = cov * (n / (n + n0))
@@ -182,8 +184,8 @@ def fit_closed_form(
             f"image={tr_i:.3g}"
         )
     n0 = shrinkage_rows * d
-    st = _shrink(text.covariance(), text.n, n0)
-    si = _shrink(image.covariance(), image.n, n0)
+    st = shrunk_covariance(text.covariance(), text.n, n0)
+    si = shrunk_covariance(image.covariance(), image.n, n0)
     g, q = ot_log_scales(st, si)
     n_eff = 2.0 / (1.0 / text.n + 1.0 / image.n)
     if not bounded:
@@ -263,9 +265,7 @@ def fit_budget(
     ref = knn_indices(x, x, k, exclude_self=True)
 
     def overlap(y: np.ndarray) -> float:
-        y = y / np.linalg.norm(y, axis=1, keepdims=True)
-        nb = knn_indices(y, y, k, exclude_self=True)
-        return float(np.mean([np.intersect1d(ref[i], nb[i], assume_unique=True).size for i in range(len(y))]) / k)
+        return neighbour_overlap(ref, y / np.linalg.norm(y, axis=1, keepdims=True))
 
     def at(alpha: float) -> tuple[ClosedForm, float]:
         m = cf.with_strength(alpha)

@@ -30,10 +30,10 @@ import logging
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from aniso.methods.anisoalign.closed_form import ClosedForm, _shrink, fit_closed_form
+from aniso.methods.anisoalign.closed_form import ClosedForm, fit_closed_form, shrunk_covariance
 from aniso.numeric.arrays import l2_normalize
 from aniso.numeric.moments import Moments
-from aniso.numeric.neighbours import knn_indices
+from aniso.numeric.neighbours import knn_indices, neighbour_overlap
 
 __all__ = ["IMAGE_POOL", "MATCH_BLOCK", "fit_matched_map", "match_rows"]
 
@@ -125,7 +125,7 @@ def fit_matched_map(
     # (shrunk) text covariance: negligible when many more rows are matched than there are dimensions,
     # dominant when fewer; an isotropic ridge would instead flatten the low-variance directions,
     # where the demo world keeps the position of the objects
-    prior = prior_rows * d * _shrink(text_stats.covariance(), text_stats.n, shrinkage_rows * d)
+    prior = prior_rows * d * shrunk_covariance(text_stats.covariance(), text_stats.n, shrinkage_rows * d)
     b = np.linalg.solve(x.T @ x + prior, x.T @ y + prior @ cf.A.T)
     # the covariance B gives the rows it was fitted on (where B overfits the matching, these rows
     # spread more than new ones would, and the second fit draws those directions in), with the
@@ -135,12 +135,17 @@ def fit_matched_map(
     second = fit_closed_form(mapped, image_stats, shrinkage_rows=shrinkage_rows, **closed_form)
     refined = second.A @ b.T
     probe = text_sample[rng.permutation(text_sample.shape[0])[:FLOOR_ROWS]]
-    share, kept = 1.0, _kept_neighbours(probe, mu_t, mu_i, refined)
+    own = knn_indices(probe, probe, 10, exclude_self=True)  # the text's neighbours, found once
+
+    def kept_with(a_mat: np.ndarray) -> float:
+        return neighbour_overlap(own, l2_normalize(mu_i + (probe - mu_t) @ a_mat.T)) if own.shape[1] else 1.0
+
+    share, kept = 1.0, kept_with(refined)
     for _ in range(FLOOR_STEPS):
         if kept >= knn_floor:
             break
         share /= 2
-        kept = _kept_neighbours(probe, mu_t, mu_i, (1 - share) * cf.A + share * refined)
+        kept = kept_with((1 - share) * cf.A + share * refined)
     logger.info("matched refinement: %d pairs matched (mean cosine %.3f), ‖B − A‖/‖A‖=%.3f, ‖A₂ − I‖=%.3f; "
                 "share %.3f applied, kNN overlap with the text %.3f (floor %.2f)",
                 m, float(np.mean(np.sum(premapped * matched, axis=1))),
@@ -153,12 +158,3 @@ def fit_matched_map(
     return ClosedForm(A=(1 - share) * cf.A + share * refined, g=second.g, h=second.h, gain=second.gain,
                       alpha=share, matched=m)
 
-
-def _kept_neighbours(text: np.ndarray, mu_t: np.ndarray, mu_i: np.ndarray, a_mat: np.ndarray, k: int = 10) -> float:
-    """kNN overlap@k between text rows and their (renormalised) images under ``a_mat``."""
-    k = min(k, text.shape[0] - 1)
-    if k < 1:
-        return 1.0
-    mapped = l2_normalize(mu_i + (text - mu_t) @ a_mat.T)
-    before, after = knn_indices(text, text, k, exclude_self=True), knn_indices(mapped, mapped, k, exclude_self=True)
-    return float(np.mean((before[:, :, None] == after[:, None, :]).sum(axis=(1, 2))) / k)
