@@ -73,6 +73,9 @@ CONF_DIR = _find_conf_dir()
 
 #: Mark a field as an execution detail: it never enters the config hash / run key.
 EXECUTION = {"execution": True}
+#: Mark a semantic field added after runs were keyed: at its default it stays out of the config
+#: hash, so runs and published versions keyed before it keep their keys (and reruns reuse them).
+ADDED_LATER = {"omit_at_default": True}
 
 
 class _Section(BaseModel):
@@ -162,6 +165,10 @@ class CorpusSettings(_Section):
     #: clip-retrieval metadata: "auto" (id, key, image_path, url), a column name, or "row-number"
     embedding_ids: str = "auto"
     items_per_shard: int = Field(4096, gt=0, le=2**20)
+    #: Ids of webdataset tar samples: ``key`` (the sample's key, as webdataset names it; keys must
+    #: then be unique across the tars) or ``path`` (``<tar path without .tar>/<key>``: for tars
+    #: whose keys repeat from one file to the next)
+    tar_ids: Literal["key", "path"] = Field("key", json_schema_extra=ADDED_LATER)
     max_failure_rate: float = Field(0.01, ge=0.0, le=1.0, allow_inf_nan=False, json_schema_extra=EXECUTION)
 
 
@@ -365,9 +372,9 @@ def _semantic(model: BaseModel) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, field in type(model).model_fields.items():
         extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-        if extra.get("execution"):
-            continue
         value = getattr(model, name)
+        if extra.get("execution") or (extra.get("omit_at_default") and value == field.default):
+            continue
         out[name] = _semantic(value) if isinstance(value, BaseModel) else value
     return out
 

@@ -203,6 +203,31 @@ def test_the_embed_stage_stops_on_a_truncated_tar_after_writing_the_manifest(tmp
     assert (manifest["status"] == "failed").sum() == 2 and len(manifest) == 396
 
 
+# -- tar keys repeated across tars ----------------------------------------------------------------
+def _numbered_tars(folder: Path, tars: int, samples: int) -> None:
+    """Tars whose keys start again at 000000 in each file."""
+    folder.mkdir(parents=True)
+    for t in range(tars):
+        with tarfile.open(folder / f"{t:05d}.tar", mode="w") as tar:
+            for k in range(samples):
+                data = f"caption {t} {k}".encode()
+                info = tarfile.TarInfo(f"{k:06d}.txt")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+def test_keys_repeated_across_tars_fail_the_rate_check_naming_the_first_tar_and_the_setting(tmp_path):
+    _numbered_tars(tmp_path / "corpus", 3, 10)
+    with pytest.raises(FailureRateExceeded, match=r"corpus: 20 of 30 items failed .*first bad items: 000000 "
+                                                  r"\(.*00001\.tar#000000\): duplicate id '000000' \(an earlier item "
+                                                  r"has the same id; first seen in 00000\.tar; .*corpus\.tar_ids=path"):
+        check_failure_rate(_records(tmp_path / "corpus"), 0.01)
+    specs = plan_shards(str(tmp_path / "corpus"), CorpusSettings(items_per_shard=64, tar_ids="path"), modality="text")
+    records = [r for spec in specs for r in read_shard(spec).records()]
+    assert check_failure_rate(records, 0.0) == 0.0
+    assert sorted(r.id for r in records) == sorted(f"{t:05d}/{k:06d}" for t in range(3) for k in range(10))
+
+
 # -- locations: 1-based lines ------------------------------------------------------------------
 def _jsonl(texts: list[str | None]) -> bytes:
     """jsonl lines; None is a blank line, "BAD" a line that is not JSON."""

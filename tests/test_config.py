@@ -65,6 +65,7 @@ FIELDS = {
     "corpus.id_field": ("key", True),
     "corpus.embedding_ids": ("row-number", True),
     "corpus.items_per_shard": (1024, True),
+    "corpus.tar_ids": ("path", True),
     "corpus.max_failure_rate": (0.5, False),
     "embed.model": ("ViT-B-32", True),
     "embed.pretrained": ("laion2b_s34b_b79k", True),
@@ -136,6 +137,14 @@ def test_field_changes_the_run_key_only_when_semantic(field):
     key = lambda s: run_key({"text": "t", "image": "i"}, semantic_config(s), "v")  # noqa: E731
     assert (config_hash(changed) != config_hash(base)) is semantic, field
     assert (key(changed) != key(base)) is semantic, field
+
+
+def test_a_field_added_later_keeps_earlier_run_keys_at_its_default():
+    """``corpus.tar_ids`` came after runs were keyed: at its default it is not in the hashed
+    config (a run keyed before it resumes), and any other value is."""
+    assert "tar_ids" not in semantic_config(Settings())["corpus"]
+    assert semantic_config(Settings(corpus={"tar_ids": "path"}))["corpus"]["tar_ids"] == "path"
+    assert config_hash(Settings(corpus={"tar_ids": "key"})) == config_hash(Settings())
 
 
 @pytest.mark.parametrize("param", sorted(ANISOALIGN_EXECUTION))

@@ -168,6 +168,45 @@ def test_webdataset_tars_images_and_captions(root):
     assert read_shard(image_specs[1]).sources[0].endswith("00001.tar#s11.jpg")
 
 
+def _tars_with_repeated_keys(url: str, options: dict, tars: int = 2, samples: int = 3) -> str:
+    """Tars whose keys start again at 000000 in each file (as many writers make them)."""
+    for t in range(tars):
+        members = []
+        for k in range(samples):
+            members += [(f"{k:06d}.jpg", _image_bytes("JPEG", 10 * t + k)), (f"{k:06d}.txt", f"caption {t}{k}".encode())]
+        _put(join_url(url, "wds", "part", f"{t:05d}.tar"), _tar(members), options)
+    return join_url(url, "wds")
+
+
+@pytest.mark.parametrize("modality", ["text", "image"])
+def test_tar_ids_path_names_each_sample_by_its_tar(root, modality):
+    url, options = root
+    wds = _tars_with_repeated_keys(url, options)
+    by_key = plan_shards(wds, CorpusSettings(items_per_shard=4), modality=modality, storage_options=options)
+    specs = plan_shards(wds, CorpusSettings(items_per_shard=4, tar_ids="path"), modality=modality,
+                        storage_options=options)
+    ids, payloads, errors = _read_all(specs)
+    assert ids == [f"part/{t:05d}/{k:06d}" for t in range(2) for k in range(3)]
+    assert errors == [None] * 6
+    if modality == "text":
+        assert payloads == [f"caption {t}{k}" for t in range(2) for k in range(3)]
+    assert read_shard(specs[1]).sources[0].endswith("part/00001.tar#000001" + (".jpg" if modality == "image" else ""))
+    assert plan_digest(specs) != plan_digest(by_key)  # other ids: another plan, never a resumed one
+
+
+def test_tar_keys_repeated_across_tars_fail_naming_the_first_tar_and_the_setting(root, caplog):
+    url, options = root
+    wds = _tars_with_repeated_keys(url, options)
+    with caplog.at_level("WARNING", logger="aniso.corpus._plan"):
+        specs = plan_shards(wds, CorpusSettings(items_per_shard=4), storage_options=options)
+    assert "corpus.tar_ids=path" in caplog.text
+    ids, _, errors = _read_all(specs)
+    assert ids == [f"{k:06d}" for k in range(3)] * 2  # the default: the key, as webdataset names it
+    assert errors[:3] == [None] * 3
+    for error in errors[3:]:
+        assert "duplicate id" in error and "first seen in part/00000.tar" in error and "corpus.tar_ids=path" in error
+
+
 # -- the bad-input matrix ---------------------------------------------------------------------
 def test_bad_text_items_are_recorded_with_reasons(root):
     url, options = root

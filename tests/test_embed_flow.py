@@ -94,3 +94,31 @@ def test_embed_flow_fails_above_the_failure_rate(prefect_harness, tiny_model, tm
         embed(str(tmp_path / "c.jsonl"), "text", _settings(str(tmp_path / "root"), {}, "rate"))
     # the manifest is written before the check, so the failures can be inspected
     assert (read_manifest(str(tmp_path / "root"), "rate", "text")["status"] == "failed").sum() == 4
+
+
+def test_embed_flow_names_tar_samples_by_their_tar_when_keys_repeat(prefect_harness, tiny_model, tmp_path):
+    """Keys that start again in each tar: refused by default (naming the setting), embedded with
+    ``corpus.tar_ids=path`` under ``<tar path>/<key>`` ids."""
+    import io
+    import tarfile
+
+    from aniso.flows.embed import embed
+
+    corpus = tmp_path / "wds"
+    corpus.mkdir()
+    for t in range(2):
+        with tarfile.open(corpus / f"{t:05d}.tar", mode="w") as tar:
+            for k in range(5):
+                data = f"a caption {t} {k}".encode()
+                info = tarfile.TarInfo(f"{k:06d}.txt")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    root = str(tmp_path / "root")
+    with pytest.raises(FailureRateExceeded, match=r"5 of 10 items failed.*first seen in 00000\.tar.*corpus\.tar_ids=path"):
+        embed(str(corpus), "text", _settings(root, {}, "by-key"))
+    settings = _settings(root, {}, "by-path")
+    settings.corpus.tar_ids = "path"
+    result = embed(str(corpus), "text", settings)
+    assert result["rows"] == 10
+    _, ids, valid = _arrays(result["store"], {})
+    assert list(ids) == [f"{t:05d}/{k:06d}" for t in range(2) for k in range(5)] and valid.all()

@@ -16,7 +16,7 @@ from typing import Any
 
 __all__ = [
     "TEXT_FORMATS", "IMAGE_EXTENSIONS", "TAR_EXTENSION", "TRUNCATED", "PAST_EOF", "FileRange",
-    "tar_samples", "parse_json_line", "read_csv_rows", "read_csv_records",
+    "tar_samples", "tar_item_id", "parse_json_line", "read_csv_rows", "read_csv_records",
 ]
 
 #: file extension → text format
@@ -47,6 +47,12 @@ class FileRange:
 TRUNCATED = "#truncated-at-"
 #: Member name marking a sample whose data run past the end of a truncated tar.
 PAST_EOF = "!past-eof"
+
+
+def tar_item_id(rel: str, key: str, tar_ids: str = "key") -> str:
+    """The id of the sample ``key`` of the tar at ``rel``: the key, or with ``tar_ids="path"`` the
+    tar's path without ``.tar``, ``/`` and the key (unique where keys repeat across tars)."""
+    return f"{posixpath.splitext(rel)[0]}/{key}" if tar_ids == "path" else key
 
 
 def tar_samples(fileobj) -> list[tuple[str, dict[str, tarfile.TarInfo]]]:

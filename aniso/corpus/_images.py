@@ -8,7 +8,7 @@ import warnings
 
 from PIL import Image, UnidentifiedImageError
 
-from aniso.corpus._formats import IMAGE_EXTENSIONS, PAST_EOF, TRUNCATED, FileRange, tar_samples
+from aniso.corpus._formats import IMAGE_EXTENSIONS, PAST_EOF, TRUNCATED, FileRange, tar_item_id, tar_samples
 from aniso.corpus._text import check_text
 
 __all__ = ["RawItem", "read_image_range", "read_tar_range", "decode_image"]
@@ -61,8 +61,9 @@ def _caption(members: dict, tar, text_field: str) -> tuple[str | None, str | Non
     return None, "no caption (.txt or .json) in sample"
 
 
-def read_tar_range(fs, rng: FileRange, modality: str, text_field: str) -> list[RawItem]:
-    """Samples ``[start, stop)`` of a webdataset tar: image bytes or caption text per sample."""
+def read_tar_range(fs, rng: FileRange, modality: str, text_field: str, tar_ids: str = "key") -> list[RawItem]:
+    """Samples ``[start, stop)`` of a webdataset tar: image bytes or caption text per sample, each
+    with its id (:func:`~aniso.corpus._formats.tar_item_id`)."""
     import tarfile
 
     n = rng.stop - rng.start
@@ -73,18 +74,18 @@ def read_tar_range(fs, rng: FileRange, modality: str, text_field: str) -> list[R
             items: list[RawItem] = []
             with tarfile.open(fileobj=f, mode="r:") as tar:
                 for key, members in samples:
-                    source = f"{rng.url}#{key}"
+                    source, item_id = f"{rng.url}#{key}", tar_item_id(rng.rel, key, tar_ids)
                     if key.startswith(TRUNCATED):
                         items.append((f"{rng.rel}{key}", rng.url, None, f"tar truncated at byte "
                                       f"{key[len(TRUNCATED):]}: the samples after the last complete one are lost"))
                         continue
                     if PAST_EOF in members:
-                        items.append((key, source, None, "sample cut off by the end of a truncated tar"))
+                        items.append((item_id, source, None, "sample cut off by the end of a truncated tar"))
                         continue
                     try:
-                        items.append(_tar_item(key, source, members, tar, modality, text_field))
+                        items.append(_tar_item(item_id, source, members, tar, modality, text_field))
                     except (tarfile.TarError, EOFError, OSError) as exc:
-                        items.append((key, source, None, f"unreadable tar member: {exc}"))
+                        items.append((item_id, source, None, f"unreadable tar member: {exc}"))
     except FileNotFoundError:
         return [(f"{rng.rel}:{rng.start + k}", rng.url, None, f"missing file: {rng.url}") for k in range(n)]
     except (tarfile.TarError, EOFError, OSError) as exc:
@@ -95,15 +96,15 @@ def read_tar_range(fs, rng: FileRange, modality: str, text_field: str) -> list[R
     return items
 
 
-def _tar_item(key: str, source: str, members: dict, tar, modality: str, text_field: str) -> RawItem:
+def _tar_item(item_id: str, source: str, members: dict, tar, modality: str, text_field: str) -> RawItem:
     if modality == "text":
         text, error = _caption(members, tar, text_field)
-        return key, source, text, error
+        return item_id, source, text, error
     ext = next((e for e in _IMAGE_KEYS if e in members), None)
     if ext is None:
-        return key, source, None, "no image (jpg/png/webp) in sample"
+        return item_id, source, None, "no image (jpg/png/webp) in sample"
     data = tar.extractfile(members[ext]).read()
-    return key, f"{source}.{ext}", data or None, None if data else "empty file (0 bytes)"
+    return item_id, f"{source}.{ext}", data or None, None if data else "empty file (0 bytes)"
 
 
 def _image_id(rng: FileRange) -> str:

@@ -31,6 +31,7 @@ from aniso.corpus._formats import (
     FileRange,
     parse_json_line,
     read_csv_rows,
+    tar_item_id,
     tar_samples,
 )
 from aniso.errors import InputError
@@ -47,7 +48,8 @@ class ShardSpec:
     """One unit of work: a fixed slice of the corpus, small enough to send to a worker.
 
     ``duplicates`` are positions (within the shard) whose id repeats an earlier item's id; the
-    reader records them as failed instead of reading them. ``storage_options`` are an execution
+    reader records them as failed instead of reading them, with the matching ``duplicate_notes``
+    entry (where the id was first seen) in the reason. ``storage_options`` are an execution
     detail and take no part in equality or :func:`plan_digest`.
     """
 
@@ -60,6 +62,8 @@ class ShardSpec:
     text_field: str = "text"
     id_field: str | None = "id"
     duplicates: tuple[tuple[int, str], ...] = ()
+    tar_ids: str = "key"
+    duplicate_notes: tuple[str, ...] = field(default=(), compare=False, hash=False, repr=False)
     storage_options: dict[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
 
@@ -133,8 +137,8 @@ def _scan_file(fs, path: str, rel: str, fmt: str, settings: CorpusSettings) -> U
                 samples = tar_samples(f)
             except tarfile.TarError as exc:
                 raise InputError(f"{rel}: not a readable tar file ({exc})") from None
-        return Unit(url="", rel=rel, format=fmt,
-                    ids=[f"{rel}{key}" if key.startswith(TRUNCATED) else key for key, _ in samples])
+        return Unit(url="", rel=rel, format=fmt, ids=[f"{rel}{key}" if key.startswith(TRUNCATED)
+                                                       else tar_item_id(rel, key, settings.tar_ids) for key, _ in samples])
     if fmt == "image":
         return Unit(url="", rel=rel, format=fmt, ids=[posixpath.splitext(rel)[0]])
     raise InputError(f"{rel}: unsupported format {fmt!r}")
@@ -231,15 +235,17 @@ def plan_shards(
     for unit in units:
         starts.append(total)
         total += len(unit.ids)
-    first_seen: dict[str, int] = {}
-    duplicates: dict[int, str] = {}
+    first_seen: dict[str, int] = {}  # id → index of the unit it was first seen in
+    duplicates: dict[int, tuple[str, str]] = {}  # position → (id, note)
     for k, unit in enumerate(units):
         for j, item_id in enumerate(unit.ids):
-            pos = starts[k] + j
             if item_id in first_seen:
-                duplicates[pos] = item_id
+                duplicates[starts[k] + j] = (item_id, _duplicate_note(units[first_seen[item_id]], unit, settings))
             else:
-                first_seen[item_id] = pos
+                first_seen[item_id] = k
+    across = sorted({note for _, note in duplicates.values() if "tar_ids" in note})
+    if across:
+        logger.warning("%s: %s", url, across[0])
     per = settings.items_per_shard
     specs = []
     for index, lo in enumerate(range(0, total, per)):
@@ -254,7 +260,9 @@ def plan_shards(
                 n_items=hi - lo,
                 text_field=settings.text_field,
                 id_field=settings.id_field,
-                duplicates=tuple((p - lo, i) for p, i in sorted(duplicates.items()) if lo <= p < hi),
+                duplicates=tuple((p - lo, i) for p, (i, _) in sorted(duplicates.items()) if lo <= p < hi),
+                tar_ids=settings.tar_ids,
+                duplicate_notes=tuple(note for p, (_, note) in sorted(duplicates.items()) if lo <= p < hi),
                 storage_options=dict(storage_options or {}),
             )
         )
@@ -267,6 +275,19 @@ def plan_digest(specs: list[ShardSpec]) -> str:
     """A stable hash of a plan (what each shard covers; no storage options) for run keys."""
     h = hashlib.sha256()
     for spec in specs:
+        # tar_ids only where it is not the default, so plans digested before it keep their digest
         h.update(repr((spec.shard_id, spec.modality, spec.n_items, spec.text_field, spec.id_field, spec.duplicates,
-                       [(r.rel, r.format, r.start, r.stop, r.content) for r in spec.ranges])).encode())
+                       [(r.rel, r.format, r.start, r.stop, r.content) for r in spec.ranges],
+                       *(() if spec.tar_ids == "key" else (spec.tar_ids,)))).encode())
     return h.hexdigest()[:16]
+
+
+def _duplicate_note(first: Unit, unit: Unit, settings: CorpusSettings) -> str:
+    """Where a repeated id was first seen, and, for keys repeated across tars, the way out."""
+    if first is unit:
+        return f"first seen earlier in {unit.rel}"
+    note = f"first seen in {first.rel}"
+    if first.format == unit.format == "webdataset" and settings.tar_ids == "key":
+        note += ("; webdataset keys repeat across tars: corpus.tar_ids=path names each sample "
+                 "<tar path without .tar>/<key>")
+    return note

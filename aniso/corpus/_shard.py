@@ -65,7 +65,7 @@ def read_shard(spec: ShardSpec) -> ShardItems:
     raw: list[tuple] = []
     for rng in spec.ranges:
         if rng.format == "webdataset":
-            raw.extend(read_tar_range(fs, rng, spec.modality, spec.text_field))
+            raw.extend(read_tar_range(fs, rng, spec.modality, spec.text_field, spec.tar_ids))
         elif rng.format == "image":
             raw.extend(read_image_range(fs, rng))
         else:
@@ -77,8 +77,9 @@ def read_shard(spec: ShardSpec) -> ShardItems:
         payloads=[r[2] for r in raw],
         errors=[r[3] for r in raw],
     )
-    for position, item_id in spec.duplicates:
-        items.fail(position, f"duplicate id {item_id!r} (an earlier item has the same id)")
+    for k, (position, item_id) in enumerate(spec.duplicates):
+        note = spec.duplicate_notes[k] if k < len(spec.duplicate_notes) else ""
+        items.fail(position, f"duplicate id {item_id!r} (an earlier item has the same id{'; ' if note else ''}{note})")
     seen: set[str] = set()
     for position, item_id in enumerate(items.ids):
         if item_id in seen:
