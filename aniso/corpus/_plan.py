@@ -237,15 +237,20 @@ def plan_shards(
         total += len(unit.ids)
     first_seen: dict[str, int] = {}  # id → index of the unit it was first seen in
     duplicates: dict[int, tuple[str, str]] = {}  # position → (id, note)
+    notes: dict[tuple[int, int], str] = {}  # one note per pair of files, shared by their repeats
     for k, unit in enumerate(units):
         for j, item_id in enumerate(unit.ids):
             if item_id in first_seen:
-                duplicates[starts[k] + j] = (item_id, _duplicate_note(units[first_seen[item_id]], unit, settings))
+                pair = (first_seen[item_id], k)
+                if pair not in notes:
+                    notes[pair] = _duplicate_note(units[pair[0]], unit, settings)
+                duplicates[starts[k] + j] = (item_id, notes[pair])
             else:
                 first_seen[item_id] = k
-    across = sorted({note for _, note in duplicates.values() if "tar_ids" in note})
+    across = [note for _, note in duplicates.values() if "tar_ids" in note]
     if across:
-        logger.warning("%s: %s", url, across[0])
+        logger.warning("%s: %d sample(s) repeat the key of a sample in another tar (the first: %s)", url,
+                       len(across), across[0])
     per = settings.items_per_shard
     specs = []
     for index, lo in enumerate(range(0, total, per)):
