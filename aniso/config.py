@@ -73,8 +73,9 @@ CONF_DIR = _find_conf_dir()
 
 #: Mark a field as an execution detail: it never enters the config hash / run key.
 EXECUTION = {"execution": True}
-#: Mark a semantic field added after runs were keyed: at its default it stays out of the config
-#: hash, so runs and published versions keyed before it keep their keys (and reruns reuse them).
+#: Mark a semantic field added after configurations were hashed: at its default it stays out of
+#: the config hash, so settings that do not use it hash as they did (the hash recorded in lineages,
+#: reports and embedding stores; a run key still changes with the code version).
 ADDED_LATER = {"omit_at_default": True}
 
 

@@ -139,9 +139,9 @@ def test_field_changes_the_run_key_only_when_semantic(field):
     assert (key(changed) != key(base)) is semantic, field
 
 
-def test_a_field_added_later_keeps_earlier_run_keys_at_its_default():
-    """``corpus.tar_ids`` came after runs were keyed: at its default it is not in the hashed
-    config (a run keyed before it resumes), and any other value is."""
+def test_a_field_added_later_keeps_the_config_hash_at_its_default():
+    """``corpus.tar_ids`` came after configurations were hashed: at its default it is not in the
+    hashed config (settings that do not use it hash as before), and any other value is."""
     assert "tar_ids" not in semantic_config(Settings())["corpus"]
     assert semantic_config(Settings(corpus={"tar_ids": "path"}))["corpus"]["tar_ids"] == "path"
     assert config_hash(Settings(corpus={"tar_ids": "key"})) == config_hash(Settings())
