@@ -1,8 +1,8 @@
 """Shared fixtures, by section.
 
 1. Environment: offline, quiet, hermetic (set before anything imports Prefect).
-2. Data: the real paired sets in ``../shared/data`` (skipped when absent) and synthetic corpora
-   with a planted gap (:mod:`aniso.testing.synthetic`).
+2. Data: the real paired sets in ``../shared/data`` (skipped when absent), synthetic corpora
+   with a planted gap (:mod:`aniso.testing.synthetic`) and caption tars with repeated keys.
 3. Storage: a real S3-protocol server on loopback (moto ``ThreadedMotoServer``, port 0) and the
    ``root`` fixture parametrised over a local directory and an S3 bucket.
 4. Execution: a Dask ``LocalCluster`` and the Prefect test harness (session scoped).
@@ -71,6 +71,27 @@ def flickr8k() -> tuple[np.ndarray, np.ndarray]:
 def gap() -> PlantedGap:
     """Synthetic paired data (n=2000, d=64) with a planted centroid gap and rank-3 residual."""
     return planted_gap()
+
+
+@pytest.fixture
+def numbered_tars():
+    """``write(folder, tars, samples)``: caption tars ``00000.tar``, ... in ``folder`` whose keys start
+    again at ``000000`` in each file, as many webdataset writers make them; returns ``folder``."""
+    import io
+    import tarfile
+
+    def write(folder: Path, tars: int, samples: int) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        for t in range(tars):
+            with tarfile.open(folder / f"{t:05d}.tar", mode="w") as tar:
+                for k in range(samples):
+                    data = f"caption {t} {k}".encode()
+                    info = tarfile.TarInfo(f"{k:06d}.txt")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+        return folder
+
+    return write
 
 
 # --- 3. storage ----------------------------------------------------------------------------

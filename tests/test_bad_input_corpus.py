@@ -204,20 +204,8 @@ def test_the_embed_stage_stops_on_a_truncated_tar_after_writing_the_manifest(tmp
 
 
 # -- tar keys repeated across tars ----------------------------------------------------------------
-def _numbered_tars(folder: Path, tars: int, samples: int) -> None:
-    """Tars whose keys start again at 000000 in each file."""
-    folder.mkdir(parents=True)
-    for t in range(tars):
-        with tarfile.open(folder / f"{t:05d}.tar", mode="w") as tar:
-            for k in range(samples):
-                data = f"caption {t} {k}".encode()
-                info = tarfile.TarInfo(f"{k:06d}.txt")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-
-
-def test_keys_repeated_across_tars_fail_the_rate_check_naming_the_first_tar_and_the_setting(tmp_path):
-    _numbered_tars(tmp_path / "corpus", 3, 10)
+def test_keys_repeated_across_tars_fail_the_rate_check_naming_the_first_tar_and_the_setting(tmp_path, numbered_tars):
+    numbered_tars(tmp_path / "corpus", 3, 10)
     with pytest.raises(FailureRateExceeded, match=r"corpus: 20 of 30 items failed .*first bad items: 000000 "
                                                   r"\(.*00001\.tar#000000\): duplicate id '000000' \(an earlier item "
                                                   r"has the same id; first seen in 00000\.tar; .*corpus\.tar_ids=path"):

@@ -96,23 +96,13 @@ def test_embed_flow_fails_above_the_failure_rate(prefect_harness, tiny_model, tm
     assert (read_manifest(str(tmp_path / "root"), "rate", "text")["status"] == "failed").sum() == 4
 
 
-def test_embed_flow_names_tar_samples_by_their_tar_when_keys_repeat(prefect_harness, tiny_model, tmp_path):
+def test_embed_flow_names_tar_samples_by_their_tar_when_keys_repeat(prefect_harness, tiny_model, tmp_path,
+                                                                   numbered_tars):
     """Keys that start again in each tar: refused by default (naming the setting), embedded with
     ``corpus.tar_ids=path`` under ``<tar path>/<key>`` ids."""
-    import io
-    import tarfile
-
     from aniso.flows.embed import embed
 
-    corpus = tmp_path / "wds"
-    corpus.mkdir()
-    for t in range(2):
-        with tarfile.open(corpus / f"{t:05d}.tar", mode="w") as tar:
-            for k in range(5):
-                data = f"a caption {t} {k}".encode()
-                info = tarfile.TarInfo(f"{k:06d}.txt")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
+    corpus = numbered_tars(tmp_path / "wds", 2, 5)
     root = str(tmp_path / "root")
     with pytest.raises(FailureRateExceeded, match=r"5 of 10 items failed.*first seen in 00000\.tar.*corpus\.tar_ids=path"):
         embed(str(corpus), "text", _settings(root, {}, "by-key"))
