@@ -8,7 +8,7 @@ import pytest
 from aniso.errors import ConfigError, InputError
 from aniso.methods import Aligner, AnisoAlign
 from aniso.methods.anisoalign.closed_form import fit_closed_form
-from aniso.methods.anisoalign.matching import fit_matched_map, match_rows
+from aniso.methods.anisoalign.matching import assign_images, fit_matched_map
 from aniso.numeric.moments import moments_of
 from aniso.numeric.arrays import l2_normalize
 from aniso.quality.diagnostics import knn_overlap
@@ -36,12 +36,12 @@ def _paired_recall(substitutes: np.ndarray, image: np.ndarray) -> float:
     return float(np.mean(np.argmax(substitutes @ image.T, axis=1) == np.arange(len(image))))
 
 
-def test_match_rows_recovers_a_permutation():
+def test_assign_images_recovers_a_permutation():
     rng = np.random.default_rng(1)
     images = l2_normalize(rng.normal(size=(300, 24)))
     order = rng.permutation(300)
     premapped = l2_normalize(images[order] + 0.01 * rng.normal(size=(300, 24)))
-    np.testing.assert_array_equal(match_rows(premapped, images), order)
+    np.testing.assert_array_equal(assign_images(premapped, images), order)
 
 
 def test_the_matched_map_turns_what_the_closed_form_cannot():

@@ -35,7 +35,7 @@ from aniso.numeric.arrays import l2_normalize
 from aniso.numeric.moments import Moments
 from aniso.numeric.neighbours import knn_indices, neighbour_overlap
 
-__all__ = ["IMAGE_POOL", "MATCH_BLOCK", "fit_matched_map", "match_rows"]
+__all__ = ["IMAGE_POOL", "MATCH_BLOCK", "assign_images", "fit_matched_map"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ FLOOR_ROWS = 2000
 FLOOR_STEPS = 3
 
 
-def match_rows(premapped: np.ndarray, images: np.ndarray) -> np.ndarray:
+def assign_images(premapped: np.ndarray, images: np.ndarray) -> np.ndarray:
     """For each premapped text row ``(m, d)``, the index of its image ``(k, d)``, ``k ≥ m``, in the
     assignment of distinct images of largest total cosine similarity (rows L2-normalised)."""
     rows, cols = linear_sum_assignment(premapped @ images.T, maximize=True)
@@ -114,12 +114,12 @@ def fit_matched_map(
     text_rows = text_sample[rng.permutation(text_sample.shape[0])[:m]]
     image_rows = image_sample[rng.permutation(image_sample.shape[0])[:min(m * IMAGE_POOL, image_sample.shape[0])]]
     mu_t, mu_i = text_stats.mean, image_stats.mean
-    premapped = l2_normalize(mu_i + (text_rows - mu_t) @ cf.A.T)
+    premapped = l2_normalize(cf.apply(text_rows, mu_t, mu_i))
     matched = np.empty_like(text_rows)
     blocks = -(-m // MATCH_BLOCK)
     for text_block, image_block in zip(np.array_split(np.arange(m), blocks),
                                        np.array_split(np.arange(image_rows.shape[0]), blocks)):
-        matched[text_block] = image_rows[image_block][match_rows(premapped[text_block], image_rows[image_block])]
+        matched[text_block] = image_rows[image_block][assign_images(premapped[text_block], image_rows[image_block])]
     x, y = text_rows - mu_t, matched - mu_i
     # shrunk towards the closed form by prior_rows·d pseudo-pairs (x, A x) with x drawn from the
     # (shrunk) text covariance: negligible when many more rows are matched than there are dimensions,
