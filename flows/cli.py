@@ -177,13 +177,18 @@ def embed(
     verbose: VerboseOpt = False,
 ) -> None:
     """Embed a raw corpus into a Zarr embedding store (resumable; per-item failures recorded)."""
-    from aniso.flows.embed import embed as embed_flow
+    from aniso.flows._server import start_local_server
 
     out = _root(root, out, "embed", required=True)
     _configure_logging(verbose)
     if (text is None) == (images is None):
         typer.echo("aniso: error: give exactly one of --text or --images", err=True)
         raise typer.Exit(2)
+    # the command's own server, as for produce: started before Prefect is imported (which would
+    # start Prefect's temporary one), and drained of the run's logs before it stops
+    server = start_local_server()
+    from aniso.flows.embed import embed as embed_flow
+
     try:
         settings = _settings(profile, config, set_, **{"storage.root": out, "storage.dataset": dataset,
                                                        "embed.model": model, "embed.pretrained": pretrained})
@@ -191,6 +196,8 @@ def embed(
                settings.embed.model, settings.storage.root, settings.storage.dataset)
         flow = flow_with_runner(embed_flow, settings, verbose=_VERBOSE[0])
         announce_start(settings)
+        if server is not None:
+            server.wait()
         with progress_display():
             result = flow(url=text or images, modality="text" if text else "image", settings=settings)
     except AnisoError as exc:
